@@ -1,0 +1,206 @@
+//! API key records: who a key belongs to and what it may do, from where.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+use crate::action::Scopes;
+use crate::time::UnixMillis;
+use crate::UnknownName;
+
+/// A key's lifecycle state. Narrowing is instant: suspend and revoke apply to the next
+/// request the gateway sees after the change is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Temporarily unusable; can be resumed.
+    Suspended,
+    /// Permanently unusable.
+    Revoked,
+}
+
+impl KeyStatus {
+    /// The lower-case name used in the store, the CLI and the audit log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Suspended => "suspended",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl FromStr for KeyStatus {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(KeyStatus::Active),
+            "suspended" => Ok(KeyStatus::Suspended),
+            "revoked" => Ok(KeyStatus::Revoked),
+            _ => Err(UnknownName),
+        }
+    }
+}
+
+/// A withdrawal destination a key may send an asset to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithdrawAddress {
+    /// Asset code as the exchange names it, lower-cased (`btc`).
+    pub asset: String,
+    /// The destination address, compared exactly.
+    pub address: String,
+    /// When it was added; it is usable only after the configured cool-down.
+    pub added_at: UnixMillis,
+}
+
+/// The material a request's signature is checked against.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A shared secret, exactly as handed to the client (Kraken's is base64 text; the
+    /// dialect decodes it). Never printed: `Debug` is redacted.
+    Hmac(Secret),
+    /// A raw 32-byte Ed25519 public key (Binance "Ed25519 API keys").
+    Ed25519([u8; 32]),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Hmac(_) => f.write_str("Hmac(<redacted>)"),
+            Credential::Ed25519(pk) => write!(f, "Ed25519({})", hex::encode(pk)),
+        }
+    }
+}
+
+/// Secret bytes that are wiped when dropped and never formatted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+
+    /// The secret bytes; callers must not log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // Best effort without unsafe: overwrite before the allocation is released.
+        for b in self.0.iter_mut() {
+            *b = 0;
+        }
+        std::hint::black_box(&self.0);
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Everything the policy knows about one API key.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// Internal id (`kg_…`), used in logs and the CLI; not a credential.
+    pub key_id: String,
+    /// The API key string clients send in headers.
+    pub api_key: String,
+    /// The account (exchange user) the key acts for.
+    pub account: String,
+    /// Free text set by the owner.
+    pub label: String,
+    /// What the key may do.
+    pub scopes: Scopes,
+    /// Source networks allowed to use the key; empty means any (and then no withdraw).
+    pub allow_ips: Vec<IpNet>,
+    /// Withdrawal destinations per asset.
+    pub withdraw_addresses: Vec<WithdrawAddress>,
+    /// When the key was created.
+    pub created_at: UnixMillis,
+    /// When it stops working, if ever.
+    pub expires_at: Option<UnixMillis>,
+    /// Lifecycle state.
+    pub status: KeyStatus,
+    /// What signatures are verified against.
+    pub credential: Credential,
+}
+
+impl KeyRecord {
+    /// Whether `ip` is inside the allowlist. An empty allowlist admits any IP; callers
+    /// that need one (withdraw) check [`KeyRecord::allow_ips`] themselves.
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.allow_ips.is_empty() || self.allow_ips.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Maps IPv4-mapped IPv6 (`::ffff:192.0.2.1`) to plain IPv4, so one allowlist entry
+/// covers a client however the socket reports it.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Parses an allowlist entry: a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address
+/// (a /32 or /128). IPv4-mapped IPv6 networks are normalized to IPv4, and host bits must
+/// be zero so `10.0.0.1/8` (probably a typo) is refused rather than widened.
+pub fn parse_allow_ip(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net: IpNet = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return Err(format!("`{s}` is not an IP address or CIDR")),
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "`{s}` has host bits set; did you mean `{}`?",
+            net.trunc()
+        ));
+    }
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                let v4net =
+                    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|e| e.to_string())?;
+                return Ok(IpNet::V4(v4net));
+            }
+        }
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_v6_normalizes() {
+        assert_eq!(
+            parse_allow_ip("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_allow_ip("127.0.0.2").unwrap().to_string(),
+            "127.0.0.2/32"
+        );
+        assert!(parse_allow_ip("10.0.0.1/8").is_err());
+        assert!(parse_allow_ip("nope").is_err());
+        let ip: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(canonical_ip(ip).to_string(), "127.0.0.2");
+    }
+}

@@ -1,0 +1,128 @@
+//! Request parameters after strict parsing: every name appears once, across the query
+//! and the body, so "which `amount` did the policy read?" has a single answer and the
+//! exchange cannot be shown a different one.
+
+use crate::decimal::{parse_decimal, Decimal};
+use crate::Deny;
+
+/// A JSON value, parsed strictly. Numbers keep their exact source text so amounts never
+/// pass through a float.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonValue {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// A number as written in the body (RFC 8259 grammar only).
+    Number(String),
+    /// A string, unescaped.
+    String(String),
+    /// An array.
+    Array(Vec<JsonValue>),
+    /// An object with unique keys (compared after unescaping), in source order.
+    Object(Vec<(String, JsonValue)>),
+}
+
+/// One parameter's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    /// From a query string or a form body: percent-decoded UTF-8 text.
+    Text(String),
+    /// From a JSON body: the typed value.
+    Json(JsonValue),
+}
+
+impl ParamValue {
+    /// The value as a string field. JSON numbers are accepted as their text (an order id
+    /// may be sent either way); other JSON types are the wrong type for a string field.
+    pub fn as_text(&self) -> Result<&str, Deny> {
+        match self {
+            ParamValue::Text(s) => Ok(s),
+            ParamValue::Json(JsonValue::String(s)) | ParamValue::Json(JsonValue::Number(s)) => {
+                Ok(s)
+            }
+            ParamValue::Json(_) => Err(Deny::InvalidJson),
+        }
+    }
+
+    /// The value as an exact decimal; JSON may carry it as a number or a string.
+    pub fn as_decimal(&self) -> Result<Decimal, Deny> {
+        match self {
+            ParamValue::Text(s) => parse_decimal(s),
+            ParamValue::Json(JsonValue::String(s)) | ParamValue::Json(JsonValue::Number(s)) => {
+                parse_decimal(s)
+            }
+            ParamValue::Json(_) => Err(Deny::InvalidJson),
+        }
+    }
+}
+
+/// Where a parameter came from; some dialects allow only one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamSource {
+    /// The URL query string.
+    Query,
+    /// The request body.
+    Body,
+}
+
+/// All parameters of a request, names unique across query and body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    entries: Vec<(String, ParamValue, ParamSource)>,
+}
+
+impl Params {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a parameter; a name already present is a [`Deny::DuplicateParameter`].
+    /// Requests carry a handful of parameters, so a linear scan beats hashing here.
+    pub fn insert(
+        &mut self,
+        name: String,
+        value: ParamValue,
+        source: ParamSource,
+    ) -> Result<(), Deny> {
+        if self.entries.iter().any(|(n, _, _)| *n == name) {
+            return Err(Deny::DuplicateParameter);
+        }
+        self.entries.push((name, value, source));
+        Ok(())
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&ParamValue> {
+        self.entries
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v)
+    }
+
+    /// The value of `name` as text, if present.
+    pub fn text(&self, name: &str) -> Result<Option<&str>, Deny> {
+        self.get(name).map(ParamValue::as_text).transpose()
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// All parameters in arrival order (query first, then body).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ParamValue, ParamSource)> {
+        self.entries.iter().map(|(n, v, s)| (n.as_str(), v, *s))
+    }
+
+    /// How many parameters there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,1 @@
+//! Strict parsers. INTERFACE SKELETON — filled in by the dialect work.
