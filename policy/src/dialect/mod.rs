@@ -1,13 +1,52 @@
 //! Exchange API dialects: how each exchange names the key, signs the request and
-//! protects against replays. INTERFACE SKELETON — bodies are filled in by the dialect work.
+//! protects against replays, checked over the exact bytes that arrived.
+//!
+//! # Layout
+//! - this module: the shared pipeline ([`parse`] → [`verify`] → [`check_freshness`]),
+//!   the body and query placement rules, and the client side ([`sign_request`]).
+//! - `zaif`, `binance`, `kraken`: where each exchange puts its key, signature and
+//!   freshness proof, and how its reference client (ccxt) signs.
+//!
+//! # Server side
+//! [`parse`] runs the strict parsers ([`crate::parse`]) in a fixed order — method, target,
+//! path, headers, content type, parameters, credentials — so the first problem found is
+//! the one reported. It decodes the signature and assembles the signed payload but checks
+//! nothing cryptographic: [`verify`] needs the key record, which the gateway looks up
+//! from [`Credentials::api_key`]. Placement rules:
+//! - only `GET`, `POST`, `PUT`, `DELETE` are parsed ([`Deny::MethodNotAllowed`]);
+//! - a `GET`/`DELETE` with a non-empty body is a [`Deny::InvalidParameter`]: its
+//!   parameters belong in the query, and a body nobody reads could still reach the exchange;
+//! - Zaif and Kraken `POST`/`PUT` carry no query string at all, not even a bare `?`
+//!   ([`Deny::InvalidParameter`]): their signatures cover only the body;
+//! - a `Content-Type`, when present, must be one the dialect uses, even on an empty body
+//!   (form for all three, JSON for Kraken); a non-empty body needs one
+//!   ([`Deny::UnsupportedMediaType`]);
+//! - a `_method` parameter (any case) in the query, form or top-level JSON body is a
+//!   [`Deny::MethodOverride`];
+//! - no auth header at all gives `credentials: None`. A key header without its
+//!   signature is [`Deny::InvalidSignature`]; a signature header without its key is
+//!   [`Deny::MissingCredentials`].
+//!
+//! # Client side
+//! [`sign_request`] and [`public_request`] build requests byte for byte as ccxt 4.5
+//! does, for the load generator and the gateway's tests.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use http::Method;
+use ring::signature::KeyPair as _;
+use ring::{hmac, signature};
 
 use crate::decimal::Decimal;
 use crate::key::Credential;
-use crate::params::Params;
+use crate::params::{ParamSource, ParamValue, Params};
+use crate::parse::{self, MediaType};
 use crate::time::UnixMillis;
 use crate::{Deny, UnknownName};
+
+mod binance;
+mod kraken;
+mod zaif;
 
 /// Which exchange API the gateway fronts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,7 +143,10 @@ pub enum Replay {
 }
 
 /// What a private request claims about who signed it; not yet verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` leaves the signature and signed bytes out: a logged signature is a replayable
+/// request for as long as its window is open.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// The API key as presented.
     pub api_key: String,
@@ -115,6 +157,17 @@ pub struct Credentials {
     /// The exact bytes the dialect signs (Binance: query + body without `signature`;
     /// Zaif: body; Kraken: path ‖ SHA-256(nonce ‖ body)).
     signed_payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("api_key", &self.api_key)
+            .field("replay", &self.replay)
+            .field("signature", &"<redacted>")
+            .field("signed_payload_len", &self.signed_payload.len())
+            .finish()
+    }
 }
 
 /// What kind of body the request had.
@@ -146,28 +199,413 @@ pub struct ParsedRequest {
 
 /// Parses and strictly validates a request for `cfg.kind` (path, headers, content type,
 /// parameters, credentials). Everything that is rejected here is never forwarded.
+///
+/// `body` is the whole buffered body; the signature covers exactly these bytes.
 pub fn parse(
     cfg: &DialectConfig,
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Result<ParsedRequest, Deny> {
-    let _ = (cfg, parts, body);
-    Err(Deny::InvalidParameter)
+    let kind = cfg.kind;
+    let method = match parts.method {
+        Method::GET | Method::POST | Method::PUT | Method::DELETE => parts.method.clone(),
+        _ => return Err(Deny::MethodNotAllowed),
+    };
+    parse::check_target(&parts.uri, &parts.headers)?;
+    let path = parse::normalize_path(parts.uri.path())?;
+    parse::check_headers(&parts.headers, kind.auth_headers(), body.len())?;
+    let body_kind = body_kind(kind, &method, &parts.headers, body)?;
+    let query = parts.uri.query();
+    if query.is_some() && !kind.query_allowed(&method) {
+        return Err(Deny::InvalidParameter);
+    }
+
+    let mut params = Params::new();
+    for (name, value) in parse::parse_urlencoded(query.unwrap_or("").as_bytes())? {
+        params.insert(name, ParamValue::Text(value), ParamSource::Query)?;
+    }
+    match body_kind {
+        BodyKind::Empty => {}
+        BodyKind::Form => {
+            for (name, value) in parse::parse_urlencoded(body)? {
+                params.insert(name, ParamValue::Text(value), ParamSource::Body)?;
+            }
+        }
+        BodyKind::Json => {
+            for (name, value) in parse::parse_json_object(body)? {
+                params.insert(name, ParamValue::Json(value), ParamSource::Body)?;
+            }
+        }
+    }
+    if params
+        .iter()
+        .any(|(name, _, _)| name.eq_ignore_ascii_case("_method"))
+    {
+        return Err(Deny::MethodOverride);
+    }
+
+    let received = Received {
+        cfg,
+        path,
+        query: query.unwrap_or(""),
+        body,
+        headers: &parts.headers,
+        params: &params,
+    };
+    let credentials = match kind {
+        DialectKind::Zaif => zaif::credentials(&received)?,
+        DialectKind::Binance => binance::credentials(&received)?,
+        DialectKind::Kraken => kraken::credentials(&received)?,
+    };
+    Ok(ParsedRequest {
+        method,
+        path: path.to_owned(),
+        params,
+        body_kind,
+        credentials,
+    })
+}
+
+impl DialectKind {
+    /// Whether a request with this method may carry a query string.
+    fn query_allowed(self, method: &Method) -> bool {
+        match self {
+            DialectKind::Binance => true,
+            DialectKind::Zaif | DialectKind::Kraken => {
+                *method == Method::GET || *method == Method::DELETE
+            }
+        }
+    }
+
+    /// Whether the dialect sends bodies of this media type.
+    fn uses(self, media: MediaType) -> bool {
+        match media {
+            MediaType::Form => true,
+            MediaType::Json => self == DialectKind::Kraken,
+        }
+    }
+}
+
+fn body_kind(
+    kind: DialectKind,
+    method: &Method,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<BodyKind, Deny> {
+    let media = parse::media_type(headers)?;
+    if media.is_some_and(|m| !kind.uses(m)) {
+        return Err(Deny::UnsupportedMediaType);
+    }
+    if body.is_empty() {
+        return Ok(BodyKind::Empty);
+    }
+    if *method == Method::GET || *method == Method::DELETE {
+        return Err(Deny::InvalidParameter);
+    }
+    match media {
+        None => Err(Deny::UnsupportedMediaType),
+        Some(MediaType::Form) => Ok(BodyKind::Form),
+        Some(MediaType::Json) => Ok(BodyKind::Json),
+    }
+}
+
+/// What a dialect's credential parser gets to look at: the request after the shared
+/// rules passed.
+struct Received<'a> {
+    cfg: &'a DialectConfig,
+    /// The canonical path, exactly as received.
+    path: &'a str,
+    /// The raw query string without `?` (empty when there is none).
+    query: &'a str,
+    body: &'a [u8],
+    headers: &'a http::HeaderMap,
+    params: &'a Params,
+}
+
+impl Received<'_> {
+    /// A parameter with where it came from.
+    fn param(&self, name: &str) -> Option<(&ParamValue, ParamSource)> {
+        self.params
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, v, s)| (v, s))
+    }
+
+    /// The key and signature headers of a two-header dialect (Zaif, Kraken): `None` when
+    /// neither is present.
+    fn key_and_signature(
+        &self,
+        key_header: &str,
+        sign_header: &str,
+    ) -> Result<Option<(String, &str)>, Deny> {
+        let key = parse::auth_value(self.headers, key_header)?;
+        let sign = parse::auth_value(self.headers, sign_header)?;
+        match (key, sign) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(Deny::MissingCredentials),
+            (Some(_), None) => Err(Deny::InvalidSignature),
+            (Some(key), Some(sign)) => Ok(Some((key.to_owned(), sign))),
+        }
+    }
+}
+
+/// Decodes a hex signature of exactly `bytes` bytes, either case.
+fn decode_hex_signature(text: &str, bytes: usize) -> Result<Vec<u8>, Deny> {
+    if text.len() != bytes * 2 {
+        return Err(Deny::InvalidSignature);
+    }
+    hex::decode(text).map_err(|_| Deny::InvalidSignature)
+}
+
+/// Decodes a padded standard base64 signature of exactly `bytes` bytes.
+fn decode_base64_signature(text: &str, bytes: usize) -> Result<Vec<u8>, Deny> {
+    let decoded = BASE64
+        .decode(text.as_bytes())
+        .map_err(|_| Deny::InvalidSignature)?;
+    if decoded.len() != bytes {
+        return Err(Deny::InvalidSignature);
+    }
+    Ok(decoded)
 }
 
 /// Verifies the request's signature against the key's credential in constant time.
+///
+/// Zaif: HMAC-SHA512 with the secret bytes. Binance: HMAC-SHA256 with the secret bytes,
+/// or Ed25519 with the registered public key. Kraken: HMAC-SHA512 with the base64-decoded
+/// secret (a secret that is not base64 fails as [`Deny::InvalidSignature`]). A credential
+/// of a kind the dialect does not use never verifies.
 pub fn verify(
     cfg: &DialectConfig,
     creds: &Credentials,
     credential: &Credential,
 ) -> Result<(), Deny> {
-    let _ = (cfg, creds, credential);
-    Err(Deny::InvalidSignature)
+    let payload = &creds.signed_payload;
+    let signature = &creds.signature;
+    match (cfg.kind, credential) {
+        (DialectKind::Zaif, Credential::Hmac(secret)) => {
+            hmac_verify(hmac::HMAC_SHA512, secret.expose(), payload, signature)
+        }
+        (DialectKind::Binance, Credential::Hmac(secret)) => {
+            hmac_verify(hmac::HMAC_SHA256, secret.expose(), payload, signature)
+        }
+        (DialectKind::Binance, Credential::Ed25519(public_key)) => {
+            signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
+                .verify(payload, signature)
+                .map_err(|_| Deny::InvalidSignature)
+        }
+        (DialectKind::Kraken, Credential::Hmac(secret)) => {
+            let key = kraken::decode_secret(secret.expose()).ok_or(Deny::InvalidSignature)?;
+            hmac_verify(hmac::HMAC_SHA512, key.expose(), payload, signature)
+        }
+        (DialectKind::Zaif | DialectKind::Kraken, Credential::Ed25519(_)) => {
+            Err(Deny::InvalidSignature)
+        }
+    }
+}
+
+fn hmac_verify(
+    algorithm: hmac::Algorithm,
+    secret: &[u8],
+    payload: &[u8],
+    tag: &[u8],
+) -> Result<(), Deny> {
+    let key = hmac::Key::new(algorithm, secret);
+    // ring compares the tags in constant time; a tag of the wrong length simply fails.
+    hmac::verify(&key, payload, tag).map_err(|_| Deny::InvalidSignature)
 }
 
 /// Checks a timestamp-style proof against `now` (nonce proofs always pass here; their
 /// ordering is checked against the store).
+///
+/// A timestamp more than `future_tolerance_ms` ahead of `now`, or more than its receive
+/// window behind, is [`Deny::StaleTimestamp`]; so is a window above the configured
+/// maximum, which [`parse`] already refuses and is re-checked here for proofs built by
+/// other code.
 pub fn check_freshness(cfg: &DialectConfig, replay: &Replay, now: UnixMillis) -> Result<(), Deny> {
-    let _ = (cfg, replay, now);
-    Err(Deny::StaleTimestamp)
+    match *replay {
+        Replay::Nonce(_) => Ok(()),
+        Replay::Timestamp {
+            at_ms,
+            recv_window_ms,
+            ..
+        } => {
+            if recv_window_ms > cfg.recv_window_max_ms
+                || at_ms > now.saturating_add(cfg.future_tolerance_ms)
+                || now.saturating_sub(at_ms) > recv_window_ms
+            {
+                Err(Deny::StaleTimestamp)
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
+
+/// The key a client signs with.
+#[derive(Clone, Copy)]
+pub enum ClientKey<'a> {
+    /// A shared secret, exactly as the exchange handed it out (Kraken: the base64 text).
+    Hmac {
+        /// The API key sent in the key header.
+        api_key: &'a str,
+        /// The secret.
+        secret: &'a [u8],
+    },
+    /// A Binance Ed25519 key: PKCS#8 v1 or v2 DER, or the raw 32-byte seed (ccxt accepts
+    /// both a PEM private key and raw private bytes).
+    Ed25519 {
+        /// The API key sent in `X-MBX-APIKEY`.
+        api_key: &'a str,
+        /// The private key.
+        pkcs8: &'a [u8],
+    },
+}
+
+impl std::fmt::Debug for ClientKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, api_key) = match self {
+            ClientKey::Hmac { api_key, .. } => ("Hmac", api_key),
+            ClientKey::Ed25519 { api_key, .. } => ("Ed25519", api_key),
+        };
+        write!(f, "{kind} {{ api_key: {api_key:?}, <redacted> }}")
+    }
+}
+
+impl ClientKey<'_> {
+    fn api_key(&self) -> &str {
+        match self {
+            ClientKey::Hmac { api_key, .. } | ClientKey::Ed25519 { api_key, .. } => api_key,
+        }
+    }
+}
+
+/// A request as a client sends it: everything but the scheme and authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequest {
+    /// The method.
+    pub method: Method,
+    /// Path plus `?query` when there is one.
+    pub path_and_query: String,
+    /// Headers in the order the reference client sets them (no `Host`, no
+    /// `Content-Length`: the HTTP client adds those).
+    pub headers: Vec<(String, String)>,
+    /// The body (empty when none).
+    pub body: Vec<u8>,
+}
+
+impl ClientRequest {
+    /// The request as an `http::Request` with an origin-form URI; add `Host` (or use an
+    /// absolute URI) before sending.
+    pub fn to_http(&self) -> Result<http::Request<Vec<u8>>, http::Error> {
+        let mut builder = http::Request::builder()
+            .method(self.method.clone())
+            .uri(self.path_and_query.as_str());
+        for (name, value) in &self.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        builder.body(self.body.clone())
+    }
+}
+
+/// Why a request could not be signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The dialect does not use this kind of key (Ed25519 is Binance only).
+    #[error("{0} does not sign with this kind of key")]
+    UnsupportedKey(&'static str),
+    /// The dialect never sends JSON bodies (only Kraken does).
+    #[error("{0} does not send JSON bodies")]
+    UnsupportedBody(&'static str),
+    /// The Ed25519 private key is neither PKCS#8 nor a 32-byte seed.
+    #[error("the Ed25519 private key is not PKCS#8 DER or a 32-byte seed")]
+    BadPrivateKey,
+    /// A Kraken secret that is not base64.
+    #[error("the Kraken secret is not base64")]
+    BadSecret,
+}
+
+/// Builds a signed private request exactly as ccxt 4.5 does for `kind`.
+///
+/// `params` are the request's own parameters in order, as strings (ccxt stringifies
+/// numbers and writes booleans as `true`/`false`); `freshness` is the nonce (Zaif: decimal
+/// text such as `1763812345.12300000`; Kraken: u64 digits) or the Binance `timestamp` (ms).
+/// A parameter named like the freshness field or `signature` is dropped: this function
+/// adds those. Where each dialect puts things:
+/// - Zaif: form body `method=…&nonce=…&rest` (`method` is taken from `params`; the nonce
+///   follows it, as ccxt's `extend({'method': …, 'nonce': …}, params)` orders them);
+///   headers `Content-Type`, `Key`, `Sign` (lower-case hex HMAC-SHA512 of the body).
+/// - Binance: `timestamp=…&params…&signature=…`, in the query for `GET`/`DELETE` and as a
+///   form body otherwise. ccxt appends its default `recvWindow` after the caller's
+///   parameters; pass it last in `params` to reproduce that. Values are quoted like
+///   Python's `urlencode`, except on the paths where ccxt sends them raw
+///   (`…/batchOrders`, `sub-account`, `…/capital/withdraw/apply`, `staking`,
+///   `simple-earn`). An Ed25519 signature is base64, percent-encoded like JavaScript's
+///   `encodeURIComponent`.
+/// - Kraken: body `nonce=…&params…` (form, `[` `]` left unescaped like ccxt's
+///   `urlencode_nested`) or, with `json_body`, `{"nonce":"…",…}` with string values;
+///   headers `API-Key`, `API-Sign`, `Content-Type`. The body is sent whatever the method.
+pub fn sign_request(
+    kind: DialectKind,
+    key: &ClientKey<'_>,
+    method: Method,
+    path: &str,
+    params: &[(&str, &str)],
+    freshness: &str,
+    json_body: bool,
+) -> Result<ClientRequest, SignError> {
+    if json_body && kind != DialectKind::Kraken {
+        return Err(SignError::UnsupportedBody(kind.as_str()));
+    }
+    match kind {
+        DialectKind::Zaif => zaif::sign(key, method, path, params, freshness),
+        DialectKind::Binance => binance::sign(key, method, path, params, freshness),
+        DialectKind::Kraken => kraken::sign(key, method, path, params, freshness, json_body),
+    }
+}
+
+/// Builds an unauthenticated request the way ccxt sends public endpoints: no auth
+/// headers, no body, `params` as a query string (Kraken leaves `[` `]` unescaped).
+pub fn public_request(
+    kind: DialectKind,
+    method: Method,
+    path: &str,
+    params: &[(&str, &str)],
+) -> ClientRequest {
+    let safe: &[u8] = match kind {
+        DialectKind::Kraken => b"[]",
+        DialectKind::Zaif | DialectKind::Binance => b"",
+    };
+    let mut path_and_query = path.to_owned();
+    if !params.is_empty() {
+        path_and_query.push('?');
+        path_and_query.push_str(&parse::urlencode(params.iter().copied(), safe));
+    }
+    ClientRequest {
+        method,
+        path_and_query,
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
+}
+
+/// The raw public key of an Ed25519 private key given as [`ClientKey::Ed25519`] accepts
+/// it, for registering the key as [`Credential::Ed25519`].
+pub fn ed25519_public_key(private_key: &[u8]) -> Result<[u8; 32], SignError> {
+    let pair = ed25519_key_pair(private_key)?;
+    pair.public_key()
+        .as_ref()
+        .try_into()
+        .map_err(|_| SignError::BadPrivateKey)
+}
+
+fn ed25519_key_pair(private_key: &[u8]) -> Result<signature::Ed25519KeyPair, SignError> {
+    if private_key.len() == 32 {
+        signature::Ed25519KeyPair::from_seed_unchecked(private_key)
+    } else {
+        signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(private_key)
+    }
+    .map_err(|_| SignError::BadPrivateKey)
+}
+
+#[cfg(test)]
+mod tests;

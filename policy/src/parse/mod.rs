@@ -1,1 +1,26 @@
-//! Strict parsers. INTERFACE SKELETON — filled in by the dialect work.
+//! Strict parsers for the parts of a request the policy reads. Each accepts only one way
+//! of writing a thing, because every ambiguity (`%2e%2e`, `a=1;a=2`, a duplicate JSON key)
+//! is a place where the gateway and the exchange could read the same bytes differently.
+//! The dialects ([`crate::dialect`]) put them together per exchange.
+//!
+//! # Layout
+//! - [`path`]: the request path, accepted only when already canonical.
+//! - [`target`]: absolute-form targets and `Host` headers.
+//! - [`headers`]: smuggling, method-override and credential-header rules; content types.
+//! - [`urlencoded`]: query strings and form bodies (and Python-compatible encoding).
+//! - [`json`]: a strict RFC 8259 parser that keeps numbers as text.
+
+pub mod headers;
+pub mod json;
+pub mod path;
+pub mod target;
+pub mod urlencoded;
+
+pub use headers::{auth_value, check_headers, media_type, MediaType};
+pub use json::{parse_json, parse_json_object};
+pub use path::normalize_path;
+pub use target::check_target;
+pub use urlencoded::{parse_urlencoded, quote, urlencode};
+
+#[cfg(test)]
+mod proptests;

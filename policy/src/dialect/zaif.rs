@@ -1,0 +1,70 @@
+//! Zaif `tapi`: `POST /tapi` with a form body holding `method` and a decimal `nonce`;
+//! `Key` carries the API key and `Sign` the hex HMAC-SHA512 of the exact body.
+
+use http::Method;
+use ring::hmac;
+
+use super::{ClientKey, ClientRequest, Credentials, Received, Replay, SignError};
+use crate::decimal::parse_decimal;
+use crate::params::{ParamSource, ParamValue};
+use crate::parse;
+use crate::Deny;
+
+/// HMAC-SHA512 tags are 64 bytes, sent as 128 hex digits.
+const SIGNATURE_LEN: usize = 64;
+
+pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny> {
+    let Some((api_key, sign)) = rx.key_and_signature("key", "sign")? else {
+        return Ok(None);
+    };
+    let signature = super::decode_hex_signature(sign, SIGNATURE_LEN)?;
+    // The nonce must be inside the signed body: one in the query would be unsigned.
+    let nonce = match rx.param("nonce") {
+        Some((ParamValue::Text(text), ParamSource::Body)) => {
+            parse_decimal(text).map_err(|_| Deny::InvalidNonce)?
+        }
+        _ => return Err(Deny::InvalidNonce),
+    };
+    Ok(Some(Credentials {
+        api_key,
+        replay: Replay::Nonce(nonce),
+        signature,
+        signed_payload: rx.body.to_vec(),
+    }))
+}
+
+pub(super) fn sign(
+    key: &ClientKey<'_>,
+    method: Method,
+    path: &str,
+    params: &[(&str, &str)],
+    nonce: &str,
+) -> Result<ClientRequest, SignError> {
+    let ClientKey::Hmac { api_key, secret } = *key else {
+        return Err(SignError::UnsupportedKey("zaif"));
+    };
+    let mut ordered: Vec<(&str, &str)> = Vec::with_capacity(params.len() + 1);
+    ordered.extend(params.iter().copied().filter(|(n, _)| *n == "method"));
+    ordered.push(("nonce", nonce));
+    ordered.extend(
+        params
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != "method" && *n != "nonce"),
+    );
+    let body = parse::urlencode(ordered, b"");
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA512, secret), body.as_bytes());
+    Ok(ClientRequest {
+        method,
+        path_and_query: path.to_owned(),
+        headers: vec![
+            (
+                "Content-Type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+            ("Key".to_owned(), api_key.to_owned()),
+            ("Sign".to_owned(), hex::encode(tag.as_ref())),
+        ],
+        body: body.into_bytes(),
+    })
+}

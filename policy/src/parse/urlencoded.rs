@@ -1,0 +1,184 @@
+//! `application/x-www-form-urlencoded`, strictly: one way to write each parameter list,
+//! so the gateway and the exchange cannot disagree about what a query or form body says.
+//!
+//! The rules, each a [`Deny::InvalidParameter`] unless noted:
+//! - pieces are separated by `&` only; a raw `;` anywhere is refused, because some
+//!   servers still split on it and would see parameters we did not;
+//! - every piece is `name=value` with a non-empty name (`a` alone and `=b` are refused),
+//!   and empty pieces (`a=1&&b=2`, a trailing `&`) are refused;
+//! - `+` means space and `%XX` must be two hex digits; the decoded bytes must be UTF-8
+//!   without control characters (a `%00` could truncate a name in a C parser upstream);
+//! - raw bytes must be printable ASCII or space: raw non-ASCII text has no agreed charset;
+//! - a name that appears twice (compared after decoding) is a [`Deny::DuplicateParameter`].
+//!
+//! The encoding side ([`quote`], [`urlencode`]) reproduces Python's
+//! `urllib.parse.quote`/`urlencode(quote_via=quote)`, which is what ccxt signs.
+
+use crate::Deny;
+
+/// Parses a query string (without `?`) or a form body into `(name, value)` pairs in
+/// arrival order, with unique names.
+pub fn parse_urlencoded(raw: &[u8]) -> Result<Vec<(String, String)>, Deny> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for piece in raw.split(|b| *b == b'&') {
+        let eq = piece
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or(Deny::InvalidParameter)?;
+        if eq == 0 {
+            return Err(Deny::InvalidParameter);
+        }
+        let name = decode_component(&piece[..eq], true)?;
+        let value = decode_component(&piece[eq + 1..], true)?;
+        // Requests carry a handful of parameters; a linear scan is cheaper than hashing.
+        // A flood of thousands is bounded by the body limit and refused on the first repeat.
+        if pairs.iter().any(|(n, _)| *n == name) {
+            return Err(Deny::DuplicateParameter);
+        }
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+/// Decodes one name or value: `%XX` escapes (either hex case), `+` as space when
+/// `plus_as_space` (form semantics), and refuses anything [`parse_urlencoded`] refuses.
+pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<String, Deny> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        match b {
+            b'%' => {
+                let hi = raw.get(i + 1).and_then(|h| hex_val(*h));
+                let lo = raw.get(i + 2).and_then(|h| hex_val(*h));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                    _ => return Err(Deny::InvalidParameter),
+                }
+                i += 3;
+                continue;
+            }
+            b'+' if plus_as_space => out.push(b' '),
+            b';' => return Err(Deny::InvalidParameter),
+            0x20..=0x7e => out.push(b),
+            _ => return Err(Deny::InvalidParameter),
+        }
+        i += 1;
+    }
+    let s = String::from_utf8(out).map_err(|_| Deny::InvalidParameter)?;
+    if s.chars().any(char::is_control) {
+        return Err(Deny::InvalidParameter);
+    }
+    Ok(s)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Python's `urllib.parse.quote(s, safe=...)`: unreserved characters (`A-Z a-z 0-9 _ . - ~`)
+/// and the bytes in `safe` stay, everything else becomes `%XX` (upper-case) per UTF-8 byte.
+pub fn quote(s: &str, safe: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~') || safe.contains(&b)
+        {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
+    }
+    out
+}
+
+/// Python's `urllib.parse.urlencode(pairs, quote_via=quote, safe=...)`: `name=value`
+/// joined by `&`, both quoted with [`quote`], in the given order.
+pub fn urlencode<'a, I>(pairs: I, safe: &[u8]) -> String
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let mut out = String::new();
+    for (name, value) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(&quote(name, safe));
+        out.push('=');
+        out.push_str(&quote(value, safe));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(raw: &str) -> Result<Vec<(String, String)>, Deny> {
+        parse_urlencoded(raw.as_bytes())
+    }
+
+    #[test]
+    fn decodes_plus_and_escapes() {
+        assert_eq!(
+            pairs("a=b+c&d=%2Fe%2f&f=").unwrap(),
+            vec![
+                ("a".into(), "b c".into()),
+                ("d".into(), "/e/".into()),
+                ("f".into(), String::new())
+            ]
+        );
+        assert_eq!(pairs("").unwrap(), vec![]);
+        assert_eq!(pairs("close[type]=limit").unwrap()[0].0, "close[type]");
+        assert_eq!(pairs("x=%E3%81%82").unwrap()[0].1, "あ");
+        // Standard parsers split at the first `=`, so a raw `=` in a value is unambiguous.
+        assert_eq!(pairs("a=b=c").unwrap()[0].1, "b=c");
+    }
+
+    #[test]
+    fn refuses_ambiguous_forms() {
+        for bad in [
+            "a=1;b=2", "a=1&b=2;", "a", "a=1&b", "=1", "a=1&&b=2", "a=1&", "&a=1", "a=%", "a=%4",
+            "a=%zz", "a=%ff", "a=%C3", "a=%00", "a=%0a", "a=%7f", "a\x01=1", "a=\x7f", "a=\t",
+        ] {
+            assert_eq!(pairs(bad), Err(Deny::InvalidParameter), "{bad:?}");
+        }
+        assert_eq!(
+            parse_urlencoded("a=\u{e9}".as_bytes()),
+            Err(Deny::InvalidParameter)
+        );
+    }
+
+    #[test]
+    fn duplicate_names_after_decoding() {
+        assert_eq!(pairs("a=1&a=2"), Err(Deny::DuplicateParameter));
+        assert_eq!(pairs("a=1&%61=2"), Err(Deny::DuplicateParameter));
+        assert_eq!(pairs("a b=1&a+b=2"), Err(Deny::DuplicateParameter));
+        assert!(pairs("a=1&A=2").is_ok());
+    }
+
+    #[test]
+    fn quotes_like_python() {
+        // urllib.parse.quote('a b/c~d.e_f-g+h&i=j;k', safe='') in CPython 3.11
+        assert_eq!(
+            quote("a b/c~d.e_f-g+h&i=j;k", b""),
+            "a%20b%2Fc~d.e_f-g%2Bh%26i%3Dj%3Bk"
+        );
+        assert_eq!(quote("あ", b""), "%E3%81%82");
+        assert_eq!(quote("close[type]", b"[]"), "close[type]");
+        assert_eq!(
+            urlencode([("method", "get_info"), ("nonce", "1.5")], b""),
+            "method=get_info&nonce=1.5"
+        );
+    }
+}
