@@ -1,0 +1,691 @@
+//! End to end with a real client: unmodified ccxt → the `keyguard` gateway → the mock
+//! exchange, once per dialect.
+//!
+//! The test starts the mock (`keyguard-loadtest upstream`) and the gateway on loopback,
+//! creates two keys with the gateway's CLI and runs `tests/ccxt/e2e.py`, which trades,
+//! withdraws and gets denied through ccxt from source addresses 127.0.0.2 and 127.0.0.3.
+//! The script checks what ccxt saw; this file then checks what the exchange saw: the
+//! mock's ledger must hold exactly the allowed requests, each stamped with the key,
+//! account and client IP the gateway asserted, and the mock must have refused nothing
+//! (every forwarded request carried a valid assertion).
+//!
+//! Requirements: `python3` with ccxt 4.5.90 (installed with pip when missing; the test
+//! fails, never skips, when it cannot be had) and the `keyguard` binary, built here when
+//! it is missing or older than the gateway's sources.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use keyguard_loadtest::{Ledger, LedgerEntry, Stats};
+use serde_json::json;
+
+/// The account both test keys belong to.
+const ACCOUNT: &str = "e2e-trader";
+/// The source address both keys are allowlisted for.
+const ALLOWED_IP: &str = "127.0.0.2";
+/// A loopback address outside every allowlist.
+const OTHER_IP: &str = "127.0.0.3";
+/// The one withdrawal destination the full key may use.
+const WITHDRAW_ADDRESS: &str = "bc1qkeyguarde2eallowlisteddestination7x";
+/// The ccxt version the dialects were written against.
+const CCXT_VERSION: &str = "4.5.90";
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+
+#[test]
+fn ccxt_zaif_through_the_gateway() {
+    run_dialect(&ZAIF);
+}
+
+#[test]
+fn ccxt_binance_through_the_gateway() {
+    run_dialect(&BINANCE);
+}
+
+#[test]
+fn ccxt_kraken_through_the_gateway() {
+    run_dialect(&KRAKEN);
+}
+
+/// Which key a ledger line was executed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum KeyName {
+    Full,
+    ReadOnly,
+}
+
+/// What one dialect's run must leave in the ledger.
+struct Expectation {
+    dialect: &'static str,
+    /// The asset as the exchange names it in the withdraw request (for `--withdraw-address`).
+    withdraw_asset: &'static str,
+    /// (key, method, endpoint, action) → how many times; nothing else may appear.
+    executed: &'static [(KeyName, &'static str, &'static str, &'static str, usize)],
+}
+
+use KeyName::{Full, ReadOnly};
+
+// Zaif's private API is one path; the endpoint is "/tapi <method field>".
+const ZAIF: Expectation = Expectation {
+    dialect: "zaif",
+    withdraw_asset: "btc",
+    executed: &[
+        (Full, "POST", "/tapi get_info", "read", 1),
+        (Full, "POST", "/tapi trade", "trade", 1),
+        (Full, "POST", "/tapi active_orders", "read", 1),
+        (Full, "POST", "/tapi cancel_order", "trade", 1),
+        (Full, "POST", "/tapi withdraw", "withdraw", 1),
+        (ReadOnly, "POST", "/tapi get_info", "read", 1),
+        (ReadOnly, "POST", "/tapi active_orders", "read", 1),
+    ],
+};
+
+// ccxt loads Binance's coin list (a signed read) with the markets whenever it has a key.
+const BINANCE: Expectation = Expectation {
+    dialect: "binance",
+    withdraw_asset: "BTC",
+    executed: &[
+        (Full, "GET", "/sapi/v1/capital/config/getall", "read", 1),
+        (Full, "GET", "/api/v3/account", "read", 1),
+        (Full, "POST", "/api/v3/order", "trade", 1),
+        (Full, "GET", "/api/v3/openOrders", "read", 1),
+        (Full, "DELETE", "/api/v3/order", "trade", 1),
+        (
+            Full,
+            "POST",
+            "/sapi/v1/capital/withdraw/apply",
+            "withdraw",
+            1,
+        ),
+        (ReadOnly, "GET", "/sapi/v1/capital/config/getall", "read", 1),
+        (ReadOnly, "GET", "/api/v3/account", "read", 1),
+        (ReadOnly, "GET", "/api/v3/openOrders", "read", 1),
+    ],
+};
+
+const KRAKEN: Expectation = Expectation {
+    dialect: "kraken",
+    withdraw_asset: "XXBT",
+    executed: &[
+        (Full, "POST", "/0/private/BalanceEx", "read", 1),
+        (Full, "POST", "/0/private/AddOrder", "trade", 1),
+        (Full, "POST", "/0/private/OpenOrders", "read", 1),
+        (Full, "POST", "/0/private/CancelOrder", "trade", 1),
+        (Full, "POST", "/0/private/Withdraw", "withdraw", 1),
+        (ReadOnly, "POST", "/0/private/BalanceEx", "read", 1),
+        (ReadOnly, "POST", "/0/private/OpenOrders", "read", 1),
+    ],
+};
+
+/// A key as `keyguard keys create --json` prints it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct CreatedKey {
+    key_id: String,
+    api_key: String,
+    secret: String,
+}
+
+fn run_dialect(expect: &Expectation) {
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    fs::create_dir_all(&data_dir).expect("data dir");
+    let config = dir.path().join("keyguard.toml");
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let gateway_addr = free_port();
+    let kg = Keyguard {
+        bin: &tools.keyguard,
+        config: &config,
+        data_dir: &data_dir,
+    };
+
+    // The assertion key lives in the data dir; the mock needs its public half before the
+    // gateway can name the mock as upstream, so the config is written twice.
+    write_config(
+        expect.dialect,
+        &config,
+        &data_dir,
+        gateway_addr,
+        "http://127.0.0.1:9",
+    );
+    let pem = kg.run(&["assertion-key"]);
+    assert!(
+        pem.contains("-----BEGIN PUBLIC KEY-----"),
+        "`keyguard assertion-key` printed no SPKI PEM:\n{pem}"
+    );
+    let pem_path = dir.path().join("assertion.pem");
+    fs::write(&pem_path, &pem).expect("write pem");
+
+    let (mock, mock_addr) = start_mock(expect.dialect, &pem_path, &ledger_path, dir.path());
+    let upstream = format!("http://{mock_addr}");
+    write_config(expect.dialect, &config, &data_dir, gateway_addr, &upstream);
+
+    let withdraw_spec = format!("{}:{WITHDRAW_ADDRESS}", expect.withdraw_asset);
+    let full: CreatedKey = kg.create_key(&[
+        "--scopes",
+        "read,trade,withdraw",
+        "--allow-ip",
+        &format!("{ALLOWED_IP}/32"),
+        "--withdraw-address",
+        &withdraw_spec,
+        "--label",
+        "e2e full",
+    ]);
+    let read: CreatedKey = kg.create_key(&[
+        "--scopes",
+        "read",
+        "--allow-ip",
+        ALLOWED_IP,
+        "--label",
+        "e2e read-only",
+    ]);
+
+    let gateway = start_gateway(&kg, gateway_addr, &upstream, dir.path());
+
+    let script_config = json!({
+        "dialect": expect.dialect,
+        "gateway": format!("http://{gateway_addr}"),
+        "allowed_ip": ALLOWED_IP,
+        "other_ip": OTHER_IP,
+        "full": {"api_key": full.api_key, "secret": full.secret},
+        "read": {"api_key": read.api_key, "secret": read.secret},
+        "withdraw": {"code": "BTC", "amount": 0.01, "address": WITHDRAW_ADDRESS},
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ccxt/e2e.py");
+    let output = run_with_timeout(
+        Command::new(&tools.python)
+            .arg(&script)
+            .arg(script_config.to_string()),
+        SCRIPT_TIMEOUT,
+    );
+    println!("{}", output.stdout);
+    eprintln!("{}", output.stderr);
+    if !output.status.success() {
+        panic!(
+            "{} e2e.py failed ({}):\n{}\n{}\n--- gateway log ---\n{}\n--- mock log ---\n{}",
+            expect.dialect,
+            output.status,
+            output.stdout,
+            output.stderr,
+            gateway.log(),
+            mock.log()
+        );
+    }
+
+    check_ledger(expect, &ledger_path, &full, &read);
+
+    let stats = mock_stats(mock_addr);
+    assert_eq!(
+        stats.refused,
+        0,
+        "the mock refused {} forwarded request(s): the gateway sent a missing or invalid \
+         assertion\n--- mock log ---\n{}",
+        stats.refused,
+        mock.log()
+    );
+    drop(gateway);
+    drop(mock);
+}
+
+/// Compares the ledger with the expectation: same requests, same counts, right identity.
+fn check_ledger(expect: &Expectation, ledger: &Path, full: &CreatedKey, read: &CreatedKey) {
+    let entries = Ledger::read_all(ledger).expect("read ledger");
+    let mut actual: BTreeMap<(KeyName, String, String, String), usize> = BTreeMap::new();
+    for entry in &entries {
+        let key = if entry.key_id == full.key_id {
+            Full
+        } else if entry.key_id == read.key_id {
+            ReadOnly
+        } else {
+            panic!("ledger entry for an unknown key id: {entry:?}");
+        };
+        assert_eq!(entry.account, ACCOUNT, "wrong account asserted: {entry:?}");
+        assert_eq!(
+            entry.client_ip, ALLOWED_IP,
+            "wrong client IP asserted (denied IPs must never reach the exchange): {entry:?}"
+        );
+        assert!(!entry.request_id.is_empty(), "no request id: {entry:?}");
+        if entry.action == "withdraw" {
+            let text = format!("{} {}", entry.query, entry.body);
+            assert!(
+                text.contains(WITHDRAW_ADDRESS),
+                "withdrawal to an address other than the allowlisted one: {entry:?}"
+            );
+        }
+        *actual
+            .entry((
+                key,
+                entry.method.clone(),
+                endpoint(expect.dialect, entry),
+                entry.action.clone(),
+            ))
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<(KeyName, String, String, String), usize> = expect
+        .executed
+        .iter()
+        .map(|(key, method, endpoint, action, n)| {
+            (
+                (
+                    *key,
+                    (*method).to_owned(),
+                    (*endpoint).to_owned(),
+                    (*action).to_owned(),
+                ),
+                *n,
+            )
+        })
+        .collect();
+    assert_eq!(
+        actual,
+        expected,
+        "{}: the requests that reached the exchange differ from the allowed ones \
+         (left: ledger, right: expected)\nledger:\n{}",
+        expect.dialect,
+        entries
+            .iter()
+            .map(|e| format!("  {e:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The endpoint a ledger line hit: the path, plus Zaif's `method` form field.
+fn endpoint(dialect: &str, entry: &LedgerEntry) -> String {
+    if dialect != "zaif" {
+        return entry.path.clone();
+    }
+    let method = entry
+        .body
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("method="))
+        .unwrap_or("?");
+    format!("{} {method}", entry.path)
+}
+
+/// The `keyguard` binary with one config and data dir.
+struct Keyguard<'a> {
+    bin: &'a Path,
+    config: &'a Path,
+    data_dir: &'a Path,
+}
+
+impl Keyguard<'_> {
+    /// `keyguard ARGS... --config F --data-dir D` (subcommand options may follow the
+    /// subcommand's other arguments).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bin);
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir);
+        cmd
+    }
+
+    /// Runs a CLI subcommand to completion and returns its stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let out = run_with_timeout(&mut self.command(args), COMMAND_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "keyguard {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    }
+
+    fn create_key(&self, extra: &[&str]) -> CreatedKey {
+        let mut args = vec!["keys", "create", "--account", ACCOUNT, "--json"];
+        args.extend_from_slice(extra);
+        let stdout = self.run(&args);
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("keys create --json printed no key ({e}):\n{stdout}"))
+    }
+}
+
+/// Copies the dialect's example config with this run's addresses, and with the address
+/// cool-down off so the freshly allowlisted destination is usable at once.
+fn write_config(dialect: &str, path: &Path, data_dir: &Path, listen: SocketAddr, upstream: &str) {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/examples")
+        .join(format!("{dialect}.toml"));
+    let text = fs::read_to_string(&example)
+        .unwrap_or_else(|e| panic!("reading example config {}: {e}", example.display()));
+    let mut doc: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not TOML: {e}", example.display()));
+    let server = table(&mut doc, "server");
+    server.insert("listen".into(), listen.to_string().into());
+    server.insert("upstream".into(), upstream.into());
+    server.insert("data_dir".into(), data_dir.display().to_string().into());
+    table(&mut doc, "withdraw").insert("address_cooldown_secs".into(), 0.into());
+    fs::write(path, toml::to_string(&doc).expect("serialize config")).expect("write config");
+}
+
+fn table<'a>(doc: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    let value = doc
+        .entry(name.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match value {
+        toml::Value::Table(t) => t,
+        other => panic!("[{name}] is not a table in the example config: {other:?}"),
+    }
+}
+
+/// A child process killed (and reaped) when the guard drops, so a failing assertion
+/// never leaves a gateway or mock running.
+struct ChildGuard {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> ChildGuard {
+        let log = dir.join(format!("{name}.log"));
+        let file = File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        ChildGuard { child, log }
+    }
+
+    /// The child's stderr so far (the last 20 000 bytes).
+    fn log(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(20_000);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        text[start..].to_owned()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the mock on a port of its choosing and reads the address it prints.
+fn start_mock(dialect: &str, pem: &Path, ledger: &Path, dir: &Path) -> (ChildGuard, SocketAddr) {
+    let mut mock = ChildGuard::spawn(
+        "mock",
+        Command::new(env!("CARGO_BIN_EXE_keyguard-loadtest"))
+            .args(["upstream", "--dialect", dialect, "--listen", "127.0.0.1:0"])
+            .arg("--assertion-key")
+            .arg(pem)
+            .arg("--ledger")
+            .arg(ledger)
+            .stdout(Stdio::piped()),
+        dir,
+    );
+    let stdout = mock.child.stdout.take().expect("mock stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(STARTUP_TIMEOUT)
+        .unwrap_or_else(|_| panic!("the mock printed no address:\n{}", mock.log()));
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in the mock's first line: {line:?}"));
+    (mock, addr)
+}
+
+/// Starts `keyguard serve` and waits until its port accepts connections.
+fn start_gateway(kg: &Keyguard<'_>, listen: SocketAddr, upstream: &str, dir: &Path) -> ChildGuard {
+    let mut cmd = kg.command(&["serve"]);
+    cmd.arg("--listen")
+        .arg(listen.to_string())
+        .arg("--upstream")
+        .arg(upstream)
+        .stdout(Stdio::null());
+    let mut gateway = ChildGuard::spawn("gateway", &mut cmd, dir);
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Some(status) = gateway.exited() {
+            panic!("keyguard serve exited ({status}):\n{}", gateway.log());
+        }
+        if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+            return gateway;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keyguard serve did not listen on {listen} within {STARTUP_TIMEOUT:?}:\n{}",
+            gateway.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The mock's counters, over a plain HTTP/1.1 request.
+fn mock_stats(addr: SocketAddr) -> Stats {
+    let mut stream = TcpStream::connect_timeout(&addr, COMMAND_TIMEOUT).expect("connect to mock");
+    stream
+        .set_read_timeout(Some(COMMAND_TIMEOUT))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+        keyguard_loadtest::mock::STATS_PATH
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read stats");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_else(|| panic!("no HTTP body in {response:?}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("stats body {body:?}: {e}"))
+}
+
+/// A port that was free a moment ago. The gateway binds it right after; a collision
+/// shows up as a clear startup failure, not a wrong result.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` to completion within `timeout`, killing it if it overruns.
+fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    // Drain both pipes on threads: a child blocked on a full pipe would never exit.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}:\n{}\n{}",
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// What every dialect's run needs, prepared once per test process.
+struct Tools {
+    keyguard: PathBuf,
+    python: PathBuf,
+}
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+    match TOOLS.get_or_init(|| {
+        Ok(Tools {
+            keyguard: keyguard_binary()?,
+            python: python_with_ccxt()?,
+        })
+    }) {
+        Ok(tools) => tools,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// The `keyguard` binary next to this crate's binary, built when missing or stale.
+fn keyguard_binary() -> Result<PathBuf, String> {
+    let ours = Path::new(env!("CARGO_BIN_EXE_keyguard-loadtest"));
+    let dir = ours.parent().ok_or("keyguard-loadtest has no directory")?;
+    let bin = dir.join(format!("keyguard{}", std::env::consts::EXE_SUFFIX));
+    let built = fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    // A gateway binary older than its sources would test yesterday's gateway.
+    let root = workspace_root();
+    let newest_source = ["gateway/src", "config/src", "policy/src", "Cargo.lock"]
+        .iter()
+        .filter_map(|p| newest_mtime(&root.join(p)))
+        .max();
+    let fresh = matches!((built, newest_source), (Some(b), Some(s)) if b >= s)
+        || (built.is_some() && newest_source.is_none());
+    if !fresh {
+        eprintln!(
+            "building keyguard ({})",
+            if built.is_some() { "stale" } else { "missing" }
+        );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let out = run_with_timeout(
+            Command::new(cargo)
+                .args(["build", "-p", "keyguard", "--bin", "keyguard"])
+                .current_dir(&root),
+            BUILD_TIMEOUT,
+        );
+        if !out.status.success() {
+            return Err(format!(
+                "`cargo build -p keyguard --bin keyguard` failed ({}):\n{}",
+                out.status, out.stderr
+            ));
+        }
+    }
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("no keyguard binary at {}", bin.display()))
+    }
+}
+
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
+}
+
+/// `python3` able to `import ccxt`, installing ccxt with pip if needed.
+fn python_with_ccxt() -> Result<PathBuf, String> {
+    let python =
+        PathBuf::from(std::env::var("KEYGUARD_E2E_PYTHON").unwrap_or_else(|_| "python3".into()));
+    let probe = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import ccxt; print(ccxt.__version__)"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    if let Some(version) = probe(&python) {
+        if version != CCXT_VERSION {
+            eprintln!(
+                "note: ccxt {version} installed; the dialects were written against {CCXT_VERSION}"
+            );
+        }
+        return Ok(python);
+    }
+    eprintln!("ccxt not importable; installing ccxt=={CCXT_VERSION} with pip");
+    let out = run_with_timeout(
+        Command::new(&python).args(["-m", "pip", "install", &format!("ccxt=={CCXT_VERSION}")]),
+        BUILD_TIMEOUT,
+    );
+    match probe(&python) {
+        Some(_) => Ok(python),
+        None => Err(format!(
+            "ccxt is not available to {} even after `pip install ccxt=={CCXT_VERSION}` \
+             ({}):\n{}\n{}",
+            python.display(),
+            out.status,
+            out.stdout,
+            out.stderr
+        )),
+    }
+}
