@@ -1,1 +1,161 @@
-//! stub
+//! Keyguard's configuration: one TOML file, read strictly and turned into the values the
+//! gateway runs on — listeners and limits, file locations, and the policy's
+//! [`RouteTable`] and [`DialectConfig`].
+//!
+//! Strict because a config mistake in a security gateway must fail loudly: every table
+//! denies unknown keys (a misspelt limit never silently falls back to its default), and
+//! every error names file, line and key:
+//!
+//! ```text
+//! config/examples/zaif.toml:14: route[3].action: unknown action "wthdraw" (expected public, read, trade or withdraw)
+//! ```
+//!
+//! # Layout
+//! - `error`: [`ConfigError`], and turning toml's byte spans and serde's key paths into
+//!   `file:line: key:`.
+//! - `de`: value types that validate themselves while being read (addresses, CIDRs,
+//!   bounded integers, names), so their errors carry span and key path for free.
+//! - `server`: `[server]` — listeners, [`Upstream`], data directory, connection limits.
+//! - `data`: `[secrets]`, `[assertion]`, `[audit]` — [`DataFile`]s in the data directory.
+//! - `withdraw`: `[withdraw]` — the policy's [`AuthorizeConfig`].
+//! - `dialect`: `[dialect]` — the policy's [`DialectConfig`].
+//! - `route`: `[[route]]` — the policy's [`RouteTable`], with its errors located.
+//!
+//! Each section is a `Raw…` struct (the file as written, `deny_unknown_fields`) with a
+//! `resolve` step into its public type. A new section (`[limits]`, `[velocity]`, …) is a
+//! new module of that shape, one field in `ConfigFile` and one in [`Config`].
+
+#![forbid(unsafe_code)]
+
+mod data;
+mod de;
+mod dialect;
+mod error;
+mod route;
+mod server;
+mod withdraw;
+
+use std::path::{Path, PathBuf};
+
+use keyguard_policy::authorize::AuthorizeConfig;
+use keyguard_policy::{DialectConfig, RouteTable};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use data::{AssertionConfig, AuditConfig, DataFile, SecretsConfig};
+pub use error::ConfigError;
+pub use server::{InvalidUpstream, ServerConfig, Upstream};
+
+use error::{error_without_line, Source};
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was loaded from, as named (errors and logs show it this way).
+    pub path: PathBuf,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[secrets]`.
+    pub secrets: SecretsConfig,
+    /// `[assertion]`.
+    pub assertion: AssertionConfig,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+    /// `[withdraw]`, as the policy's authorization tunables.
+    pub withdraw: AuthorizeConfig,
+    /// `[dialect]`.
+    pub dialect: DialectConfig,
+    /// All `[[route]]` tables, validated for the dialect.
+    pub routes: RouteTable,
+}
+
+/// The file's top level as written. Every section but `[dialect]` has defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: server::RawServer,
+    #[serde(default)]
+    secrets: data::RawSecrets,
+    #[serde(default)]
+    assertion: data::RawAssertion,
+    #[serde(default)]
+    audit: data::RawAudit,
+    #[serde(default)]
+    withdraw: withdraw::RawWithdraw,
+    dialect: dialect::RawDialect,
+    #[serde(default)]
+    route: Vec<Spanned<route::RawRoute>>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error_without_line(path, None, format!("cannot read: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path`. Relative paths in it resolve against
+    /// `path`'s directory, so they point next to the config file wherever the gateway is
+    /// started from (the results are themselves relative when `path` is).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let src = Source::new(path, text);
+        let file: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| src.toml_error(e))?;
+        let config_dir = path.parent().unwrap_or(Path::new(""));
+        let server = file.server.resolve(&src, config_dir)?;
+        let data_dir = server.data_dir.clone();
+        let dialect = file.dialect.resolve(&src)?;
+        let routes = route::build(&src, dialect.kind, file.route)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            secrets: file.secrets.resolve(&data_dir),
+            assertion: file.assertion.resolve(&data_dir),
+            audit: file.audit.resolve(&data_dir),
+            withdraw: file.withdraw.resolve(),
+            server,
+            dialect,
+            routes,
+        })
+    }
+
+    /// Sets the upstream (`--upstream` wins over the file), with the same checks as in
+    /// the file.
+    pub fn set_upstream(&mut self, url: &str) -> Result<(), InvalidUpstream> {
+        self.server.upstream = Some(url.parse()?);
+        Ok(())
+    }
+
+    /// Moves the data directory (`--data-dir` wins over the file) and re-resolves the files
+    /// configured relative to it; files configured with absolute paths stay put. A
+    /// relative `dir` is kept as given: relative to the working directory, like any path
+    /// on a command line.
+    pub fn set_data_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.server.data_dir = dir.into();
+        let dir = &self.server.data_dir;
+        // Every DataFile must be listed here, or it would stay in the old directory.
+        for file in [
+            &mut self.secrets.master_key_file,
+            &mut self.assertion.key_file,
+            &mut self.audit.path,
+        ] {
+            file.rebase(dir);
+        }
+    }
+
+    /// The upstream, which `serve` cannot run without but the file may leave to
+    /// `--upstream`.
+    pub fn require_upstream(&self) -> Result<&Upstream, ConfigError> {
+        self.server.upstream.as_ref().ok_or_else(|| {
+            error_without_line(
+                &self.path,
+                Some("server.upstream".to_owned()),
+                "no upstream: set it in [server] or pass --upstream",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
