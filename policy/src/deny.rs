@@ -33,6 +33,8 @@ pub enum Deny {
     MethodNotAllowed,
     /// The body is larger than the configured limit.
     BodyTooLarge,
+    /// The body did not arrive within the body read timeout (slowloris).
+    BodyTimeout,
     /// The content type is not one the dialect uses.
     UnsupportedMediaType,
     /// The endpoint is not in the route table: default deny.
@@ -99,6 +101,7 @@ impl Deny {
             Deny::InvalidField => "invalid_field",
             Deny::MethodNotAllowed => "method_not_allowed",
             Deny::BodyTooLarge => "body_too_large",
+            Deny::BodyTimeout => "body_timeout",
             Deny::UnsupportedMediaType => "unsupported_media_type",
             Deny::UnknownEndpoint => "unknown_endpoint",
             Deny::MissingCredentials => "missing_credentials",
@@ -136,6 +139,7 @@ impl Deny {
             | Deny::InvalidField => 400,
             Deny::MethodNotAllowed => 405,
             Deny::BodyTooLarge => 413,
+            Deny::BodyTimeout => 408,
             Deny::UnsupportedMediaType => 415,
             Deny::UnknownEndpoint => 404,
             Deny::MissingCredentials
@@ -175,6 +179,7 @@ impl Deny {
             Deny::InvalidField => "a required field is missing or not a valid exact decimal",
             Deny::MethodNotAllowed => "the method is not allowed for this endpoint",
             Deny::BodyTooLarge => "the request body is too large",
+            Deny::BodyTimeout => "the request body did not arrive in time",
             Deny::UnsupportedMediaType => "the content type is not used by this API",
             Deny::UnknownEndpoint => "the endpoint is not known to the gateway",
             Deny::MissingCredentials => "this endpoint needs an API key and signature",
@@ -211,6 +216,7 @@ impl Deny {
         Deny::InvalidField,
         Deny::MethodNotAllowed,
         Deny::BodyTooLarge,
+        Deny::BodyTimeout,
         Deny::UnsupportedMediaType,
         Deny::UnknownEndpoint,
         Deny::MissingCredentials,

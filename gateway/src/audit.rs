@@ -1,0 +1,125 @@
+//! The audit log: one JSON line per request, written by a dedicated thread so the request
+//! path only pays for a channel send. The queue is bounded and a full queue makes requests
+//! wait rather than drop events: losing the record of a denied attack is worse than
+//! slowing down. Secrets, signatures, tokens and query strings are never part of an event.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Events that may wait in memory before the writer catches up.
+const QUEUE: usize = 65_536;
+
+/// One request's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// RFC 3339 time the request arrived.
+    pub ts: String,
+    /// Request id (also in the error body and the assertion's `jti`).
+    pub request_id: String,
+    /// Key id, once the key is known.
+    pub key_id: Option<String>,
+    /// Account, once the key is known.
+    pub account: Option<String>,
+    /// Client IP.
+    pub client_ip: String,
+    /// Dialect name.
+    pub dialect: &'static str,
+    /// Classified action, once known.
+    pub action: Option<&'static str>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The deny code, or for allowed requests `null`.
+    pub code: Option<&'static str>,
+    /// HTTP status returned to the client.
+    pub status: u16,
+    /// Time from arrival to response headers (µs).
+    pub latency_us: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Request path (truncated to 256 bytes; never the query, which may hold signatures).
+    pub path: String,
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Sends events to the writer thread.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<AuditEvent>,
+}
+
+/// Joins the writer thread at shutdown so queued events reach the file.
+pub struct AuditHandle {
+    thread: thread::JoinHandle<()>,
+}
+
+impl AuditHandle {
+    /// Waits for the writer to drain; call after every [`AuditSink`] is dropped.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+impl AuditSink {
+    /// Opens `path` for appending and starts the writer.
+    pub fn start(path: &Path) -> anyhow::Result<(AuditSink, AuditHandle)> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening audit log {}", path.display()))?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let thread = thread::Builder::new()
+            .name("keyguard-audit".into())
+            .spawn(move || write_loop(file, rx))?;
+        Ok((AuditSink { tx }, AuditHandle { thread }))
+    }
+
+    /// Queues an event; waits if the queue is full.
+    pub async fn record(&self, event: AuditEvent) {
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) {
+            let _ = self.tx.send(event).await;
+        }
+    }
+}
+
+fn write_loop(file: File, mut rx: mpsc::Receiver<AuditEvent>) {
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let mut last_sync = std::time::Instant::now();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(ev) = next {
+            if let Err(e) = serde_json::to_writer(&mut out, &ev)
+                .map_err(std::io::Error::from)
+                .and_then(|_| out.write_all(b"\n"))
+            {
+                tracing::error!(error = %e, "audit write failed");
+            }
+            next = rx.try_recv().ok();
+        }
+        // Handing the batch to the OS makes it survive a process crash; fsync once a
+        // second bounds what a power loss could take.
+        if let Err(e) = out.flush() {
+            tracing::error!(error = %e, "audit flush failed");
+        }
+        if last_sync.elapsed() >= Duration::from_secs(1) {
+            let _ = out.get_ref().sync_data();
+            last_sync = std::time::Instant::now();
+        }
+    }
+    let _ = out.flush();
+    let _ = out.get_ref().sync_all();
+}

@@ -1,0 +1,381 @@
+//! The `keyguard` command line (DESIGN.md §3). Key management commands write the store
+//! directly; a running gateway picks the change up within a second.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use keyguard_config::Config;
+use keyguard_policy::key::parse_allow_ip;
+use keyguard_policy::{DialectKind, KeyStatus, Scope, Scopes};
+
+use crate::assertion::AssertionSigner;
+use crate::secrets::{random_bytes, MasterKey};
+use crate::store::{self, NewCredential, NewKey, Store};
+
+/// Keyguard: API-key abuse protection for exchange trading APIs.
+#[derive(Debug, Parser)]
+#[command(name = "keyguard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Validate a config file and exit (non-zero with file:line: key: message on error).
+    CheckConfig(ConfigArg),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the public key upstreams use to verify `X-Keyguard-Assertion` (SPKI PEM).
+    AssertionKey(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The TOML config file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// The TOML config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Data directory (overrides `server.data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Exchange-facing listen address (overrides `server.listen`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin listen address (overrides `server.admin_listen`).
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Upstream base URL, e.g. http://127.0.0.1:9000 (overrides `server.upstream`).
+    #[arg(long)]
+    upstream: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints the secret once.
+    Create(CreateArgs),
+    /// List keys (never secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key (never its secret).
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Key id (kg_…).
+        key_id: String,
+    },
+    /// Suspend a key at once.
+    Suspend(StatusArgs),
+    /// Resume a suspended key.
+    Resume(StatusArgs),
+    /// Revoke a key for good.
+    Revoke(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Key id (kg_…).
+    key_id: String,
+    /// Why (kept with the key).
+    #[arg(long, default_value = "operator")]
+    reason: String,
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The account the key acts for.
+    #[arg(long)]
+    account: String,
+    /// Comma-separated scopes: read, trade, withdraw.
+    #[arg(long)]
+    scopes: String,
+    /// Allowed source network (CIDR or address); repeatable. Required for withdraw.
+    #[arg(long = "allow-ip")]
+    allow_ip: Vec<String>,
+    /// Allowed withdrawal destination ASSET:ADDRESS; repeatable.
+    #[arg(long = "withdraw-address")]
+    withdraw_address: Vec<String>,
+    /// Free-text label.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Days until the key expires.
+    #[arg(long)]
+    expires_in_days: Option<u64>,
+    /// Register an Ed25519 public key (base64 of the 32 raw bytes or of an SPKI DER)
+    /// instead of generating a shared secret. Binance only.
+    #[arg(long)]
+    public_key: Option<String>,
+    /// Print JSON `{"key_id","api_key","secret"}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => {
+            let cfg = Config::load(&args.config)?;
+            println!(
+                "{}: ok ({} dialect, {} routes)",
+                args.config.display(),
+                cfg.dialect.kind.as_str(),
+                cfg.routes.routes().len()
+            );
+            Ok(())
+        }
+        Command::AssertionKey(args) => {
+            let cfg = load(&args)?;
+            let signer = AssertionSigner::load_or_create(
+                cfg.assertion.key_file.path(),
+                cfg.assertion.ttl_secs,
+            )?;
+            print!("{}", signer.public_key_pem());
+            Ok(())
+        }
+        Command::Keys(cmd) => keys(cmd),
+    }
+}
+
+fn load(args: &StoreArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(&args.config)?;
+    if let Some(dir) = &args.data_dir {
+        cfg.set_data_dir(dir);
+    }
+    Ok(cfg)
+}
+
+fn master(cfg: &Config) -> anyhow::Result<MasterKey> {
+    MasterKey::load_or_create(
+        &cfg.secrets.master_key_env,
+        cfg.secrets.master_key_file.path(),
+    )
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = load(&args.store)?;
+    if let Some(l) = args.listen {
+        cfg.server.listen = l;
+    }
+    if let Some(a) = args.admin_listen {
+        cfg.server.admin_listen = Some(a);
+    }
+    if let Some(u) = args.upstream {
+        cfg.set_upstream(&u)
+            .map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keyguard")
+        .build()?;
+    runtime.block_on(crate::app::run(cfg))
+}
+
+fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create(args) => create_key(args),
+        KeysCommand::List { store, json } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let keys = store::list_keys(&conn, None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                println!(
+                    "{:<20} {:<16} {:<10} {:<20} {:<24} label",
+                    "key_id", "account", "status", "scopes", "allow_ips"
+                );
+                for k in keys {
+                    println!(
+                        "{:<20} {:<16} {:<10} {:<20} {:<24} {}",
+                        k.key_id,
+                        k.account,
+                        k.status,
+                        k.scopes.join(","),
+                        if k.allow_ips.is_empty() {
+                            "(any)".to_string()
+                        } else {
+                            k.allow_ips.join(",")
+                        },
+                        k.label
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Show { store, key_id } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let keys = store::list_keys(&conn, Some(&key_id))?;
+            match keys.first() {
+                Some(k) => println!("{}", serde_json::to_string_pretty(k)?),
+                None => bail!("no key with id {key_id}"),
+            }
+            Ok(())
+        }
+        KeysCommand::Suspend(a) => set_status(a, KeyStatus::Suspended),
+        KeysCommand::Resume(a) => set_status(a, KeyStatus::Active),
+        KeysCommand::Revoke(a) => set_status(a, KeyStatus::Revoked),
+    }
+}
+
+fn set_status(args: StatusArgs, status: KeyStatus) -> anyhow::Result<()> {
+    let cfg = load(&args.store)?;
+    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+    store::set_status(&mut conn, &args.key_id, status, &args.reason)?;
+    eprintln!("{}: {}", args.key_id, status.as_str());
+    Ok(())
+}
+
+/// Characters of generated API keys and secrets: unambiguous in every client's config.
+const ALPHANUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// `n` uniformly random alphanumeric characters (rejection sampling: no modulo bias).
+pub fn random_alnum(n: usize) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        let buf: [u8; 64] = random_bytes()?;
+        for b in buf {
+            // 248 = 62 * 4: values at or above it would favour the first characters.
+            if b < 248 && out.len() < n {
+                out.push(ALPHANUM[(b % 62) as usize] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_public_key(text: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = STANDARD
+        .decode(text.trim())
+        .context("--public-key must be base64")?;
+    let raw = match bytes.len() {
+        32 => bytes,
+        // SubjectPublicKeyInfo: 12-byte prefix then the key.
+        44 if bytes.starts_with(&[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70]) => {
+            bytes[12..].to_vec()
+        }
+        n => bail!("--public-key: expected a 32-byte Ed25519 key or its SPKI DER, got {n} bytes"),
+    };
+    Ok(raw.try_into().expect("length checked"))
+}
+
+fn create_key(args: CreateArgs) -> anyhow::Result<()> {
+    let cfg = load(&args.store)?;
+    let scopes: Scopes = args.scopes.parse().map_err(|_| {
+        anyhow::anyhow!("--scopes: expected a comma-separated list of read, trade, withdraw")
+    })?;
+    if scopes.is_empty() {
+        bail!("--scopes: a key needs at least one scope");
+    }
+    if args.account.trim().is_empty() {
+        bail!("--account must not be empty");
+    }
+    let allow_ips = args
+        .allow_ip
+        .iter()
+        .map(|s| parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--allow-ip: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if scopes.contains(Scope::Withdraw) && allow_ips.is_empty() {
+        bail!("a key with the withdraw scope needs at least one --allow-ip: a leaked withdraw key must not work from anywhere");
+    }
+    let mut addresses = Vec::new();
+    for spec in &args.withdraw_address {
+        let (asset, address) = spec
+            .split_once(':')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--withdraw-address {spec:?}: expected ASSET:ADDRESS")
+            })?;
+        addresses.push((asset.to_ascii_lowercase(), address.to_string()));
+    }
+    if !addresses.is_empty() && !scopes.contains(Scope::Withdraw) {
+        bail!("--withdraw-address given but the key has no withdraw scope");
+    }
+    let key_id = format!("kg_{}", hex::encode(random_bytes::<8>()?));
+    let api_key = random_alnum(64)?;
+    let (credential, secret) = match &args.public_key {
+        Some(pk) => {
+            if cfg.dialect.kind != DialectKind::Binance {
+                bail!("--public-key (Ed25519 keys) is only supported by the binance dialect");
+            }
+            (NewCredential::Ed25519(parse_public_key(pk)?), None)
+        }
+        None => {
+            let secret = match cfg.dialect.kind {
+                // Kraken clients base64-decode their secret before using it as the HMAC key.
+                DialectKind::Kraken => STANDARD.encode(random_bytes::<64>()?),
+                _ => random_alnum(64)?,
+            };
+            (
+                NewCredential::Hmac(secret.as_bytes().to_vec()),
+                Some(secret),
+            )
+        }
+    };
+    let expires_at = args
+        .expires_in_days
+        .map(|d| store::now_ms() + d * 86_400_000);
+    let store = Store::open(&cfg.server.data_dir)?;
+    let master = master(&cfg)?;
+    let mut conn = store.connect()?;
+    store::insert_key(
+        &mut conn,
+        &master,
+        &NewKey {
+            key_id: key_id.clone(),
+            api_key: api_key.clone(),
+            account: args.account.clone(),
+            label: args.label.clone(),
+            scopes,
+            allow_ips,
+            withdraw_addresses: addresses,
+            expires_at,
+            credential,
+        },
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"key_id": key_id, "api_key": api_key, "secret": secret})
+        );
+    } else {
+        println!("key_id:  {key_id}\napi_key: {api_key}");
+        if let Some(s) = secret {
+            println!("secret:  {s}");
+            eprintln!("The secret is shown only now; it is stored encrypted and cannot be displayed again.");
+        }
+    }
+    Ok(())
+}
+
+/// Used by `serve` to bound how long shutdown waits.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,29 @@
+//! Keyguard, the gateway: everything with I/O around the pure decisions of
+//! `keyguard-policy`.
+//!
+//! # Layout
+//! - [`cli`]: the `keyguard` command line.
+//! - [`app`]: wiring a validated config into a running gateway.
+//! - [`server`]: accepting connections with limits and graceful shutdown.
+//! - [`proxy`]: the request pipeline ([`proxy::Gateway::process`]) and forwarding.
+//! - [`respond`]: the one place a `Deny` becomes an HTTP response.
+//! - [`assertion`]: the `X-Keyguard-Assertion` JWT for the upstream.
+//! - [`keys`]: the in-memory key snapshot and its refresher.
+//! - [`replay`]: nonce and seen-signature state.
+//! - [`store`]: the embedded SQLite store and its group-commit writer.
+//! - [`secrets`]: the master key and AES-256-GCM sealing of API secrets.
+//! - [`audit`]: the JSONL audit log writer.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod assertion;
+pub mod audit;
+pub mod cli;
+pub mod keys;
+pub mod proxy;
+pub mod replay;
+pub mod respond;
+pub mod secrets;
+pub mod server;
+pub mod store;

@@ -1,0 +1,484 @@
+//! The request pipeline (DESIGN.md §2), one readable function: [`Gateway::process`].
+//! Each stage either passes the request on or returns a [`Deny`]; [`Gateway::handle`]
+//! turns the outcome into a response and one audit event.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
+use keyguard_policy::authorize::{authorize, AccessRequest, AuthorizeConfig};
+use keyguard_policy::client_ip::client_ip;
+use keyguard_policy::dialect::{self, DialectConfig};
+use keyguard_policy::key::canonical_ip;
+use keyguard_policy::{Action, Clock, Deny, KeyRecord, RouteTable};
+
+use crate::assertion::{sha256_b64url, AssertionSigner, Claims};
+use crate::audit::{timestamp, AuditEvent, AuditSink};
+use crate::keys::KeyCache;
+use crate::replay::ReplayGuard;
+use crate::respond::deny_response;
+
+/// Response body type of the gateway: upstream bodies are streamed, errors are complete.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The header that carries the identity assertion to the upstream.
+pub const ASSERTION_HEADER: &str = "x-keyguard-assertion";
+
+/// Headers that describe one hop, never the request (RFC 9110 §7.6.1), plus the
+/// non-standard ones proxies still see.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Where and how requests are forwarded.
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// A pooled keep-alive client for `base` (`http://host:port`).
+    pub fn new(
+        base: &Uri,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> anyhow::Result<Upstream> {
+        let scheme = base
+            .scheme()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("upstream {base} has no scheme"))?;
+        if scheme != http::uri::Scheme::HTTP {
+            anyhow::bail!("upstream {base}: only http:// is supported so far");
+        }
+        let authority = base
+            .authority()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("upstream {base} has no host"))?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            response_timeout,
+        })
+    }
+}
+
+/// Limits of the request-reading stage.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body accepted (bytes).
+    pub max_bytes: usize,
+    /// Time allowed for the whole body to arrive.
+    pub read_timeout: Duration,
+}
+
+/// Everything the pipeline needs, shared by all connections.
+pub struct Gateway {
+    /// Dialect options.
+    pub dialect: DialectConfig,
+    /// Endpoint classification.
+    pub routes: RouteTable,
+    /// Authorization tunables.
+    pub authz: AuthorizeConfig,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request-body limits.
+    pub body_limits: BodyLimits,
+    /// Key snapshot.
+    pub keys: Arc<KeyCache>,
+    /// Nonces and seen signatures.
+    pub replay: ReplayGuard,
+    /// Signs identity assertions.
+    pub signer: AssertionSigner,
+    /// Audit log.
+    pub audit: AuditSink,
+    /// The exchange.
+    pub upstream: Upstream,
+    /// Wall clock (injectable for tests).
+    pub clock: Arc<dyn Clock>,
+    /// Request id generator.
+    pub ids: RequestIds,
+}
+
+/// What the pipeline learned about a request, for the audit event.
+struct RequestCtx {
+    request_id: String,
+    client_ip: IpAddr,
+    key: Option<Arc<KeyRecord>>,
+    action: Option<Action>,
+    /// Set once every check passed and the request went to the upstream.
+    forwarded: bool,
+}
+
+impl Gateway {
+    /// Serves one request: decide, forward or refuse, audit.
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let arrived = SystemTime::now();
+        let method = req.method().to_string();
+        let path = truncate(req.uri().path(), 256);
+        let mut ctx = RequestCtx {
+            request_id: self.ids.next(),
+            client_ip: canonical_ip(peer.ip()),
+            key: None,
+            action: None,
+            forwarded: false,
+        };
+        let outcome = self.process(&mut ctx, peer, req).await;
+        let (resp, code) = match outcome {
+            Ok(resp) => (resp, None),
+            Err(deny) => (deny_response(deny, &ctx.request_id), Some(deny.code())),
+        };
+        self.audit
+            .record(AuditEvent {
+                ts: timestamp(arrived),
+                request_id: ctx.request_id,
+                key_id: ctx.key.as_ref().map(|k| k.key_id.clone()),
+                account: ctx.key.as_ref().map(|k| k.account.clone()),
+                client_ip: ctx.client_ip.to_string(),
+                dialect: self.dialect.kind.as_str(),
+                action: ctx.action.map(Action::as_str),
+                decision: if ctx.forwarded { "allow" } else { "deny" },
+                code,
+                status: resp.status().as_u16(),
+                latency_us: started.elapsed().as_micros() as u64,
+                method,
+                path,
+            })
+            .await;
+        Ok(resp)
+    }
+
+    /// The pipeline, outermost stage first.
+    async fn process(
+        &self,
+        ctx: &mut RequestCtx,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Deny> {
+        // Who is asking: the socket peer, or the client behind a proxy we trust.
+        ctx.client_ip = client_ip(peer.ip(), req.headers(), &self.trusted_proxies)?;
+
+        // Read the whole body (bounded in size and time): the signature covers it and the
+        // exact bytes verified are the bytes forwarded.
+        let (parts, body) = req.into_parts();
+        let body = self.read_body(&parts, body).await?;
+
+        // Strict parsing: anything ambiguous is refused before it can be misread.
+        let parsed = dialect::parse(&self.dialect, &parts, &body)?;
+
+        // Classification: unknown endpoints are denied, never forwarded.
+        let classified = self.routes.classify(&parsed)?;
+        ctx.action = Some(classified.action);
+        if classified.action == Action::Public {
+            ctx.forwarded = true;
+            return self.forward(ctx, &parts, body, None).await;
+        }
+
+        // Authentication: the key exists and signed these exact bytes, freshly.
+        let creds = parsed
+            .credentials
+            .as_ref()
+            .ok_or(Deny::MissingCredentials)?;
+        // One snapshot for the whole decision, so key and freezes are consistent.
+        let snapshot = self.keys.snapshot();
+        let key = snapshot
+            .get(&creds.api_key)
+            .cloned()
+            .ok_or(Deny::UnknownKey)?;
+        ctx.key = Some(key.clone());
+        dialect::verify(&self.dialect, creds, &key.credential)?;
+        let now = self.clock.now_ms();
+        dialect::check_freshness(&self.dialect, &creds.replay, now)?;
+
+        // Authorization: status, expiry, scope, IP allowlist, withdrawal rules, freezes.
+        authorize(
+            &self.authz,
+            &key,
+            &AccessRequest {
+                action: classified.action,
+                facts: &classified.facts,
+                client_ip: ctx.client_ip,
+                now,
+            },
+            &snapshot.freezes,
+        )?;
+        drop(snapshot);
+
+        // Replay: consume the nonce / signature durably, last, so that requests refused
+        // above do not burn the owner's nonce sequence.
+        self.replay.accept(&key.key_id, &creds.replay, now).await?;
+
+        // Forward with an assertion of what was allowed.
+        let assertion = self.assertion(ctx, &key, classified.action, &parts, &body, now);
+        ctx.forwarded = true;
+        self.forward(ctx, &parts, body, Some(assertion)).await
+    }
+
+    async fn read_body(&self, parts: &request::Parts, body: Incoming) -> Result<Bytes, Deny> {
+        let limit = self.body_limits.max_bytes;
+        // Refuse an oversized declared length before reading a byte of it.
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(Deny::InvalidHeader)?;
+            if len > limit as u64 {
+                return Err(Deny::BodyTooLarge);
+            }
+        }
+        let collected = tokio::time::timeout(
+            self.body_limits.read_timeout,
+            Limited::new(body, limit).collect(),
+        )
+        .await
+        .map_err(|_| Deny::BodyTimeout)?;
+        match collected {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Deny::BodyTooLarge),
+            Err(_) => Err(Deny::InvalidParameter),
+        }
+    }
+
+    fn assertion(
+        &self,
+        ctx: &RequestCtx,
+        key: &KeyRecord,
+        action: Action,
+        parts: &request::Parts,
+        body: &[u8],
+        now_ms: u64,
+    ) -> String {
+        let iat = now_ms / 1000;
+        self.signer.sign(&Claims {
+            iss: "keyguard",
+            sub: &key.account,
+            kid: &key.key_id,
+            scp: key.scopes.names(),
+            act: action.as_str(),
+            cip: ctx.client_ip.to_string(),
+            mth: parts.method.as_str(),
+            pth: parts.uri.path(),
+            bsh: sha256_b64url(body),
+            qsh: parts.uri.query().map(|q| sha256_b64url(q.as_bytes())),
+            iat,
+            exp: iat + self.signer.ttl_secs(),
+            jti: &ctx.request_id,
+        })
+    }
+
+    async fn forward(
+        &self,
+        ctx: &RequestCtx,
+        parts: &request::Parts,
+        body: Bytes,
+        assertion: Option<String>,
+    ) -> Result<Response<Body>, Deny> {
+        let up = &self.upstream;
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = Uri::builder()
+            .scheme(up.scheme.clone())
+            .authority(up.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Deny::InvalidTarget)?;
+        let mut out = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|_| Deny::InvalidTarget)?;
+        let headers = out.headers_mut();
+        copy_end_to_end(&parts.headers, headers, self.dialect.kind.auth_headers());
+        if let Ok(ip) = HeaderValue::from_str(&ctx.client_ip.to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
+        }
+        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), id);
+        }
+        if let Some(token) = assertion {
+            let v = HeaderValue::from_str(&token).map_err(|_| Deny::StateUnavailable)?;
+            headers.insert(HeaderName::from_static(ASSERTION_HEADER), v);
+        }
+
+        let resp = match tokio::time::timeout(up.response_timeout, up.client.request(out)).await {
+            Err(_) => return Err(Deny::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, request_id = %ctx.request_id, "upstream request failed");
+                return Err(Deny::UpstreamUnavailable);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut rparts, rbody) = resp.into_parts();
+        // The client spoke to us, not to the upstream: answer in the client's version.
+        rparts.version = parts.version;
+        strip_hop_by_hop(&mut rparts.headers);
+        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+            rparts
+                .headers
+                .insert(HeaderName::from_static("x-request-id"), id);
+        }
+        Ok(Response::from_parts(
+            rparts,
+            rbody.map_err(Into::into).boxed(),
+        ))
+    }
+}
+
+/// Copies the headers that describe the request itself. Dropped: hop-by-hop headers and
+/// any the client nominated in `Connection` (else `Connection: x-keyguard-assertion`
+/// could make a proxy strip ours), the client's credentials (the exchange trusts the
+/// assertion, not them), anything claiming to come from us, forwarding headers (we set
+/// our own), and Host/Content-Length (recomputed for the upstream request).
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, auth_headers: &[&str]) {
+    let nominated: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for (name, value) in from {
+        let n = name.as_str();
+        let dropped = HOP_BY_HOP.contains(&n)
+            || nominated.iter().any(|x| x == n)
+            || auth_headers.contains(&n)
+            || n.starts_with("x-keyguard-")
+            || n == "host"
+            || n == "content-length"
+            || n == "forwarded"
+            || n == "x-forwarded-for"
+            || n == "x-forwarded-host"
+            || n == "x-forwarded-proto"
+            || n == "x-real-ip"
+            || n == "x-request-id";
+        if !dropped {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let nominated: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        .collect();
+    for n in nominated {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Unique request ids: a random per-process prefix and a counter, so generating one costs
+/// an atomic add instead of a call into the system RNG.
+pub struct RequestIds {
+    prefix: u32,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    /// A generator with a random prefix.
+    pub fn new() -> anyhow::Result<RequestIds> {
+        let b: [u8; 4] = crate::secrets::random_bytes()?;
+        Ok(RequestIds {
+            prefix: u32::from_be_bytes(b),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The next id.
+    pub fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:012x}", self.prefix, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_to_end_headers_only() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("key", "apikey"),
+            ("sign", "deadbeef"),
+            ("x-keyguard-assertion", "forged"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("host", "exchange.example"),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("user-agent", "ccxt"),
+        ] {
+            from.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let mut to = HeaderMap::new();
+        copy_end_to_end(&from, &mut to, &["key", "sign"]);
+        let names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn request_ids_unique() {
+        let ids = RequestIds::new().unwrap();
+        let a = ids.next();
+        assert_eq!(a.len(), 20);
+        assert_ne!(a, ids.next());
+    }
+}

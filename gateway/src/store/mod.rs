@@ -1,0 +1,480 @@
+//! The embedded store: one SQLite file in the data dir holding keys, nonces and freezes.
+//!
+//! Reads for the hot path come from in-memory snapshots ([`crate::keys::KeyCache`]);
+//! SQLite is written by the CLI (rarely) and by one writer thread that group-commits
+//! nonce advances ([`writer::StoreWriter`]), so durability costs one commit per batch,
+//! not per request.
+
+pub mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use keyguard_policy::authorize::Freezes;
+use keyguard_policy::decimal::{parse_decimal, Decimal};
+use keyguard_policy::key::{Credential, KeyRecord, KeyStatus, Secret, WithdrawAddress};
+use keyguard_policy::{Scopes, UnixMillis};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::secrets::MasterKey;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id        TEXT PRIMARY KEY,
+    api_key       TEXT NOT NULL UNIQUE,
+    account       TEXT NOT NULL,
+    label         TEXT NOT NULL,
+    scopes        TEXT NOT NULL,
+    allow_ips     TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    status_reason TEXT,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    expires_at    INTEGER,
+    cred_kind     TEXT NOT NULL,
+    cred_sealed   BLOB,
+    cred_public   BLOB
+);
+CREATE INDEX IF NOT EXISTS keys_account ON keys(account);
+CREATE TABLE IF NOT EXISTS withdraw_addresses (
+    key_id   TEXT NOT NULL REFERENCES keys(key_id),
+    asset    TEXT NOT NULL,
+    address  TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (key_id, asset, address)
+);
+CREATE TABLE IF NOT EXISTS nonces (
+    key_id TEXT PRIMARY KEY,
+    nonce  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS freezes (
+    scope      TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, target)
+);
+";
+
+/// The durable store in a data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+/// How a new key proves requests.
+pub enum NewCredential {
+    /// A shared secret (sealed before it is stored).
+    Hmac(Vec<u8>),
+    /// An Ed25519 public key (Binance).
+    Ed25519([u8; 32]),
+}
+
+/// A key to create.
+pub struct NewKey {
+    /// Internal id.
+    pub key_id: String,
+    /// The API key string clients send.
+    pub api_key: String,
+    /// Owning account.
+    pub account: String,
+    /// Label.
+    pub label: String,
+    /// Scopes.
+    pub scopes: Scopes,
+    /// Allowlist.
+    pub allow_ips: Vec<ipnet::IpNet>,
+    /// Withdrawal addresses as (asset, address).
+    pub withdraw_addresses: Vec<(String, String)>,
+    /// Expiry.
+    pub expires_at: Option<UnixMillis>,
+    /// Credential.
+    pub credential: NewCredential,
+}
+
+/// A key as listed by the CLI: everything but the credential.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeySummary {
+    /// Internal id.
+    pub key_id: String,
+    /// Owning account.
+    pub account: String,
+    /// Label.
+    pub label: String,
+    /// Scope names.
+    pub scopes: Vec<&'static str>,
+    /// Allowlist CIDRs.
+    pub allow_ips: Vec<String>,
+    /// Withdrawal addresses.
+    pub withdraw_addresses: Vec<AddressSummary>,
+    /// Status name.
+    pub status: &'static str,
+    /// Why the status was last changed.
+    pub status_reason: Option<String>,
+    /// Credential kind (`hmac`/`ed25519`).
+    pub credential: String,
+    /// Creation time (ms).
+    pub created_at: UnixMillis,
+    /// Expiry (ms).
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// A withdrawal address in a listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AddressSummary {
+    /// Asset.
+    pub asset: String,
+    /// Address.
+    pub address: String,
+    /// When it was added (ms).
+    pub added_at: UnixMillis,
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> UnixMillis {
+    use keyguard_policy::Clock;
+    keyguard_policy::SystemClock.now_ms()
+}
+
+impl Store {
+    /// Opens (creating if needed) `keyguard.db` in `data_dir` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let store = Store {
+            path: data_dir.join("keyguard.db"),
+        };
+        let conn = store.connect()?;
+        conn.execute_batch(SCHEMA).context("creating schema")?;
+        let version: Option<i64> = conn
+            .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .map(|v| v.parse().unwrap_or(0));
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (k, v) VALUES ('schema_version', ?1), ('keys_generation', '0')",
+                    params![SCHEMA_VERSION.to_string()],
+                )?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => bail!(
+                "{} has schema version {v}; this keyguard understands {SCHEMA_VERSION}",
+                store.path.display()
+            ),
+        }
+        Ok(store)
+    }
+
+    /// A new connection with the pragmas every user of the file needs.
+    pub fn connect(&self) -> anyhow::Result<Connection> {
+        let conn = Connection::open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        // WAL lets the CLI write while the gateway reads; NORMAL sync in WAL mode survives
+        // a process crash (the case we promise) without an fsync per commit.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Bumps the counter that running gateways poll to notice key changes.
+fn bump_generation(conn: &Connection) -> anyhow::Result<()> {
+    conn.execute(
+        "UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'keys_generation'",
+        [],
+    )?;
+    Ok(())
+}
+
+/// The key-change counter (see [`bump_generation`]).
+pub fn keys_generation(conn: &Connection) -> anyhow::Result<i64> {
+    let v: String = conn.query_row("SELECT v FROM meta WHERE k = 'keys_generation'", [], |r| {
+        r.get(0)
+    })?;
+    Ok(v.parse().unwrap_or(0))
+}
+
+/// Stores a new key, sealing its secret.
+pub fn insert_key(conn: &mut Connection, master: &MasterKey, key: &NewKey) -> anyhow::Result<()> {
+    let now = now_ms();
+    let (kind, sealed, public): (&str, Option<Vec<u8>>, Option<Vec<u8>>) = match &key.credential {
+        NewCredential::Hmac(secret) => ("hmac", Some(master.seal(&key.key_id, secret)?), None),
+        NewCredential::Ed25519(pk) => ("ed25519", None, Some(pk.to_vec())),
+    };
+    let allow: Vec<String> = key.allow_ips.iter().map(|n| n.to_string()).collect();
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO keys (key_id, api_key, account, label, scopes, allow_ips, status, created_at,
+                           updated_at, expires_at, cred_kind, cred_sealed, cred_public)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            key.key_id,
+            key.api_key,
+            key.account,
+            key.label,
+            key.scopes.to_string(),
+            serde_json::to_string(&allow)?,
+            now as i64,
+            key.expires_at.map(|e| e as i64),
+            kind,
+            sealed,
+            public
+        ],
+    )?;
+    for (asset, address) in &key.withdraw_addresses {
+        tx.execute(
+            "INSERT INTO withdraw_addresses (key_id, asset, address, added_at) VALUES (?1, ?2, ?3, ?4)",
+            params![key.key_id, asset, address, now as i64],
+        )?;
+    }
+    bump_generation(&tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Changes a key's status. Revoked is final: a revoked key cannot be resumed.
+pub fn set_status(
+    conn: &mut Connection,
+    key_id: &str,
+    status: KeyStatus,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    let current: Option<String> = tx
+        .query_row("SELECT status FROM keys WHERE key_id = ?1", [key_id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match current.as_deref() {
+        None => bail!("no key with id {key_id}"),
+        Some("revoked") if status != KeyStatus::Revoked => {
+            bail!("key {key_id} is revoked; revocation cannot be undone")
+        }
+        _ => {}
+    }
+    tx.execute(
+        "UPDATE keys SET status = ?2, status_reason = ?3, updated_at = ?4 WHERE key_id = ?1",
+        params![key_id, status.as_str(), reason, now_ms() as i64],
+    )?;
+    bump_generation(&tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+struct KeyRow {
+    key_id: String,
+    api_key: String,
+    account: String,
+    label: String,
+    scopes: String,
+    allow_ips: String,
+    status: String,
+    status_reason: Option<String>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    cred_kind: String,
+    cred_sealed: Option<Vec<u8>>,
+    cred_public: Option<Vec<u8>>,
+}
+
+fn key_rows(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<KeyRow>> {
+    let sql = "SELECT key_id, api_key, account, label, scopes, allow_ips, status, status_reason,
+                      created_at, expires_at, cred_kind, cred_sealed, cred_public
+               FROM keys WHERE ?1 IS NULL OR key_id = ?1 ORDER BY created_at, key_id";
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt
+        .query_map([key_id], |r| {
+            Ok(KeyRow {
+                key_id: r.get(0)?,
+                api_key: r.get(1)?,
+                account: r.get(2)?,
+                label: r.get(3)?,
+                scopes: r.get(4)?,
+                allow_ips: r.get(5)?,
+                status: r.get(6)?,
+                status_reason: r.get(7)?,
+                created_at: r.get(8)?,
+                expires_at: r.get(9)?,
+                cred_kind: r.get(10)?,
+                cred_sealed: r.get(11)?,
+                cred_public: r.get(12)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn addresses(conn: &Connection) -> anyhow::Result<HashMap<String, Vec<WithdrawAddress>>> {
+    let mut stmt = conn.prepare(
+        "SELECT key_id, asset, address, added_at FROM withdraw_addresses ORDER BY added_at",
+    )?;
+    let mut out: HashMap<String, Vec<WithdrawAddress>> = HashMap::new();
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            WithdrawAddress {
+                asset: r.get(1)?,
+                address: r.get(2)?,
+                added_at: r.get::<_, i64>(3)? as u64,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (key_id, addr) = row?;
+        out.entry(key_id).or_default().push(addr);
+    }
+    Ok(out)
+}
+
+fn parse_row_common(row: &KeyRow) -> anyhow::Result<(Scopes, Vec<ipnet::IpNet>, KeyStatus)> {
+    let scopes: Scopes = row
+        .scopes
+        .parse()
+        .map_err(|_| anyhow::anyhow!("key {}: bad scopes {:?}", row.key_id, row.scopes))?;
+    let allow: Vec<String> = serde_json::from_str(&row.allow_ips)
+        .with_context(|| format!("key {}: bad allow_ips", row.key_id))?;
+    let allow = allow
+        .iter()
+        .map(|s| keyguard_policy::key::parse_allow_ip(s).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let status: KeyStatus = row
+        .status
+        .parse()
+        .map_err(|_| anyhow::anyhow!("key {}: bad status {:?}", row.key_id, row.status))?;
+    Ok((scopes, allow, status))
+}
+
+/// Loads every key with its credential opened, for the gateway's in-memory cache.
+///
+/// A row that cannot be decoded (wrong master key, corrupted) is skipped and reported,
+/// so one bad row cannot take every other key down; the skipped key is unusable, which
+/// is the safe direction.
+pub fn load_keys(
+    conn: &Connection,
+    master: &MasterKey,
+) -> anyhow::Result<(Vec<KeyRecord>, Vec<String>)> {
+    let mut addrs = addresses(conn)?;
+    let mut keys = Vec::new();
+    let mut errors = Vec::new();
+    for row in key_rows(conn, None)? {
+        let decoded = (|| -> anyhow::Result<KeyRecord> {
+            let (scopes, allow_ips, status) = parse_row_common(&row)?;
+            let credential = match row.cred_kind.as_str() {
+                "hmac" => {
+                    let sealed = row.cred_sealed.as_deref().unwrap_or_default();
+                    Credential::Hmac(Secret::new(master.open(&row.key_id, sealed)?))
+                }
+                "ed25519" => {
+                    let pk: [u8; 32] =
+                        row.cred_public
+                            .as_deref()
+                            .and_then(|p| p.try_into().ok())
+                            .ok_or_else(|| anyhow::anyhow!("key {}: bad public key", row.key_id))?;
+                    Credential::Ed25519(pk)
+                }
+                other => bail!("key {}: unknown credential kind {other:?}", row.key_id),
+            };
+            Ok(KeyRecord {
+                key_id: row.key_id.clone(),
+                api_key: row.api_key.clone(),
+                account: row.account.clone(),
+                label: row.label.clone(),
+                scopes,
+                allow_ips,
+                withdraw_addresses: addrs.remove(&row.key_id).unwrap_or_default(),
+                created_at: row.created_at as u64,
+                expires_at: row.expires_at.map(|e| e as u64),
+                status,
+                credential,
+            })
+        })();
+        match decoded {
+            Ok(k) => keys.push(k),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    Ok((keys, errors))
+}
+
+/// Lists keys (all, or one) without credentials.
+pub fn list_keys(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<KeySummary>> {
+    let mut addrs = addresses(conn)?;
+    key_rows(conn, key_id)?
+        .into_iter()
+        .map(|row| {
+            let (scopes, allow_ips, status) = parse_row_common(&row)?;
+            Ok(KeySummary {
+                withdraw_addresses: addrs
+                    .remove(&row.key_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| AddressSummary {
+                        asset: a.asset,
+                        address: a.address,
+                        added_at: a.added_at,
+                    })
+                    .collect(),
+                key_id: row.key_id,
+                account: row.account,
+                label: row.label,
+                scopes: scopes.names(),
+                allow_ips: allow_ips.iter().map(|n| n.to_string()).collect(),
+                status: status.as_str(),
+                status_reason: row.status_reason,
+                credential: row.cred_kind,
+                created_at: row.created_at as u64,
+                expires_at: row.expires_at.map(|e| e as u64),
+            })
+        })
+        .collect()
+}
+
+/// The last accepted nonce of every key.
+pub fn load_nonces(conn: &Connection) -> anyhow::Result<HashMap<String, Decimal>> {
+    let mut stmt = conn.prepare("SELECT key_id, nonce FROM nonces")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (key_id, nonce) = row?;
+        let n = parse_decimal(&nonce).map_err(|_| {
+            anyhow::anyhow!("key {key_id}: stored nonce {nonce:?} is not a decimal")
+        })?;
+        out.insert(key_id, n);
+    }
+    Ok(out)
+}
+
+/// The withdrawal freezes in force.
+pub fn load_freezes(conn: &Connection) -> anyhow::Result<Freezes> {
+    let mut stmt = conn.prepare("SELECT scope, target FROM freezes")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut f = Freezes::default();
+    for row in rows {
+        match row? {
+            (scope, _) if scope == "global" => f.global = true,
+            (scope, target) if scope == "asset" => f.assets.push(target),
+            (scope, target) if scope == "account" => f.accounts.push(target),
+            (scope, _) => bail!("unknown freeze scope {scope:?}"),
+        }
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests;
