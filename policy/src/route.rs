@@ -120,6 +120,14 @@ impl RouteTable {
                     "this dialect has no selector field",
                 ));
             }
+            // Without a selector value, a private Zaif route would match every `method`:
+            // a `read` route on /tapi would classify withdrawals as reads.
+            if r.select.is_none() && kind.selector_field().is_some() && r.action != Action::Public {
+                return Err(RouteError::Selector(
+                    i,
+                    "private routes of this dialect must name their `select` value",
+                ));
+            }
             if let Some(j) = routes[..i]
                 .iter()
                 .position(|o| o.method == r.method && o.path == r.path && o.select == r.select)
@@ -234,6 +242,38 @@ fn extract_facts(fields: &FieldMap, req: &ParsedRequest) -> Result<Facts, Deny> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(method: Method, path: &str, select: Option<&str>, action: Action) -> RouteSpec {
+        RouteSpec {
+            method,
+            path: path.into(),
+            select: select.map(Into::into),
+            action,
+            fields: FieldMap::default(),
+        }
+    }
+
+    #[test]
+    fn zaif_private_routes_need_select() {
+        let bare = route(Method::POST, "/tapi", None, Action::Read);
+        assert!(matches!(
+            RouteTable::new(DialectKind::Zaif, vec![bare.clone()]),
+            Err(RouteError::Selector(0, _))
+        ));
+        assert!(RouteTable::new(DialectKind::Binance, vec![bare]).is_ok());
+        let public = route(Method::GET, "/api/1/ticker/{pair}", None, Action::Public);
+        assert!(RouteTable::new(DialectKind::Zaif, vec![public]).is_ok());
+        let dup = route(Method::GET, "/x", None, Action::Read);
+        assert_eq!(
+            RouteTable::new(DialectKind::Kraken, vec![dup.clone(), dup]),
+            Err(RouteError::Duplicate(1, 0))
+        );
+        let withdraw = route(Method::POST, "/w", None, Action::Withdraw);
+        assert_eq!(
+            RouteTable::new(DialectKind::Kraken, vec![withdraw]),
+            Err(RouteError::WithdrawFieldMissing(0, "asset"))
+        );
+    }
 
     #[test]
     fn templates_match_one_segment() {
