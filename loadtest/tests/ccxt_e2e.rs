@@ -9,9 +9,10 @@
 //! account and client IP the gateway asserted, and the mock must have refused nothing
 //! (every forwarded request carried a valid assertion).
 //!
-//! Requirements: `python3` with ccxt 4.5.90 (installed with pip when missing; the test
-//! fails, never skips, when it cannot be had) and the `keyguard` binary, built here when
-//! it is missing or older than the gateway's sources.
+//! Requirements: `python3` (or `$KEYGUARD_E2E_PYTHON`) with ccxt 4.5.90, installed with
+//! pip when missing (the test fails, never skips, when it cannot be had), and the
+//! `keyguard` binary next to this crate's, built here when missing or older than the
+//! gateway's sources.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -142,20 +143,20 @@ fn run_dialect(expect: &Expectation) {
     fs::create_dir_all(&data_dir).expect("data dir");
     let config = dir.path().join("keyguard.toml");
     let ledger_path = dir.path().join("ledger.jsonl");
-    let gateway_addr = free_port();
     let kg = Keyguard {
         bin: &tools.keyguard,
         config: &config,
         data_dir: &data_dir,
     };
 
-    // The assertion key lives in the data dir; the mock needs its public half before the
-    // gateway can name the mock as upstream, so the config is written twice.
+    // The assertion key lives in the data dir and the mock needs its public half before
+    // the gateway can name the mock as upstream: this first config only serves the CLI;
+    // start_gateway rewrites it with the real addresses.
     write_config(
         expect.dialect,
         &config,
         &data_dir,
-        gateway_addr,
+        "127.0.0.1:9".parse().expect("addr"),
         "http://127.0.0.1:9",
     );
     let pem = kg.run(&["assertion-key"]);
@@ -168,7 +169,6 @@ fn run_dialect(expect: &Expectation) {
 
     let (mock, mock_addr) = start_mock(expect.dialect, &pem_path, &ledger_path, dir.path());
     let upstream = format!("http://{mock_addr}");
-    write_config(expect.dialect, &config, &data_dir, gateway_addr, &upstream);
 
     let withdraw_spec = format!("{}:{WITHDRAW_ADDRESS}", expect.withdraw_asset);
     let full: CreatedKey = kg.create_key(&[
@@ -190,7 +190,7 @@ fn run_dialect(expect: &Expectation) {
         "e2e read-only",
     ]);
 
-    let gateway = start_gateway(&kg, gateway_addr, &upstream, dir.path());
+    let (gateway, gateway_addr) = start_gateway(&kg, expect.dialect, &upstream, dir.path());
 
     let script_config = json!({
         "dialect": expect.dialect,
@@ -208,8 +208,6 @@ fn run_dialect(expect: &Expectation) {
             .arg(script_config.to_string()),
         SCRIPT_TIMEOUT,
     );
-    println!("{}", output.stdout);
-    eprintln!("{}", output.stderr);
     if !output.status.success() {
         panic!(
             "{} e2e.py failed ({}):\n{}\n{}\n--- gateway log ---\n{}\n--- mock log ---\n{}",
@@ -222,6 +220,7 @@ fn run_dialect(expect: &Expectation) {
         );
     }
 
+    println!("{}", output.stdout);
     check_ledger(expect, &ledger_path, &full, &read);
 
     let stats = mock_stats(mock_addr);
@@ -461,30 +460,44 @@ fn start_mock(dialect: &str, pem: &Path, ledger: &Path, dir: &Path) -> (ChildGua
     (mock, addr)
 }
 
-/// Starts `keyguard serve` and waits until its port accepts connections.
-fn start_gateway(kg: &Keyguard<'_>, listen: SocketAddr, upstream: &str, dir: &Path) -> ChildGuard {
-    let mut cmd = kg.command(&["serve"]);
-    cmd.arg("--listen")
-        .arg(listen.to_string())
-        .arg("--upstream")
-        .arg(upstream)
-        .stdout(Stdio::null());
-    let mut gateway = ChildGuard::spawn("gateway", &mut cmd, dir);
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    loop {
-        if let Some(status) = gateway.exited() {
-            panic!("keyguard serve exited ({status}):\n{}", gateway.log());
+/// Starts `keyguard serve` on a free port and waits until it accepts connections. The
+/// port is only known to be free when picked, so a gateway that exits at once (lost the
+/// port to a concurrent test) is retried on another one.
+fn start_gateway(
+    kg: &Keyguard<'_>,
+    dialect: &str,
+    upstream: &str,
+    dir: &Path,
+) -> (ChildGuard, SocketAddr) {
+    let mut last_log = String::new();
+    for _attempt in 0..3 {
+        let listen = free_port();
+        write_config(dialect, kg.config, kg.data_dir, listen, upstream);
+        let mut cmd = kg.command(&["serve"]);
+        cmd.arg("--listen")
+            .arg(listen.to_string())
+            .arg("--upstream")
+            .arg(upstream)
+            .stdout(Stdio::null());
+        let mut gateway = ChildGuard::spawn("gateway", &mut cmd, dir);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = gateway.exited() {
+                last_log = format!("keyguard serve exited ({status}):\n{}", gateway.log());
+                break;
+            }
+            if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+                return (gateway, listen);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyguard serve did not listen on {listen} within {STARTUP_TIMEOUT:?}:\n{}",
+                gateway.log()
+            );
+            thread::sleep(Duration::from_millis(50));
         }
-        if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
-            return gateway;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keyguard serve did not listen on {listen} within {STARTUP_TIMEOUT:?}:\n{}",
-            gateway.log()
-        );
-        thread::sleep(Duration::from_millis(50));
     }
+    panic!("{last_log}");
 }
 
 /// The mock's counters, over a plain HTTP/1.1 request.

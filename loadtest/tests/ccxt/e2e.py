@@ -20,8 +20,8 @@ clients run in order:
 Each client binds its source address (127.0.0.2, 127.0.0.3, ...) through a requests
 adapter, so the gateway sees a real peer address and no header can fake it.
 
-Exit status 0 when every expectation held; otherwise 1, with one line per failure.
-A machine-readable summary is printed last, as one JSON line.
+Prints one line per step; exits 0 when every expectation held, otherwise 1 after one
+`FAIL ...` line per failed expectation.
 """
 
 import json
@@ -269,12 +269,12 @@ def main():
     except Exception:  # noqa: BLE001 - report, never hide, a crash of the script itself
         run.failures.append("script crashed:\n" + traceback.format_exc())
     for step in run.steps:
+        # Failure details follow as FAIL lines; denials show which ccxt error they raised.
+        detail = step["detail"] if step["outcome"] == "denied" else None
         print(f"  {step['client']:<16} {step['step']:<18} {step['outcome']}"
-              + (f"  ({step['detail']})" if step["detail"] else ""))
+              + (f"  ({detail})" if detail else ""))
     for failure in run.failures:
         print("FAIL " + failure)
-    print(json.dumps({"dialect": config["dialect"], "steps": run.steps,
-                      "failures": run.failures}))
     return 1 if run.failures else 0
 
 
