@@ -160,7 +160,10 @@ impl Gateway {
         let outcome = self.process(&mut ctx, peer, req).await;
         let (resp, code) = match outcome {
             Ok(resp) => (resp, None),
-            Err(deny) => (deny_response(deny, &ctx.request_id), Some(deny.code())),
+            Err(deny) => (
+                deny_response(deny, &ctx.request_id, self.dialect.kind),
+                Some(deny.code()),
+            ),
         };
         self.audit
             .record(AuditEvent {

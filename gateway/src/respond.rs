@@ -4,19 +4,30 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use keyguard_policy::Deny;
+use keyguard_policy::{Deny, DialectKind};
 
 use crate::proxy::Body;
 
-/// The JSON error response for `deny`.
-pub fn deny_response(deny: Deny, request_id: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "error": {
-            "code": deny.code(),
-            "message": deny.message(),
-            "request_id": request_id,
-        }
+/// The JSON error response for `deny`:
+/// `{"error":{"code","message","request_id"}}` (DESIGN.md §3).
+///
+/// Kraken clients require `error` to be a list of Kraken error strings (ccxt's kraken
+/// crashes on an object instead of raising), so for that dialect the body is Kraken's
+/// shape — the closest native error first, so clients raise the right exception class,
+/// then `EKeyguard:<code>` — with our fields under `keyguard`.
+pub fn deny_response(deny: Deny, request_id: &str, dialect: DialectKind) -> Response<Body> {
+    let ours = serde_json::json!({
+        "code": deny.code(),
+        "message": deny.message(),
+        "request_id": request_id,
     });
+    let body = match dialect {
+        DialectKind::Kraken => serde_json::json!({
+            "error": [kraken_error(deny), format!("EKeyguard:{}", deny.code())],
+            "keyguard": ours,
+        }),
+        _ => serde_json::json!({ "error": ours }),
+    };
     let status = StatusCode::from_u16(deny.status()).unwrap_or(StatusCode::FORBIDDEN);
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
@@ -37,4 +48,58 @@ pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// Kraken's own error string closest to `deny` (what ccxt and Kraken SDKs match on).
+fn kraken_error(deny: Deny) -> &'static str {
+    match deny {
+        Deny::MissingCredentials | Deny::UnknownKey => "EAPI:Invalid key",
+        Deny::InvalidSignature => "EAPI:Invalid signature",
+        Deny::InvalidNonce | Deny::StaleTimestamp | Deny::Replay => "EAPI:Invalid nonce",
+        Deny::RateLimited => "EAPI:Rate limit exceeded",
+        Deny::UpstreamUnavailable | Deny::UpstreamTimeout | Deny::StateUnavailable => {
+            "EService:Unavailable"
+        }
+        d if d.status() == 403 => "EGeneral:Permission denied",
+        _ => "EGeneral:Invalid arguments",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(resp: Response<Body>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn design_shape_and_kraken_shape() {
+        let r = deny_response(Deny::IpNotAllowed, "rid1", DialectKind::Zaif);
+        assert_eq!(r.status(), 403);
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["code"], "ip_not_allowed");
+        assert_eq!(v["error"]["request_id"], "rid1");
+
+        let r = deny_response(Deny::IpNotAllowed, "rid2", DialectKind::Kraken);
+        assert_eq!(r.status(), 403);
+        let v = body_json(r).await;
+        assert_eq!(v["error"][0], "EGeneral:Permission denied");
+        assert_eq!(v["error"][1], "EKeyguard:ip_not_allowed");
+        assert_eq!(v["keyguard"]["code"], "ip_not_allowed");
+        assert_eq!(v["keyguard"]["request_id"], "rid2");
+    }
+
+    #[test]
+    fn every_deny_has_a_distinct_code_and_an_error_status() {
+        let mut codes: Vec<&str> = Deny::ALL.iter().map(|d| d.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Deny::ALL.len());
+        for d in Deny::ALL {
+            assert!((400..600).contains(&d.status()), "{d:?}");
+            assert!(!kraken_error(*d).is_empty());
+        }
+    }
 }
