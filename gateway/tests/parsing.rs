@@ -1,0 +1,1020 @@
+//! Strict parsing through the real gateway: every ambiguous request is refused with its
+//! code, and the upstream never sees it. Each test ends with a control request that the
+//! same gateway forwards, so a refusal cannot come from a broken setup.
+//!
+//! What hyper itself refuses before the gateway's code runs (observed with hyper 1.12: a
+//! bare `400` with an empty body, so no error code, request id or audit event; the tests
+//! accept any refusal there, as long as nothing is forwarded): NUL, bare CR and DEL in
+//! header values, obs-fold continuation lines, conflicting `Content-Length`s, and raw
+//! non-ASCII bytes in the request target. A raw `\` in the target passes hyper and is
+//! refused by the path rule. hyper *normalizes* (so the gateway's own
+//! rules for these never fire) `Content-Length` with `Transfer-Encoding` (CL dropped,
+//! connection closed after the response) and repeated identical `Content-Length`s (folded
+//! into one); the tests check the upstream still sees one unambiguous request. A bare LF ends a header line in hyper's parser, so it splits the value
+//! into a second header (the test injects a second `Key` that way and expects a refusal).
+//! HTAB and obs-text (0x80-0xFF) pass hyper; the gateway refuses HTAB everywhere and
+//! non-printable bytes in credential headers.
+
+mod utils;
+
+use utils::scenarios::{expect_denied, expect_forwarded, setup, Setup};
+use utils::*;
+
+async fn full(d: Dialect) -> Setup {
+    setup(d, &[KeySpec::full(d)]).await
+}
+
+/// Sends exact bytes and asserts the request was refused (an error status, or the
+/// connection closed without a response) and not forwarded. Returns the response, if any.
+async fn refused_raw(s: &Setup, raw: &[u8], what: &str) -> Option<Resp> {
+    let before = s.origin.count();
+    let r = s.gw.send_bytes(ALLOWED_IP, raw).await;
+    if let Ok(resp) = &r {
+        assert!(
+            resp.status >= 400,
+            "{what}: expected a refusal, got {} {:?}",
+            resp.status,
+            resp.text()
+        );
+    }
+    s.origin.assert_unchanged(before, what);
+    r.ok()
+}
+
+/// `req` rendered for the gateway with `edit` applied to the bytes (for byte-level
+/// malformations the request builder cannot express).
+fn bytes_of(s: &Setup, req: &Req) -> Vec<u8> {
+    req.to_bytes(&s.gw.addr.to_string())
+}
+
+fn replace_bytes(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let i = hay
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern present");
+    let mut out = hay[..i].to_vec();
+    out.extend_from_slice(to);
+    out.extend_from_slice(&hay[i + from.len()..]);
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths
+// ---------------------------------------------------------------------------------------
+
+async fn paths_refused(s: &Setup, targets: &[&str]) {
+    let k = s.key().clone();
+    for t in targets {
+        let req = zaif::read(&k).target(t);
+        expect_denied(s, &req, 400, "invalid_path").await;
+    }
+    expect_forwarded(s, &zaif::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_plain_and_encoded() {
+    let s = full(Dialect::Zaif).await;
+    paths_refused(
+        &s,
+        &[
+            "/tapi/../tapi",
+            "/x/../tapi",
+            "/./tapi",
+            "/tapi/.",
+            "/tapi/..",
+            "/%2e%2e/tapi",
+            "/%2E%2E/tapi",
+            "/.%2e/tapi",
+            "/%2e/tapi",
+            "/tapi/%2e",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_slash_backslash_semicolon_nul() {
+    let s = full(Dialect::Zaif).await;
+    paths_refused(
+        &s,
+        &[
+            "/tapi%2f",
+            "/%2ftapi",
+            "/tapi%2F..%2Ftapi",
+            "/tapi%5c",
+            "/%5Ctapi",
+            "/tapi%3bx=y",
+            "/tapi%3B",
+            "/tapi%00",
+            "/tapi%00.json",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_slash_in_binance_and_kraken_paths() {
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    for path in [
+        "/api%2fv3/account",
+        "/api/v3%2Faccount",
+        "/api/v3/account%00",
+    ] {
+        let req = binance::call(&k, "GET", path, &[], now_ms());
+        expect_denied(&s, &req, 400, "invalid_path").await;
+    }
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    // Signed over the odd path, so only the path rule can refuse it.
+    for path in ["/0/private%2FBalance", "/0/private/%2e%2e/private/Balance"] {
+        let req = kraken::call(&k, path, &[]);
+        expect_denied(&s, &req, 400, "invalid_path").await;
+    }
+    expect_forwarded(&s, &kraken::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_encoding() {
+    let s = full(Dialect::Zaif).await;
+    paths_refused(
+        &s,
+        &[
+            "/%252e%252e/tapi",
+            "/tapi%252f",
+            "/%25%32%65/tapi",
+            "/tapi%25",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_segments() {
+    let s = full(Dialect::Zaif).await;
+    paths_refused(&s, &["//tapi", "/tapi//", "///tapi"]).await;
+    // A public path too.
+    let before = s.origin.count();
+    let r =
+        s.gw.request(&Req::new("GET", "/api/1//ticker/btc_jpy"))
+            .await;
+    r.assert_error(400, "invalid_path");
+    s.origin.assert_unchanged(before, "//");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_parameters() {
+    let s = full(Dialect::Zaif).await;
+    paths_refused(&s, &["/tapi;x=y", "/tapi;", "/;/tapi"]).await;
+    let before = s.origin.count();
+    let r =
+        s.gw.request(&Req::new("GET", "/api/1/ticker/btc_jpy;jsessionid=1"))
+            .await;
+    r.assert_error(400, "invalid_path");
+    s.origin.assert_unchanged(before, ";jsessionid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_paths() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    paths_refused(
+        &s,
+        &[
+            "/tapi%ff",
+            "/tapi%c3%28",
+            "/%c0%ae%c0%ae/tapi",
+            "/tapi%e2%82",
+        ],
+    )
+    .await;
+    // Raw bytes >= 0x80 in the target (hyper or the path rule refuses them).
+    let raw = bytes_of(&s, &zaif::read(&k));
+    let raw = replace_bytes(&raw, b"POST /tapi ", b"POST /tapi\xff ");
+    refused_raw(&s, &raw, "raw 0xff in path").await;
+    let raw = bytes_of(&s, &zaif::read(&k));
+    let raw = replace_bytes(&raw, b"POST /tapi ", "POST /t\u{e4}pi ".as_bytes());
+    refused_raw(&s, &raw, "raw UTF-8 in path").await;
+    // A raw backslash passes hyper; the path rule refuses it.
+    let req = zaif::read(&k).target("/x\\..\\tapi");
+    expect_denied(&s, &req, 400, "invalid_path").await;
+    let req = zaif::read(&k).target("/tapi\\");
+    expect_denied(&s, &req, 400, "invalid_path").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_authority_must_match_host() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let gw = s.gw.addr.to_string();
+    for target in [
+        "http://evil.example/tapi".to_owned(),
+        "http://127.0.0.1:1/tapi".to_owned(),
+        format!("http://user@{gw}/tapi"),
+        format!("http://127.0.0.9:{}/tapi", s.gw.addr.port()),
+    ] {
+        let req = zaif::read(&k).target(&target);
+        expect_denied(&s, &req, 400, "invalid_target").await;
+    }
+    // Matching authority (case-insensitive): accepted, forwarded in origin form.
+    let req = zaif::read(&k).target(&format!("http://{gw}/tapi"));
+    let rec = expect_forwarded_any_target(&s, &req, &k).await;
+    assert_eq!(rec.target, "/tapi");
+}
+
+async fn expect_forwarded_any_target(s: &Setup, req: &Req, k: &TestKey) -> Recorded {
+    let before = s.origin.count();
+    let resp = s.gw.request(req).await;
+    resp.assert_forwarded_ok();
+    let rec = s.origin.one_since(before);
+    check_forwarded(s.env.dialect, &s.pem, &rec, k, "read");
+    rec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_host() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let gw = s.gw.addr.to_string();
+    expect_denied(
+        &s,
+        &zaif::read(&k).header("Host", &gw),
+        400,
+        "invalid_target",
+    )
+    .await;
+    expect_denied(
+        &s,
+        &zaif::read(&k).header("Host", "evil.example"),
+        400,
+        "invalid_target",
+    )
+    .await;
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_form_keys() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let n = next_nonce();
+    for body in [
+        format!("method=get_info2&nonce={n}&nonce={}", n + 1),
+        format!("method=get_info2&nonce={n}&nonce={n}"),
+        format!("method=get_info2&method=withdraw&nonce={n}"),
+        // Equal after decoding.
+        format!("method=get_info2&nonce={n}&%6eonce={}", n + 1),
+        format!("method=get_info2&nonce={n}&me%74hod=withdraw"),
+    ] {
+        expect_denied(&s, &zaif::signed(&k, &body), 400, "duplicate_parameter").await;
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    let n = next_nonce().to_string();
+    let body = format!("nonce={n}&asset=XBT&amount=0.001&amount=100&key=w&address={WITHDRAW_ADDR}");
+    let req = kraken::signed_form(&k, kraken::WITHDRAW_PATH, &n, &body);
+    expect_denied(&s, &req, 400, "duplicate_parameter").await;
+    expect_forwarded(&s, &kraken::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_query_keys_and_query_body_twins() {
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let key_hdr = |r: Req| r.header("X-MBX-APIKEY", &k.api_key);
+    let q = binance::sign_query(
+        &k,
+        &format!("symbol=BTCUSDT&symbol=ETHUSDT&timestamp={}", now_ms()),
+        "",
+    );
+    let req = key_hdr(Req::new("GET", &format!("/api/v3/openOrders?{q}")));
+    expect_denied(&s, &req, 400, "duplicate_parameter").await;
+    // The signature twice.
+    let q = binance::sign_query(&k, &format!("timestamp={}", now_ms()), "");
+    let sig = q.rsplit_once("signature=").unwrap().1.to_owned();
+    let req = key_hdr(Req::new(
+        "GET",
+        &format!("{}?{q}&signature={sig}", binance::READ_PATH),
+    ));
+    expect_denied(&s, &req, 400, "duplicate_parameter").await;
+    // The same parameter in the query and in the body.
+    let query = "symbol=BTCUSDT";
+    let body = format!(
+        "symbol=ETHUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=1&timestamp={}",
+        now_ms()
+    );
+    let sig = sign::binance(&k.secret, query, &body);
+    let req = key_hdr(Req::new(
+        "POST",
+        &format!("{}?{query}", binance::TRADE_PATH),
+    ))
+    .header("Content-Type", "application/x-www-form-urlencoded")
+    .body(format!("{body}&signature={sig}"));
+    expect_denied(&s, &req, 400, "duplicate_parameter").await;
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semicolon_as_parameter_separator() {
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let q = binance::sign_query(
+        &k,
+        &format!("symbol=BTCUSDT;recvWindow=60000&timestamp={}", now_ms()),
+        "",
+    );
+    let req =
+        Req::new("GET", &format!("/api/v3/openOrders?{q}")).header("X-MBX-APIKEY", &k.api_key);
+    expect_denied(&s, &req, 400, "invalid_parameter").await;
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let n = next_nonce();
+    for body in [
+        format!("method=get_info2;method=withdraw&nonce={n}"),
+        format!("method=get_info2&nonce={n};x=1"),
+    ] {
+        expect_denied(&s, &zaif::signed(&k, &body), 400, "invalid_parameter").await;
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_body_where_the_dialect_has_no_query() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    for target in ["/tapi?method=withdraw", "/tapi?", "/tapi?x=1"] {
+        let req = zaif::read(&k).target(target);
+        expect_denied(&s, &req, 400, "invalid_parameter").await;
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    for target in ["/0/private/Balance?nonce=1", "/0/private/Balance?"] {
+        let req = kraken::read(&k).target(target);
+        expect_denied(&s, &req, 400, "invalid_parameter").await;
+    }
+    expect_forwarded(&s, &kraken::read(&k), &k, "read").await;
+}
+
+async fn kraken_json_refused(s: &Setup, path: &str, bodies: &[String], status: u16, code: &str) {
+    let k = s.key().clone();
+    for body in bodies {
+        // The signed nonce is the first one in the body.
+        let nonce = body
+            .split("\"nonce\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("nonce in body")
+            .to_owned();
+        let req = kraken::signed_json(&k, path, &nonce, body);
+        let before = s.origin.count();
+        let resp = s.gw.request(&req).await;
+        assert_eq!(
+            (resp.status, resp.code().as_deref()),
+            (status, Some(code)),
+            "body {body}: {:?}",
+            resp.text()
+        );
+        s.origin.assert_unchanged(before, body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_json_keys_including_after_unescaping() {
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    let n = next_nonce();
+    let m = n + 1;
+    kraken_json_refused(
+        &s,
+        kraken::TRADE_PATH,
+        &[
+            format!(r#"{{"nonce":"{n}","nonce":"{m}","ordertype":"market","type":"buy","volume":"1","pair":"XBTUSD"}}"#),
+            format!(r#"{{"nonce":"{n}","no\u006ece":"{m}","ordertype":"market","type":"buy","volume":"1","pair":"XBTUSD"}}"#),
+            format!(r#"{{"nonce":"{n}","ordertype":"market","type":"buy","volume":"1","vol\u0075me":"100","pair":"XBTUSD"}}"#),
+            format!(r#"{{"nonce":"{n}","ordertype":"market","type":"buy","volume":"1","pair":"XBTUSD","pair":"ETHUSD"}}"#),
+        ],
+        400,
+        "invalid_json",
+    )
+    .await;
+    expect_forwarded(&s, &kraken::trade(&k), &k, "trade").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_standard_json_numbers() {
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    let bodies: Vec<String> = ["NaN", "Infinity", "-Infinity", "0x10", "+1", "01", ".5", "1.", "1e", "--1"]
+        .iter()
+        .map(|v| {
+            format!(
+                r#"{{"nonce":"{}","ordertype":"limit","type":"buy","volume":{v},"pair":"XBTUSD","price":"1"}}"#,
+                next_nonce()
+            )
+        })
+        .collect();
+    kraken_json_refused(&s, kraken::TRADE_PATH, &bodies, 400, "invalid_json").await;
+    // A number somewhere the policy does not read is still parsed strictly.
+    let bodies = vec![format!(
+        r#"{{"nonce":"{}","ordertype":"limit","type":"buy","volume":"1","pair":"XBTUSD","price":"1","userref":NaN}}"#,
+        next_nonce()
+    )];
+    kraken_json_refused(&s, kraken::TRADE_PATH, &bodies, 400, "invalid_json").await;
+    expect_forwarded(&s, &kraken::trade(&k), &k, "trade").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_json_type_for_a_policy_field() {
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    let trade = |field: &str, v: &str| {
+        let mut fields = [
+            ("ordertype", r#""limit""#.to_owned()),
+            ("type", r#""buy""#.to_owned()),
+            ("volume", r#""1""#.to_owned()),
+            ("pair", r#""XBTUSD""#.to_owned()),
+            ("price", r#""1""#.to_owned()),
+        ];
+        for f in fields.iter_mut() {
+            if f.0 == field {
+                f.1 = v.to_owned();
+            }
+        }
+        let rest: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!(r#""{k}":{v}"#))
+            .collect();
+        format!(r#"{{"nonce":"{}",{}}}"#, next_nonce(), rest.join(","))
+    };
+    let withdraw = |field: &str, v: &str| {
+        let mut fields = [
+            ("asset", r#""XBT""#.to_owned()),
+            ("key", r#""w""#.to_owned()),
+            ("amount", r#""0.001""#.to_owned()),
+            ("address", format!(r#""{WITHDRAW_ADDR}""#)),
+        ];
+        for f in fields.iter_mut() {
+            if f.0 == field {
+                f.1 = v.to_owned();
+            }
+        }
+        let rest: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!(r#""{k}":{v}"#))
+            .collect();
+        format!(r#"{{"nonce":"{}",{}}}"#, next_nonce(), rest.join(","))
+    };
+    kraken_json_refused(
+        &s,
+        kraken::TRADE_PATH,
+        &[
+            trade("volume", r#"{"a":1}"#),
+            trade("volume", "[1]"),
+            trade("price", "true"),
+            trade("price", "null"),
+            trade("pair", r#"{"x":"XBTUSD"}"#),
+        ],
+        400,
+        "invalid_json",
+    )
+    .await;
+    kraken_json_refused(
+        &s,
+        kraken::WITHDRAW_PATH,
+        &[
+            withdraw("amount", r#"{"value":"0.001"}"#),
+            withdraw("amount", r#"["0.001"]"#),
+            withdraw("address", format!(r#"["{WITHDRAW_ADDR}"]"#).as_str()),
+            withdraw("asset", r#"{"XBT":1}"#),
+        ],
+        400,
+        "invalid_json",
+    )
+    .await;
+    expect_forwarded(&s, &kraken::withdraw(&k, WITHDRAW_ADDR), &k, "withdraw").await;
+    drop(s);
+
+    // Form values that are not exact decimals where the policy reads an amount.
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    for amount in ["abc", "-1", "0x10", "1,5", "NaN", " 1"] {
+        let req = zaif::call(
+            &k,
+            "withdraw",
+            &[
+                ("currency", "btc"),
+                ("address", WITHDRAW_ADDR),
+                ("amount", amount),
+            ],
+        );
+        expect_denied(&s, &req, 400, "invalid_field").await;
+    }
+    expect_forwarded(&s, &zaif::withdraw(&k, WITHDRAW_ADDR), &k, "withdraw").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Method overrides and credential headers
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_override_headers() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    for name in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        "X_HTTP_METHOD_OVERRIDE",
+        "x-http-method-override",
+    ] {
+        let req = zaif::read(&k).header(name, "DELETE");
+        expect_denied(&s, &req, 400, "method_override").await;
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let req = binance::read(&k).header("X-HTTP-Method-Override", "POST");
+    expect_denied(&s, &req, 400, "method_override").await;
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_parameter() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    for name in ["_method", "_METHOD"] {
+        let req = zaif::call(&k, "get_info2", &[(name, "DELETE")]);
+        expect_denied(&s, &req, 400, "method_override").await;
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let req = binance::call(
+        &k,
+        "GET",
+        binance::READ_PATH,
+        &[("_method", "POST")],
+        now_ms(),
+    );
+    expect_denied(&s, &req, 400, "method_override").await;
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    let req = kraken::call_with(&k, kraken::READ_PATH, &[("_method", "GET")], true);
+    expect_denied(&s, &req, 400, "method_override").await;
+    let req = kraken::call(&k, kraken::READ_PATH, &[("_Method", "GET")]);
+    expect_denied(&s, &req, 400, "method_override").await;
+    expect_forwarded(&s, &kraken::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_or_comma_joined_auth_headers() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let r = zaif::read(&k);
+    let key = k.api_key.clone();
+    let sign = r.header_value("Sign").unwrap();
+    for req in [
+        r.clone().header("Key", &key),
+        r.clone().header("Sign", &sign),
+        r.clone().replace_header("Key", format!("{key},{key}")),
+        r.clone().replace_header("Key", format!("{key}, other")),
+        r.clone().replace_header("Sign", format!("{sign},{sign}")),
+    ] {
+        expect_denied(&s, &req, 400, "invalid_header").await;
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let r = binance::read(&k);
+    for req in [
+        r.clone().header("X-MBX-APIKEY", &k.api_key),
+        r.clone().header("x-mbx-apikey", "other"),
+        r.clone()
+            .replace_header("X-MBX-APIKEY", format!("{},{}", k.api_key, k.api_key)),
+    ] {
+        expect_denied(&s, &req, 400, "invalid_header").await;
+    }
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    let r = kraken::read(&k);
+    let sign = r.header_value("API-Sign").unwrap();
+    for req in [
+        r.clone().header("API-Sign", &sign),
+        r.clone().header("Api-Key", &k.api_key),
+    ] {
+        expect_denied(&s, &req, 400, "invalid_header").await;
+    }
+    expect_forwarded(&s, &kraken::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_twins_of_auth_headers() {
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let r = binance::read(&k);
+    for req in [
+        r.clone().header("X_MBX_APIKEY", &k.api_key),
+        r.clone().header("X_MBX_APIKEY", "attacker"),
+        r.clone()
+            .without_header("X-MBX-APIKEY")
+            .header("X_MBX_APIKEY", &k.api_key),
+        r.clone().header("x-mbx_apikey", &k.api_key),
+    ] {
+        expect_denied(&s, &req, 400, "invalid_header").await;
+    }
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    let r = kraken::read(&k);
+    let sign = r.header_value("API-Sign").unwrap();
+    for req in [
+        r.clone().header("API_Sign", &sign),
+        r.clone().header("Api_Key", &k.api_key),
+        r.clone()
+            .without_header("API-Sign")
+            .header("API_Sign", &sign),
+    ] {
+        expect_denied(&s, &req, 400, "invalid_header").await;
+    }
+    expect_forwarded(&s, &kraken::read(&k), &k, "read").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_types_the_dialect_does_not_use() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    for ct in [
+        "text/plain",
+        "multipart/form-data; boundary=xyz",
+        "application/json",
+        "application/x-www-form-urlencoded; charset=iso-8859-1",
+        "application/x-www-form-urlencoded; boundary=x",
+        "application/xml",
+    ] {
+        let req = zaif::read(&k).replace_header("Content-Type", ct);
+        expect_denied(&s, &req, 415, "unsupported_media_type").await;
+    }
+    // A body without any content type.
+    let req = zaif::read(&k).without_header("Content-Type");
+    expect_denied(&s, &req, 415, "unsupported_media_type").await;
+    // A compressed body would be signed as one thing and read as another.
+    let req = zaif::read(&k).header("Content-Encoding", "gzip");
+    expect_denied(&s, &req, 415, "unsupported_media_type").await;
+    // Two content types.
+    let req = zaif::read(&k).header("Content-Type", "application/x-www-form-urlencoded");
+    expect_denied(&s, &req, 400, "invalid_header").await;
+    // Controls: parameters and case that mean the same type are accepted.
+    let req = zaif::read(&k).replace_header(
+        "Content-Type",
+        "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+    );
+    expect_forwarded(&s, &req, &k, "read").await;
+    drop(s);
+
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let req = binance::trade(&k).replace_header("Content-Type", "application/json");
+    expect_denied(&s, &req, 415, "unsupported_media_type").await;
+    let req = binance::trade(&k).replace_header("Content-Type", "text/plain");
+    expect_denied(&s, &req, 415, "unsupported_media_type").await;
+    expect_forwarded(&s, &binance::trade(&k), &k, "trade").await;
+    drop(s);
+
+    let s = full(Dialect::Kraken).await;
+    let k = s.key().clone();
+    for ct in [
+        "text/plain",
+        "multipart/form-data; boundary=a",
+        "application/json; charset=utf-16",
+    ] {
+        let req = kraken::read(&k).replace_header("Content-Type", ct);
+        expect_denied(&s, &req, 415, "unsupported_media_type").await;
+    }
+    expect_forwarded(&s, &kraken::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_max_body_bytes() {
+    let env = Env::new(Dialect::Zaif, |cfg| set(cfg, "server.max_body_bytes", 1024));
+    let s = utils::scenarios::setup_env(env, &[KeySpec::full(Dialect::Zaif)]).await;
+    let k = s.key().clone();
+    let big = "a".repeat(2000);
+    let req = zaif::call(&k, "get_info2", &[("comment", &big)]);
+    expect_denied(&s, &req, 413, "body_too_large").await;
+    // Chunked, with no Content-Length to refuse up front.
+    let req = zaif::call(&k, "get_info2", &[("comment", &big)]);
+    let raw = chunked(&s, &req, 700);
+    let before = s.origin.count();
+    let resp = s.gw.send_bytes(ALLOWED_IP, &raw).await.expect("a response");
+    resp.assert_error(413, "body_too_large");
+    s.origin.assert_unchanged(before, "chunked over limit");
+    // Controls: a body under the limit, plain and chunked, is forwarded; the upstream
+    // gets a Content-Length and no Transfer-Encoding.
+    let small = "a".repeat(500);
+    let req = zaif::call(&k, "get_info2", &[("comment", &small)]);
+    expect_forwarded(&s, &req, &k, "read").await;
+    let req = zaif::call(&k, "get_info2", &[("comment", &small)]);
+    let before = s.origin.count();
+    let resp =
+        s.gw.send_bytes(ALLOWED_IP, &chunked(&s, &req, 100))
+            .await
+            .expect("a response");
+    resp.assert_forwarded_ok();
+    let rec = s.origin.one_since(before);
+    assert_eq!(rec.body, req.body);
+    assert!(!rec.has_header("transfer-encoding"), "{rec:#?}");
+    assert_eq!(
+        rec.header("content-length"),
+        Some(req.body.len().to_string())
+    );
+}
+
+/// `req` with its body sent as chunks of `size` bytes.
+fn chunked(s: &Setup, req: &Req, size: usize) -> Vec<u8> {
+    let head = req
+        .clone()
+        .no_content_length()
+        .header("Transfer-Encoding", "chunked")
+        .body(b"");
+    let mut raw = bytes_of(s, &head);
+    for c in req.body.chunks(size) {
+        raw.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        raw.extend_from_slice(c);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw
+}
+
+// ---------------------------------------------------------------------------------------
+// Header bytes and framing
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cr_lf_nul_in_header_values() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    // Refused by hyper's parser: the gateway never sees them.
+    for (what, value) in [
+        ("NUL", &b"a\x00b"[..]),
+        ("bare CR", &b"a\rb"[..]),
+        ("DEL", &b"a\x7fb"[..]),
+        ("CR in credential", &b"x\rKey: y"[..]),
+    ] {
+        let raw = bytes_of(&s, &zaif::read(&k).header("X-Note", value));
+        refused_raw(&s, &raw, what).await;
+    }
+    // A bare LF ends the header line in hyper's parser: "X-Note: a\nKey: k" smuggles a
+    // second Key header, which the gateway then refuses as a repeated credential.
+    let req = zaif::read(&k).header("X-Note", format!("a\nKey: {}", k.api_key));
+    expect_denied(&s, &req, 400, "invalid_header").await;
+    // obs-fold continuation line.
+    let raw = bytes_of(&s, &zaif::read(&k).header("X-Note", "a\r\n b"));
+    refused_raw(&s, &raw, "obs-fold").await;
+    // Passed by hyper, refused by the gateway: HTAB inside a value.
+    expect_denied(
+        &s,
+        &zaif::read(&k).header("X-Note", "a\tb"),
+        400,
+        "invalid_header",
+    )
+    .await;
+    // Non-ASCII in a credential header.
+    let r = zaif::read(&k);
+    let mut key_bytes = k.api_key.as_bytes().to_vec();
+    key_bytes.push(0xff);
+    expect_denied(
+        &s,
+        &r.replace_header("Key", key_bytes),
+        400,
+        "invalid_header",
+    )
+    .await;
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+/// `req` with both `Content-Length` and `Transfer-Encoding: chunked` (CL first).
+fn cl_and_te(s: &Setup, req: &Req) -> Vec<u8> {
+    let len = req.body.len();
+    let mut raw = bytes_of(s, &req.clone().no_content_length().body(b""));
+    raw = replace_bytes(
+        &raw,
+        b"\r\n\r\n",
+        format!("\r\nContent-Length: {len}\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
+    );
+    raw.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+    raw.extend_from_slice(&req.body);
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    raw
+}
+
+/// Conflicting `Content-Length`s: hyper refuses them (400) before the gateway runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_content_lengths() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let raw = bytes_of(&s, &zaif::read(&k).header("Content-Length", "1"));
+    refused_raw(&s, &raw, "two different Content-Lengths").await;
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+/// `Content-Length` with `Transfer-Encoding` is the classic request-smuggling shape.
+/// hyper frames it by `Transfer-Encoding` alone and drops the `Content-Length` before the
+/// gateway sees the request (RFC 9112 §6.1 allows that, provided the connection is closed
+/// after the response), so the policy's own CL+TE rule never fires. What must hold either
+/// way: the upstream sees at most that one request, with one framing of our choosing, and
+/// a request pipelined behind it on the same connection is never processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let first = zaif::read(&k);
+    let mut raw = cl_and_te(&s, &first);
+    // A second, valid request smuggled behind the first on the same connection.
+    let smuggled = zaif::trade(&k);
+    raw.extend_from_slice(&bytes_of(&s, &smuggled));
+    let before = s.origin.count();
+    let resp = s.gw.send_bytes(ALLOWED_IP, &raw).await;
+    let recs = s.origin.records();
+    let after = &recs[before..];
+    assert!(
+        after.len() <= 1,
+        "a pipelined request behind CL+TE was processed: {after:#?}"
+    );
+    if let Some(rec) = after.first() {
+        let resp = resp.expect("a forwarded request has a response");
+        assert_eq!(resp.status, 200);
+        assert!(
+            resp.header("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("close")),
+            "the connection must be closed after a CL+TE request (RFC 9112 §6.1): {:?}",
+            resp.headers
+        );
+        assert_eq!(rec.body, first.body, "framed by Transfer-Encoding");
+        assert!(!rec.has_header("transfer-encoding"), "{rec:#?}");
+        assert_eq!(
+            rec.header_all("content-length"),
+            [first.body.len().to_string()]
+        );
+    } else if let Ok(resp) = resp {
+        assert!(resp.status >= 400, "{} {:?}", resp.status, resp.text());
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+/// The same `Content-Length` twice. hyper folds identical values into one (RFC 9110 §8.6
+/// allows either that or a refusal), so the policy's several-lengths rule never fires;
+/// what must hold: the upstream sees one `Content-Length` that matches the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_identical_content_length() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let req = zaif::read(&k);
+    let raw = bytes_of(
+        &s,
+        &req.clone()
+            .header("Content-Length", req.body.len().to_string()),
+    );
+    let before = s.origin.count();
+    let resp = s.gw.send_bytes(ALLOWED_IP, &raw).await;
+    let recs = s.origin.records();
+    match &recs[before..] {
+        [] => {
+            if let Ok(resp) = resp {
+                assert!(resp.status >= 400, "{} {:?}", resp.status, resp.text());
+            }
+        }
+        [rec] => {
+            assert_eq!(rec.body, req.body);
+            assert_eq!(
+                rec.header_all("content-length"),
+                [req.body.len().to_string()]
+            );
+        }
+        more => panic!("one request became several: {more:#?}"),
+    }
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+/// Parameter names that a common server-side form parser folds into the name of a field
+/// the policy reads are duplicates in disguise. PHP's `parse_str` (Kraken's form bodies
+/// are PHP-style: ccxt encodes them with `urlencode_nested` for that reason) drops leading
+/// spaces from names and turns `address[]` / `address[0]` into `address`, the last one
+/// winning. So `address=ALLOWED&+address=EVIL` is checked by the gateway as ALLOWED and
+/// read by such a parser as EVIL; `amount=0.001&amount[]=1000` likewise for limits. The
+/// gateway must refuse these like any other duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_name_twins_of_policy_fields() {
+    for d in [Dialect::Kraken, Dialect::Zaif] {
+        let s = full(d).await;
+        let k = s.key().clone();
+        let twins: &[(&str, &str)] = &[
+            ("+address", OTHER_ADDR),
+            ("%20address", OTHER_ADDR),
+            ("address%5B%5D", OTHER_ADDR),
+            ("address[]", OTHER_ADDR),
+            ("address[0]", OTHER_ADDR),
+            ("amount[]", "1000"),
+            ("+amount", "1000"),
+        ];
+        for (name, value) in twins {
+            let n = next_nonce().to_string();
+            let mut body = match d {
+                Dialect::Kraken => format!("nonce={n}&asset=XBT&key=w"),
+                _ => format!("method=withdraw&nonce={n}&currency=btc"),
+            };
+            body.push_str(&format!(
+                "&amount=0.001&address={WITHDRAW_ADDR}&{name}={value}"
+            ));
+            let req = match d {
+                Dialect::Kraken => kraken::signed_form(&k, kraken::WITHDRAW_PATH, &n, &body),
+                _ => zaif::signed(&k, &body),
+            };
+            let before = s.origin.count();
+            let resp = s.gw.request(&req).await;
+            assert!(
+                resp.status == 400
+                    && matches!(
+                        resp.code().as_deref(),
+                        Some("duplicate_parameter" | "invalid_parameter")
+                    ),
+                "{d:?}: twin `{name}` of a policy field: got {} {:?}",
+                resp.status,
+                resp.text()
+            );
+            s.origin.assert_unchanged(before, name);
+        }
+        expect_forwarded(&s, &withdraw_req(d, &k, WITHDRAW_ADDR), &k, "withdraw").await;
+    }
+}
+
+/// A GET or DELETE carries its parameters in the query; a body would be an unread
+/// channel to the exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_on_get_or_delete() {
+    let s = full(Dialect::Binance).await;
+    let k = s.key().clone();
+    let req = binance::read(&k)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("symbol=BTCUSDT");
+    expect_denied(&s, &req, 400, "invalid_parameter").await;
+    let del = binance::call(
+        &k,
+        "DELETE",
+        binance::TRADE_PATH,
+        &[("symbol", "BTCUSDT"), ("orderId", "1")],
+        now_ms(),
+    )
+    .header("Content-Type", "application/x-www-form-urlencoded")
+    .body("orderId=2");
+    expect_denied(&s, &del, 400, "invalid_parameter").await;
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_outside_the_route_table() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let mut patch = zaif::read(&k);
+    patch.method = "PATCH".into();
+    expect_denied(&s, &patch, 405, "method_not_allowed").await;
+    // A known path with a method it is not routed for.
+    let mut put = zaif::read(&k);
+    put.method = "PUT".into();
+    expect_denied(&s, &put, 405, "method_not_allowed").await;
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
