@@ -9,7 +9,7 @@ use keyguard_policy::SystemClock;
 use tokio::net::TcpListener;
 
 use crate::assertion::AssertionSigner;
-use crate::audit::AuditSink;
+use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSink};
 use crate::keys::KeyCache;
 use crate::proxy::{BodyLimits, Gateway, RequestIds, Upstream};
 use crate::replay::ReplayGuard;
@@ -58,6 +58,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ids: RequestIds::new()?,
     });
     tokio::spawn(keys.clone().refresh_loop(store.clone(), master.clone()));
+    tokio::spawn(admin_audit_loop(store.clone(), gateway.audit.clone()));
 
     let listener = TcpListener::bind(s.listen)
         .await
@@ -81,6 +82,53 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || audit_handle.join()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Copies operator changes recorded by the CLI into the audit log, so the log has one
+/// writer and a change made while no gateway ran is still logged by the next one.
+async fn admin_audit_loop(store: Store, audit: AuditSink) {
+    let mut ticker = tokio::time::interval(crate::keys::REFRESH_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let st = store.clone();
+        let events = tokio::task::spawn_blocking(move || {
+            let conn = st.connect()?;
+            store::unaudited_admin_events(&conn)
+        })
+        .await;
+        let events = match events {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "reading admin events failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let Some(last) = events.last().map(|e| e.id) else {
+            continue;
+        };
+        for e in events {
+            tracing::warn!(actor = %e.actor, action = %e.action, target = %e.target, reason = %e.reason, "operator change");
+            audit
+                .record_line(AuditLine::Admin(AdminAudit {
+                    ts: timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts)),
+                    kind: "admin",
+                    actor: e.actor,
+                    action: e.action,
+                    target: e.target,
+                    reason: e.reason,
+                }))
+                .await;
+        }
+        let st = store.clone();
+        let marked = tokio::task::spawn_blocking(move || {
+            store::mark_admin_events_audited(&st.connect()?, last)
+        })
+        .await;
+        if !matches!(marked, Ok(Ok(()))) {
+            tracing::error!("marking admin events audited failed; they may be logged twice");
+        }
+    }
 }
 
 async fn shutdown_signal() {

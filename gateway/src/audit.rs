@@ -47,6 +47,33 @@ pub struct AuditEvent {
     pub path: String,
 }
 
+/// A change made by an operator (freeze, key suspension, ...), with who and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminAudit {
+    /// RFC 3339 time of the change.
+    pub ts: String,
+    /// Always `admin`: tells these lines apart from request lines.
+    pub kind: &'static str,
+    /// Who.
+    pub actor: String,
+    /// What (`freeze`, `unfreeze`, `key_suspend`, `key_resume`, `key_revoke`).
+    pub action: String,
+    /// What it applied to.
+    pub target: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum AuditLine {
+    /// A request's outcome.
+    Request(AuditEvent),
+    /// An operator's change.
+    Admin(AdminAudit),
+}
+
 /// RFC 3339 with milliseconds, UTC.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -55,7 +82,7 @@ pub fn timestamp(t: SystemTime) -> String {
 /// Sends events to the writer thread.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<AuditEvent>,
+    tx: mpsc::Sender<AuditLine>,
 }
 
 /// Joins the writer thread at shutdown so queued events reach the file.
@@ -88,15 +115,20 @@ impl AuditSink {
         Ok((AuditSink { tx }, AuditHandle { thread }))
     }
 
-    /// Queues an event; waits if the queue is full.
+    /// Queues a request event; waits if the queue is full.
     pub async fn record(&self, event: AuditEvent) {
+        self.record_line(AuditLine::Request(event)).await
+    }
+
+    /// Queues any line; waits if the queue is full.
+    pub async fn record_line(&self, event: AuditLine) {
         if let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) {
             let _ = self.tx.send(event).await;
         }
     }
 }
 
-fn write_loop(file: File, mut rx: mpsc::Receiver<AuditEvent>) {
+fn write_loop(file: File, mut rx: mpsc::Receiver<AuditLine>) {
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut last_sync = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {

@@ -35,6 +35,31 @@ enum Command {
     Keys(KeysCommand),
     /// Print the public key upstreams use to verify `X-Keyguard-Assertion` (SPKI PEM).
     AssertionKey(StoreArgs),
+    /// Freeze withdrawals (globally, for an asset or for an account) at once.
+    Freeze(FreezeArgs),
+    /// Lift a withdrawal freeze.
+    Unfreeze(FreezeArgs),
+}
+
+#[derive(Debug, Args)]
+struct FreezeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Freeze every withdrawal.
+    #[arg(long, conflicts_with_all = ["asset", "account"], required_unless_present_any = ["asset", "account"])]
+    global: bool,
+    /// Freeze withdrawals of one asset.
+    #[arg(long, conflicts_with = "account")]
+    asset: Option<String>,
+    /// Freeze withdrawals of one account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    reason: String,
+    /// Who (recorded in the audit log; defaults to $USER).
+    #[arg(long)]
+    actor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -102,9 +127,12 @@ struct StatusArgs {
     store: StoreArgs,
     /// Key id (kg_…).
     key_id: String,
-    /// Why (kept with the key).
-    #[arg(long, default_value = "operator")]
+    /// Why (kept with the key and recorded in the audit log).
+    #[arg(long, default_value = "operator request")]
     reason: String,
+    /// Who (recorded in the audit log; defaults to $USER).
+    #[arg(long)]
+    actor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +190,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(cmd),
+        Command::Freeze(args) => freeze(args, true),
+        Command::Unfreeze(args) => freeze(args, false),
     }
+}
+
+fn actor(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "operator".to_string())
+}
+
+fn freeze(args: FreezeArgs, frozen: bool) -> anyhow::Result<()> {
+    let cfg = load(&args.store)?;
+    let scope = match (args.global, args.asset, args.account) {
+        (true, None, None) => store::FreezeScope::Global,
+        (false, Some(asset), None) if !asset.trim().is_empty() => {
+            store::FreezeScope::Asset(asset.trim().to_ascii_lowercase())
+        }
+        (false, None, Some(account)) if !account.trim().is_empty() => {
+            store::FreezeScope::Account(account.trim().to_string())
+        }
+        _ => bail!("name exactly one of --global, --asset ASSET, --account ACCOUNT"),
+    };
+    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+    let changed = store::set_freeze(&mut conn, &scope, frozen, &actor(args.actor), &args.reason)?;
+    let what = if frozen { "frozen" } else { "unfrozen" };
+    if changed {
+        eprintln!("withdrawals {what}: {scope:?}");
+    } else {
+        eprintln!("nothing to do: withdrawals already {what} for {scope:?}");
+    }
+    Ok(())
 }
 
 fn load(args: &StoreArgs) -> anyhow::Result<Config> {
@@ -250,7 +310,13 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
 fn set_status(args: StatusArgs, status: KeyStatus) -> anyhow::Result<()> {
     let cfg = load(&args.store)?;
     let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-    store::set_status(&mut conn, &args.key_id, status, &args.reason)?;
+    store::set_status(
+        &mut conn,
+        &args.key_id,
+        status,
+        &actor(args.actor),
+        &args.reason,
+    )?;
     eprintln!("{}: {}", args.key_id, status.as_str());
     Ok(())
 }

@@ -60,6 +60,15 @@ CREATE TABLE IF NOT EXISTS freezes (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (scope, target)
 );
+CREATE TABLE IF NOT EXISTS admin_events (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts       INTEGER NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    target   TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    audited  INTEGER NOT NULL DEFAULT 0
+);
 ";
 
 /// The durable store in a data directory.
@@ -253,6 +262,7 @@ pub fn set_status(
     conn: &mut Connection,
     key_id: &str,
     status: KeyStatus,
+    actor: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
     let tx = conn.transaction()?;
@@ -272,8 +282,128 @@ pub fn set_status(
         "UPDATE keys SET status = ?2, status_reason = ?3, updated_at = ?4 WHERE key_id = ?1",
         params![key_id, status.as_str(), reason, now_ms() as i64],
     )?;
+    let action = match status {
+        KeyStatus::Active => "key_resume",
+        KeyStatus::Suspended => "key_suspend",
+        KeyStatus::Revoked => "key_revoke",
+    };
+    record_admin_event(&tx, actor, action, key_id, reason)?;
     bump_generation(&tx)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// What a withdrawal freeze covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FreezeScope {
+    /// Every withdrawal.
+    Global,
+    /// One asset (lower-case).
+    Asset(String),
+    /// One account.
+    Account(String),
+}
+
+impl FreezeScope {
+    fn parts(&self) -> (&'static str, &str) {
+        match self {
+            FreezeScope::Global => ("global", "*"),
+            FreezeScope::Asset(a) => ("asset", a),
+            FreezeScope::Account(a) => ("account", a),
+        }
+    }
+}
+
+/// Freezes or unfreezes withdrawals; recorded as an admin event in the same transaction.
+/// Returns whether anything changed (freezing twice, or unfreezing what was not frozen,
+/// is reported rather than silently accepted).
+pub fn set_freeze(
+    conn: &mut Connection,
+    scope: &FreezeScope,
+    frozen: bool,
+    actor: &str,
+    reason: &str,
+) -> anyhow::Result<bool> {
+    let (kind, target) = scope.parts();
+    let tx = conn.transaction()?;
+    let changed = if frozen {
+        tx.execute(
+            "INSERT OR IGNORE INTO freezes (scope, target, reason, actor, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind, target, reason, actor, now_ms() as i64],
+        )?
+    } else {
+        tx.execute(
+            "DELETE FROM freezes WHERE scope = ?1 AND target = ?2",
+            params![kind, target],
+        )?
+    };
+    if changed > 0 {
+        let action = if frozen { "freeze" } else { "unfreeze" };
+        record_admin_event(&tx, actor, action, &format!("{kind}:{target}"), reason)?;
+        bump_generation(&tx)?;
+    }
+    tx.commit()?;
+    Ok(changed > 0)
+}
+
+/// A change made by an operator, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AdminEvent {
+    /// Row id; events are audited in id order.
+    pub id: i64,
+    /// When (ms).
+    pub ts: UnixMillis,
+    /// Who made the change.
+    pub actor: String,
+    /// What (`freeze`, `unfreeze`, `key_suspend`, ...).
+    pub action: String,
+    /// What it applied to (`asset:btc`, a key id, ...).
+    pub target: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn record_admin_event(
+    conn: &Connection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT INTO admin_events (ts, actor, action, target, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now_ms() as i64, actor, action, target, reason],
+    )?;
+    Ok(())
+}
+
+/// Admin events not yet copied to the audit log, oldest first. Events made while no
+/// gateway ran are picked up by the next one to start.
+pub fn unaudited_admin_events(conn: &Connection) -> anyhow::Result<Vec<AdminEvent>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, ts, actor, action, target, reason FROM admin_events
+         WHERE audited = 0 ORDER BY id LIMIT 1000",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AdminEvent {
+            id: r.get(0)?,
+            ts: r.get::<_, i64>(1)? as u64,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            reason: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Marks events up to `up_to` as written to the audit log.
+pub fn mark_admin_events_audited(conn: &Connection, up_to: i64) -> anyhow::Result<()> {
+    conn.execute(
+        "UPDATE admin_events SET audited = 1 WHERE audited = 0 AND id <= ?1",
+        [up_to],
+    )?;
     Ok(())
 }
 

@@ -56,13 +56,36 @@ fn status_changes_and_revocation_is_final() {
     let (_dir, store, master) = setup();
     let mut conn = store.connect().unwrap();
     insert_key(&mut conn, &master, &new_key("kg_1")).unwrap();
-    set_status(&mut conn, "kg_1", KeyStatus::Suspended, "test").unwrap();
+    set_status(&mut conn, "kg_1", KeyStatus::Suspended, "ops", "test").unwrap();
     assert_eq!(
         list_keys(&conn, Some("kg_1")).unwrap()[0].status,
         "suspended"
     );
-    set_status(&mut conn, "kg_1", KeyStatus::Active, "test").unwrap();
-    set_status(&mut conn, "kg_1", KeyStatus::Revoked, "test").unwrap();
-    assert!(set_status(&mut conn, "kg_1", KeyStatus::Active, "test").is_err());
-    assert!(set_status(&mut conn, "kg_nope", KeyStatus::Suspended, "test").is_err());
+    set_status(&mut conn, "kg_1", KeyStatus::Active, "ops", "test").unwrap();
+    set_status(&mut conn, "kg_1", KeyStatus::Revoked, "ops", "test").unwrap();
+    assert!(set_status(&mut conn, "kg_1", KeyStatus::Active, "ops", "test").is_err());
+    assert!(set_status(&mut conn, "kg_nope", KeyStatus::Suspended, "ops", "test").is_err());
+}
+
+#[test]
+fn freezes_are_recorded_with_who_and_why() {
+    let (_dir, store, _master) = setup();
+    let mut conn = store.connect().unwrap();
+    let btc = FreezeScope::Asset("btc".into());
+    assert!(set_freeze(&mut conn, &btc, true, "ops", "hot wallet drained").unwrap());
+    assert!(!set_freeze(&mut conn, &btc, true, "ops", "again").unwrap());
+    assert!(set_freeze(&mut conn, &FreezeScope::Global, true, "ops", "incident").unwrap());
+    let f = load_freezes(&conn).unwrap();
+    assert!(f.global);
+    assert_eq!(f.assets, vec!["btc".to_string()]);
+    assert!(set_freeze(&mut conn, &FreezeScope::Global, false, "ops", "resolved").unwrap());
+    assert!(!load_freezes(&conn).unwrap().global);
+    let events = unaudited_admin_events(&conn).unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["freeze", "freeze", "unfreeze"]);
+    assert_eq!(events[0].target, "asset:btc");
+    assert_eq!(events[0].reason, "hot wallet drained");
+    assert_eq!(events[0].actor, "ops");
+    mark_admin_events_audited(&conn, events[1].id).unwrap();
+    assert_eq!(unaudited_admin_events(&conn).unwrap().len(), 1);
 }
