@@ -57,6 +57,31 @@ impl ParamValue {
     }
 }
 
+/// The name a PHP-style form parser would file a parameter under: leading whitespace
+/// dropped, spaces and dots in the base name turned into `_`, and an array suffix `[]` or
+/// `[<digits>]` removed. `address=A&+address=B` or `amount=1&amount[]=1000` would let the
+/// gateway check one value while such an exchange reads the other, so twins under this
+/// folding count as duplicates. Named sub-keys (`close[price]`) stay distinct.
+pub fn folded_name(name: &str) -> String {
+    let name = name.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let (base, suffix) = match name.find('[') {
+        Some(i) => name.split_at(i),
+        None => (name, ""),
+    };
+    let mut out: String = base
+        .chars()
+        .map(|c| if c == ' ' || c == '.' { '_' } else { c })
+        .collect();
+    let is_index = suffix
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|inner| inner.bytes().all(|b| b.is_ascii_digit()));
+    if !is_index {
+        out.push_str(suffix);
+    }
+    out
+}
+
 /// Where a parameter came from; some dialects allow only one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamSource {
@@ -78,15 +103,22 @@ impl Params {
         Self::default()
     }
 
-    /// Adds a parameter; a name already present is a [`Deny::DuplicateParameter`].
-    /// Requests carry a handful of parameters, so a linear scan beats hashing here.
+    /// Adds a parameter; a name already present is a [`Deny::DuplicateParameter`], also
+    /// when the two names differ only in a way that common server-side form parsers fold
+    /// away (see [`folded_name`]). Requests carry a handful of parameters, so a linear
+    /// scan beats hashing here.
     pub fn insert(
         &mut self,
         name: String,
         value: ParamValue,
         source: ParamSource,
     ) -> Result<(), Deny> {
-        if self.entries.iter().any(|(n, _, _)| *n == name) {
+        let folded = folded_name(&name);
+        if self
+            .entries
+            .iter()
+            .any(|(n, _, _)| *n == name || folded_name(n) == folded)
+        {
             return Err(Deny::DuplicateParameter);
         }
         self.entries.push((name, value, source));
@@ -124,5 +156,50 @@ impl Params {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> ParamValue {
+        ParamValue::Text(s.into())
+    }
+
+    #[test]
+    fn folded_twins_are_duplicates() {
+        for twin in [
+            "address",
+            " address",
+            "address[]",
+            "address[0]",
+            "\taddress",
+        ] {
+            let mut p = Params::new();
+            p.insert("address".into(), text("ok"), ParamSource::Body)
+                .unwrap();
+            assert_eq!(
+                p.insert(twin.into(), text("evil"), ParamSource::Body),
+                Err(Deny::DuplicateParameter),
+                "{twin:?}"
+            );
+        }
+        let mut p = Params::new();
+        p.insert("opt.fee".into(), text("1"), ParamSource::Body)
+            .unwrap();
+        assert_eq!(
+            p.insert("opt_fee".into(), text("2"), ParamSource::Body),
+            Err(Deny::DuplicateParameter)
+        );
+        // Named sub-keys are different parameters.
+        let mut p = Params::new();
+        p.insert("close[ordertype]".into(), text("limit"), ParamSource::Body)
+            .unwrap();
+        p.insert("close[price]".into(), text("1"), ParamSource::Body)
+            .unwrap();
+        p.insert("close".into(), text("x"), ParamSource::Body)
+            .unwrap();
+        assert_eq!(p.len(), 3);
     }
 }
