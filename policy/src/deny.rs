@@ -74,6 +74,24 @@ pub enum Deny {
     /// Withdrawals are frozen (globally, for the asset, or for the account).
     WithdrawalsFrozen,
 
+    // --- velocity and anomaly rules (403) ---
+    /// The withdrawal would pass a velocity limit (amount or count in a window).
+    WithdrawLimit,
+    /// The order would pass a velocity limit (count or notional in a window).
+    OrderLimit,
+    /// The key was unused for too long: it may read, but trading and withdrawing wait
+    /// until its owner reactivates it.
+    KeyDormant,
+    /// The client IP is new for this key (no allowlist): trading and withdrawing from it
+    /// wait out a probation period.
+    NewIpProbation,
+    /// The key was used from too many networks in a short time and has been suspended.
+    TooManyIps,
+    /// The client IP presented too many different keys or accounts and is blocked for a while.
+    IpBlocked,
+    /// The client IP sent too many bad signatures or unknown keys and is banned for a while.
+    IpBanned,
+
     // --- limits (429) ---
     /// A rate limit was exceeded.
     RateLimited,
@@ -119,6 +137,13 @@ impl Deny {
             Deny::AddressNotAllowed => "address_not_allowed",
             Deny::AddressCooldown => "address_cooldown",
             Deny::WithdrawalsFrozen => "withdrawals_frozen",
+            Deny::WithdrawLimit => "withdraw_limit",
+            Deny::OrderLimit => "order_limit",
+            Deny::KeyDormant => "key_dormant",
+            Deny::NewIpProbation => "new_ip_probation",
+            Deny::TooManyIps => "too_many_ips",
+            Deny::IpBlocked => "ip_blocked",
+            Deny::IpBanned => "ip_banned",
             Deny::RateLimited => "rate_limited",
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
@@ -156,7 +181,14 @@ impl Deny {
             | Deny::AllowlistRequired
             | Deny::AddressNotAllowed
             | Deny::AddressCooldown
-            | Deny::WithdrawalsFrozen => 403,
+            | Deny::WithdrawalsFrozen
+            | Deny::WithdrawLimit
+            | Deny::OrderLimit
+            | Deny::KeyDormant
+            | Deny::NewIpProbation
+            | Deny::TooManyIps
+            | Deny::IpBlocked
+            | Deny::IpBanned => 403,
             Deny::RateLimited => 429,
             Deny::UpstreamUnavailable => 502,
             Deny::StateUnavailable => 503,
@@ -197,6 +229,21 @@ impl Deny {
             Deny::AddressNotAllowed => "the withdrawal address is not on the key's allowlist",
             Deny::AddressCooldown => "the withdrawal address was added too recently",
             Deny::WithdrawalsFrozen => "withdrawals are frozen",
+            Deny::WithdrawLimit => "the withdrawal would exceed a withdrawal limit for its window",
+            Deny::OrderLimit => "the order would exceed an order limit for its window",
+            Deny::KeyDormant => {
+                "the API key was unused for too long; its owner must reactivate it to trade or withdraw"
+            }
+            Deny::NewIpProbation => {
+                "this IP is new for the API key; trading and withdrawals from it are allowed after a waiting period"
+            }
+            Deny::TooManyIps => {
+                "the API key was used from too many IP addresses and has been suspended"
+            }
+            Deny::IpBlocked => "this IP presented too many different API keys and is blocked for a while",
+            Deny::IpBanned => {
+                "this IP sent too many invalid signatures or unknown keys and is banned for a while"
+            }
             Deny::RateLimited => "too many requests",
             Deny::UpstreamUnavailable => "the exchange could not be reached",
             Deny::UpstreamTimeout => "the exchange did not answer in time",
@@ -234,6 +281,13 @@ impl Deny {
         Deny::AddressNotAllowed,
         Deny::AddressCooldown,
         Deny::WithdrawalsFrozen,
+        Deny::WithdrawLimit,
+        Deny::OrderLimit,
+        Deny::KeyDormant,
+        Deny::NewIpProbation,
+        Deny::TooManyIps,
+        Deny::IpBlocked,
+        Deny::IpBanned,
         Deny::RateLimited,
         Deny::UpstreamUnavailable,
         Deny::UpstreamTimeout,

@@ -12,22 +12,29 @@
 //! - [`key`]: [`KeyRecord`]s, credentials and allowlist parsing.
 //! - [`authorize`]: status, expiry, scope, IP and withdrawal-address checks.
 //! - [`client_ip`]: the client address behind trusted proxies.
+//! - [`limits`]: GCRA rate limits per client network, key, account and action class.
+//! - [`velocity`]: exact sliding-window sums of withdrawals and orders, reserved atomically.
+//! - [`anomaly`]: rules against leaked keys (dormant key, new IP, many IPs, one IP with
+//!   many keys, signature failures), each with a shadow mode.
 //! - [`decimal`]: exact decimal parsing for money and nonces.
 //! - [`time`]: the injectable [`Clock`].
 
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod anomaly;
 pub mod authorize;
 pub mod client_ip;
 pub mod decimal;
 pub mod deny;
 pub mod dialect;
 pub mod key;
+pub mod limits;
 pub mod params;
 pub mod parse;
 pub mod route;
 pub mod time;
+pub mod velocity;
 
 pub use action::{Action, Scope, Scopes, UnknownName};
 pub use deny::Deny;

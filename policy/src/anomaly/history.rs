@@ -1,0 +1,235 @@
+//! Which networks each key is known to be used from, and since when each may trade.
+//!
+//! Unlike the windowed counters this is durable state: forgetting it on a restart would
+//! make the next network of every key its "first ever" one and trust it at once. The
+//! gateway writes each learned network through ([`LearnedIp`]) and restores the history
+//! on start.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use ipnet::IpNet;
+
+use crate::limits::ClientNet;
+use crate::time::UnixMillis;
+use crate::Deny;
+
+/// One known network of a key, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnedIp {
+    /// The key's id.
+    pub key_id: String,
+    /// The network: an IPv4 /32 or an IPv6 /64 ([`ClientNet::to_net`]).
+    pub net: IpNet,
+    /// When the key was first seen from it.
+    pub first_seen: UnixMillis,
+    /// From when trades and withdrawals from it are allowed.
+    pub usable_from: UnixMillis,
+}
+
+/// What [`IpHistory::observe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sighting {
+    /// When the key was first seen from this network.
+    pub first_seen: UnixMillis,
+    /// From when trades and withdrawals from it are allowed.
+    pub usable_from: UnixMillis,
+    /// The network was learned by this call (persist it).
+    pub learned: bool,
+}
+
+/// Durable known-network history per key.
+pub trait IpHistory: Send + Sync {
+    /// Looks `net` up for `key_id`, learning it if new: usable after `probation_ms`, or at
+    /// once if the key was never seen from anywhere (trust on first use, DESIGN.md §6).
+    fn observe(
+        &self,
+        key_id: &str,
+        net: ClientNet,
+        now: UnixMillis,
+        probation_ms: u64,
+    ) -> Result<Sighting, Deny>;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    net: ClientNet,
+    first_seen: UnixMillis,
+    usable_from: UnixMillis,
+    last_seen: UnixMillis,
+}
+
+const SHARDS: usize = 16;
+
+/// Known networks by key id.
+type KeyNets = HashMap<String, Vec<Known>>;
+
+/// The in-process [`IpHistory`]. Keys are authenticated, so the map is bounded by the key
+/// store; each key keeps at most `max_per_key` networks, forgetting the least recently
+/// seen first (a forgotten network is new again, so forgetting only ever adds probation).
+#[derive(Debug)]
+pub struct MemoryIpHistory {
+    shards: Box<[Mutex<KeyNets>]>,
+    max_per_key: usize,
+}
+
+impl MemoryIpHistory {
+    /// An empty history keeping at most `max_per_key` networks a key (at least 1).
+    pub fn new(max_per_key: usize) -> Self {
+        MemoryIpHistory {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_per_key: max_per_key.max(1),
+        }
+    }
+
+    /// A history rebuilt from stored records.
+    pub fn restore(max_per_key: usize, records: impl IntoIterator<Item = LearnedIp>) -> Self {
+        let history = MemoryIpHistory::new(max_per_key);
+        for r in records {
+            let Some(net) = ClientNet::from_net(r.net) else {
+                continue;
+            };
+            let mut shard = history.shard(&r.key_id);
+            let list = shard.entry(r.key_id).or_default();
+            history.insert(
+                list,
+                Known {
+                    net,
+                    first_seen: r.first_seen,
+                    usable_from: r.usable_from,
+                    last_seen: r.first_seen,
+                },
+            );
+        }
+        history
+    }
+
+    /// Marks `net` known and usable now for `key_id` (the network a key was created from
+    /// in the web UI); returns the record to persist.
+    pub fn trust(&self, key_id: &str, net: ClientNet, now: UnixMillis) -> LearnedIp {
+        let mut shard = self.shard(key_id);
+        let list = shard.entry(key_id.to_owned()).or_default();
+        let known = match list.iter_mut().find(|k| k.net == net) {
+            Some(k) => {
+                k.usable_from = k.usable_from.min(now);
+                k.last_seen = k.last_seen.max(now);
+                *k
+            }
+            None => {
+                let k = Known {
+                    net,
+                    first_seen: now,
+                    usable_from: now,
+                    last_seen: now,
+                };
+                self.insert(list, k);
+                k
+            }
+        };
+        LearnedIp {
+            key_id: key_id.to_owned(),
+            net: net.to_net(),
+            first_seen: known.first_seen,
+            usable_from: known.usable_from,
+        }
+    }
+
+    /// Forgets a key (deleted or revoked keys).
+    pub fn forget(&self, key_id: &str) {
+        self.shard(key_id).remove(key_id);
+    }
+
+    /// Every known network, for persistence.
+    pub fn export(&self) -> Vec<LearnedIp> {
+        let mut out: Vec<LearnedIp> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let shard = s.lock().unwrap_or_else(|e| e.into_inner());
+                shard
+                    .iter()
+                    .flat_map(|(key_id, list)| {
+                        list.iter().map(|k| LearnedIp {
+                            key_id: key_id.clone(),
+                            net: k.net.to_net(),
+                            first_seen: k.first_seen,
+                            usable_from: k.usable_from,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.key_id, a.first_seen, a.net).cmp(&(&b.key_id, b.first_seen, b.net)));
+        out
+    }
+
+    fn shard(&self, key_id: &str) -> MutexGuard<'_, KeyNets> {
+        let h = key_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.shards[(h as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, list: &mut Vec<Known>, known: Known) {
+        if let Some(existing) = list.iter_mut().find(|k| k.net == known.net) {
+            *existing = known;
+            return;
+        }
+        if list.len() >= self.max_per_key {
+            if let Some(stalest) = list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, k)| k.last_seen)
+                .map(|(i, _)| i)
+            {
+                list.swap_remove(stalest);
+            }
+        }
+        list.push(known);
+    }
+}
+
+impl IpHistory for MemoryIpHistory {
+    fn observe(
+        &self,
+        key_id: &str,
+        net: ClientNet,
+        now: UnixMillis,
+        probation_ms: u64,
+    ) -> Result<Sighting, Deny> {
+        let mut shard = self.shard(key_id);
+        if let Some(list) = shard.get_mut(key_id) {
+            if let Some(k) = list.iter_mut().find(|k| k.net == net) {
+                k.last_seen = k.last_seen.max(now);
+                return Ok(Sighting {
+                    first_seen: k.first_seen,
+                    usable_from: k.usable_from,
+                    learned: false,
+                });
+            }
+        }
+        let list = shard.entry(key_id.to_owned()).or_default();
+        // Trust on first use: the key's very first network is known at once.
+        let usable_from = if list.is_empty() {
+            now
+        } else {
+            now.saturating_add(probation_ms)
+        };
+        self.insert(
+            list,
+            Known {
+                net,
+                first_seen: now,
+                usable_from,
+                last_seen: now,
+            },
+        );
+        Ok(Sighting {
+            first_seen: now,
+            usable_from,
+            learned: true,
+        })
+    }
+}
