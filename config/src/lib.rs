@@ -20,6 +20,13 @@
 //! - `withdraw`: `[withdraw]` — the policy's [`AuthorizeConfig`].
 //! - `dialect`: `[dialect]` — the policy's [`DialectConfig`].
 //! - `route`: `[[route]]` — the policy's [`RouteTable`], with its errors located.
+//! - `limits`: `[limits]` — the policy's [`RateLimitConfig`]: IP limit, tiers, key tiers.
+//! - `velocity`: `[[velocity.rule]]` — the policy's [`VelocityConfig`].
+//! - `anomaly`: `[anomaly]` — the policy's [`AnomalyConfig`], every rule on by default.
+//! - `alerts`: `[alerts]` — [`AlertsConfig`], the alert webhook.
+//!
+//! Durations are strings with one unit (`500ms`, `30s`, `5m`, `1h`, `90d`) and amounts are
+//! decimal strings (`"2.5"`), read exactly; both are parsed in `de`.
 //!
 //! Each section is a `Raw…` struct (the file as written, `deny_unknown_fields`) with a
 //! `resolve` step into its public type. A new section (`[limits]`, `[velocity]`, …) is a
@@ -27,21 +34,29 @@
 
 #![forbid(unsafe_code)]
 
+mod alerts;
+mod anomaly;
 mod data;
 mod de;
 mod dialect;
 mod error;
+mod limits;
 mod route;
 mod server;
+mod velocity;
 mod withdraw;
 
 use std::path::{Path, PathBuf};
 
+use keyguard_policy::anomaly::AnomalyConfig;
 use keyguard_policy::authorize::AuthorizeConfig;
+use keyguard_policy::limits::RateLimitConfig;
+use keyguard_policy::velocity::VelocityConfig;
 use keyguard_policy::{DialectConfig, RouteTable};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use alerts::AlertsConfig;
 pub use data::{AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
 pub use server::{InvalidUpstream, ServerConfig, Upstream};
@@ -67,6 +82,14 @@ pub struct Config {
     pub dialect: DialectConfig,
     /// All `[[route]]` tables, validated for the dialect.
     pub routes: RouteTable,
+    /// `[limits]`; without it, no rate limits ([`RateLimitConfig::default`]).
+    pub limits: RateLimitConfig,
+    /// The `[[velocity.rule]]` tables, validated; without them, no velocity limits.
+    pub velocity: VelocityConfig,
+    /// `[anomaly]`; every rule not turned off is on, with the policy's defaults.
+    pub anomaly: AnomalyConfig,
+    /// `[alerts]`; without a `webhook_url`, no alerts are sent.
+    pub alerts: AlertsConfig,
 }
 
 /// The file's top level as written. Every section but `[dialect]` has defaults.
@@ -86,6 +109,14 @@ struct ConfigFile {
     dialect: dialect::RawDialect,
     #[serde(default)]
     route: Vec<Spanned<route::RawRoute>>,
+    #[serde(default)]
+    limits: Option<limits::RawLimits>,
+    #[serde(default)]
+    velocity: velocity::RawVelocity,
+    #[serde(default)]
+    anomaly: anomaly::RawAnomaly,
+    #[serde(default)]
+    alerts: alerts::RawAlerts,
 }
 
 impl Config {
@@ -108,6 +139,11 @@ impl Config {
         let data_dir = server.data_dir.clone();
         let dialect = file.dialect.resolve(&src)?;
         let routes = route::build(&src, dialect.kind, file.route)?;
+        let limits = match file.limits {
+            Some(raw) => raw.resolve(&src)?,
+            None => RateLimitConfig::default(),
+        };
+        let velocity = file.velocity.resolve(&src)?;
         Ok(Config {
             path: path.to_path_buf(),
             secrets: file.secrets.resolve(&data_dir),
@@ -117,6 +153,10 @@ impl Config {
             server,
             dialect,
             routes,
+            limits,
+            velocity,
+            anomaly: file.anomaly.resolve(),
+            alerts: file.alerts.resolve(),
         })
     }
 

@@ -245,8 +245,8 @@ fn bad_action_displays_file_line_key_and_choices() {
 #[test]
 fn unknown_top_level_key() {
     // Top-level keys come before the first table; after it they would belong to it.
-    let e = err(&format!("# a comment\nlimits = 5\n{MINIMAL}"));
-    assert!(at(&e, 2, "limits").starts_with("unknown key `limits`"));
+    let e = err(&format!("# a comment\nrate_limits = 5\n{MINIMAL}"));
+    assert!(at(&e, 2, "rate_limits").starts_with("unknown key `rate_limits`"));
     let e = err(&format!("{MINIMAL}\n[limit]\nrate = 5\n"));
     assert!(at(&e, 9, "limit").starts_with("unknown key `limit`"));
 }
@@ -615,4 +615,389 @@ fn load_reports_unreadable_files() {
     std::fs::write(&file, MINIMAL).unwrap();
     let cfg = Config::load(&file).unwrap();
     assert_eq!(cfg.server.data_dir, dir.path().join("keyguard-data"));
+}
+
+// ---- [limits], [[velocity.rule]], [anomaly], [alerts] ---------------------------------
+
+use std::time::Duration;
+
+use keyguard_policy::anomaly::{AnomalyConfig, DormantRule, SharedIpRule};
+use keyguard_policy::decimal::Decimal;
+use keyguard_policy::limits::{Rate, RateLimitConfig, RateTier};
+use keyguard_policy::velocity::{AssetMatch, LedgerKind, SubjectKind, VelocityConfig};
+
+/// `section` after MINIMAL: its first line is line 9 of the file.
+fn with(section: &str) -> String {
+    format!("{MINIMAL}\n{section}")
+}
+
+fn rate(count: u32, per_ms: u64, burst: Option<u32>) -> Option<Rate> {
+    Some(Rate::new(count, Duration::from_millis(per_ms), burst).unwrap())
+}
+
+fn dec(s: &str) -> Decimal {
+    keyguard_policy::decimal::parse_decimal(s).unwrap()
+}
+
+#[test]
+fn new_sections_default_when_absent() {
+    let cfg = ok(MINIMAL);
+    assert_eq!(cfg.limits, RateLimitConfig::default());
+    assert_eq!(cfg.velocity, VelocityConfig::default());
+    assert_eq!(cfg.anomaly, AnomalyConfig::default());
+    assert_eq!(cfg.alerts, AlertsConfig::default());
+    assert_eq!(cfg.alerts.webhook_url, None);
+    assert_eq!(cfg.alerts.timeout, Duration::from_secs(2));
+    assert_eq!((cfg.alerts.max_retries, cfg.alerts.queue), (5, 1024));
+}
+
+#[test]
+fn examples_set_limits_velocity_and_anomaly_rules() {
+    for name in ["zaif.toml", "binance.toml", "kraken.toml"] {
+        let cfg = Config::load(&example(name)).unwrap_or_else(|e| panic!("{e}"));
+        let l = &cfg.limits;
+        assert_eq!(l.ip, rate(50, 1000, Some(100)), "{name}");
+        assert_eq!(l.default_tier, "default");
+        let d = &l.tiers["default"];
+        assert_eq!(d.key, rate(10, 1000, Some(20)), "{name}");
+        assert_eq!(d.trade, rate(5, 1000, Some(10)), "{name}");
+        assert_eq!(d.withdraw, rate(5, 60_000, None), "{name}");
+        assert!(l.tiers.contains_key("pro"));
+        // Buildable by the policy as they are.
+        keyguard_policy::limits::RateLimits::new(l).unwrap();
+
+        let rules = &cfg.velocity.rules;
+        let has = |kind, subject, window_ms, amount: bool| {
+            rules.iter().any(|r| {
+                r.kind == kind
+                    && r.subject == subject
+                    && r.window_ms == window_ms
+                    && r.max_count.is_some()
+                    && r.max_amount.is_some() == amount
+            })
+        };
+        use LedgerKind::*;
+        use SubjectKind::*;
+        assert!(has(Withdraw, Key, 3_600_000, true), "{name}");
+        assert!(has(Withdraw, Key, 86_400_000, true), "{name}");
+        assert!(has(Withdraw, Account, 86_400_000, true), "{name}");
+        assert!(has(Order, Key, 60_000, false), "{name}");
+        assert!(rules
+            .iter()
+            .any(|r| matches!(r.asset, AssetMatch::Exact(_))));
+
+        // Written out explicitly, and equal to the secure defaults.
+        assert_eq!(cfg.anomaly, AnomalyConfig::default(), "{name}");
+        assert_eq!(cfg.alerts, AlertsConfig::default(), "{name}");
+    }
+}
+
+#[test]
+fn limits_parse() {
+    let cfg = ok(&with(
+        "[limits]\n\
+         ip = { count = 50, per = \"1s\", burst = 100 }\n\
+         default_tier = \"basic\"\n\
+         max_entries = 500\n\
+         [limits.tiers.basic]\n\
+         key = { count = 10, per = \"500ms\" }\n\
+         withdraw = { count = 5, per = \"1m\" }\n\
+         [limits.tiers.pro]\n\
+         account = { count = 100, per = \"1h\", burst = 7 }\n\
+         [limits.key_tiers]\n\
+         kg_0123456789abcdef = \"pro\"\n",
+    ));
+    let l = &cfg.limits;
+    assert_eq!(l.ip, rate(50, 1000, Some(100)));
+    assert_eq!((l.default_tier.as_str(), l.max_entries), ("basic", 500));
+    assert_eq!(
+        l.tiers["basic"],
+        RateTier {
+            key: rate(10, 500, None),
+            withdraw: rate(5, 60_000, None),
+            ..RateTier::default()
+        }
+    );
+    assert_eq!(l.tiers["pro"].account, rate(100, 3_600_000, Some(7)));
+    assert_eq!(l.key_tiers["kg_0123456789abcdef"], "pro");
+
+    // Only an IP limit: the default tier is implied (no per-key limits).
+    let cfg = ok(&with("[limits]\nip = { count = 5, per = \"1s\" }\n"));
+    assert_eq!(cfg.limits.tiers["default"], RateTier::default());
+    assert_eq!(cfg.limits.ip, rate(5, 1000, None));
+}
+
+#[test]
+fn limits_errors_name_line_and_key() {
+    // Bad duration inside an inline table.
+    let e = err(&with("[limits]\n\nip = { count = 5, per = \"1sec\" }\n"));
+    assert!(
+        at(&e, 11, "limits.ip.per").contains("invalid duration \"1sec\""),
+        "{e}"
+    );
+    let e = err(&with(
+        "[limits.tiers.default]\ntrade = { count = 5, per = \"0s\" }\n",
+    ));
+    assert!(at(&e, 10, "limits.tiers.default.trade.per").contains("out of range"));
+    let e = err(&with("[limits]\nip = { count = 0, per = \"1s\" }\n"));
+    at(&e, 10, "limits.ip.count");
+    let e = err(&with("[limits]\nip = { count = 5, per = 1 }\n"));
+    assert!(at(&e, 10, "limits.ip.per").contains("expected a string"));
+
+    // Unknown tiers, at the line that names them.
+    let e = err(&with(
+        "[limits]\ndefault_tier = \"gold\"\n[limits.tiers.default]\n",
+    ));
+    assert_eq!(
+        at(&e, 10, "limits.default_tier"),
+        "unknown tier `gold` (defined: `default`)"
+    );
+    let e = err(&with(
+        "[limits.tiers.default]\nkey = { count = 1, per = \"1s\" }\n[limits.key_tiers]\nkg_aa = \"default\"\nkg_bb = \"pro\"\n",
+    ));
+    assert!(at(&e, 13, "limits.key_tiers.kg_bb").starts_with("unknown tier `pro`"));
+    let e = err(&with(
+        "[limits.key_tiers]\nkg_aa = \"default\"\nnot-a-key = \"default\"\n",
+    ));
+    assert!(at(&e, 11, "limits.key_tiers.not-a-key").contains("not a key id"));
+    // Tiers without the default tier would leave other keys unlimited.
+    let e = err(&with(
+        "[limits.tiers.pro]\nkey = { count = 1, per = \"1s\" }\n",
+    ));
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (None, Some("limits.default_tier"))
+    );
+    assert!(e.message.starts_with("no tier `default`"), "{e}");
+
+    // Unknown keys at every level.
+    let e = err(&with("[limits]\nipp = { count = 1, per = \"1s\" }\n"));
+    assert!(at(&e, 10, "limits.ipp").starts_with("unknown key `ipp`"));
+    let e = err(&with(
+        "[limits.tiers.default]\n\ntrades = { count = 1, per = \"1s\" }\n",
+    ));
+    assert!(at(&e, 11, "limits.tiers.default.trades").starts_with("unknown key `trades`"));
+    let e = err(&with("[limits]\nip = { count = 1, period = \"1s\" }\n"));
+    assert!(
+        at(&e, 10, "limits.ip.period").starts_with("unknown key `period`"),
+        "{e}"
+    );
+}
+
+const WITHDRAW_RULE: &str = "[[velocity.rule]]\nkind = \"withdraw\"\nsubject = \"key\"\nasset = \"BTC\"\nwindow = \"24h\"\nmax_amount = \"2.5\"\nmax_count = 10\n";
+
+#[test]
+fn velocity_parses() {
+    let cfg = ok(&with(&format!(
+        "{WITHDRAW_RULE}\n[[velocity.rule]]\nkind = \"order\"\nsubject = \"account\"\nwindow = \"1m\"\nmax_count = 100\n"
+    )));
+    let r = &cfg.velocity.rules;
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        (r[0].kind, r[0].subject, &r[0].asset, r[0].window_ms),
+        (
+            LedgerKind::Withdraw,
+            SubjectKind::Key,
+            &AssetMatch::Exact("btc".into()),
+            86_400_000
+        )
+    );
+    assert_eq!(
+        (r[0].max_amount, r[0].max_count),
+        (Some(dec("2.5")), Some(10))
+    );
+    assert_eq!(r[1].asset, AssetMatch::Any, "asset defaults to *");
+    assert_eq!((r[1].max_amount, r[1].max_count), (None, Some(100)));
+    // Exact: 0.1 is 0.1, not the float next to it.
+    let cfg = ok(&with(&WITHDRAW_RULE.replace("\"2.5\"", "\"0.1\"")));
+    assert_eq!(cfg.velocity.rules[0].max_amount, Some(dec("0.1")));
+}
+
+#[test]
+fn velocity_errors_name_line_and_key() {
+    // WITHDRAW_RULE's lines: 9 header, 10 kind, 11 subject, 12 asset, 13 window,
+    // 14 max_amount, 15 max_count.
+    let e = err(&with(&WITHDRAW_RULE.replace("\"2.5\"", "\"2.5.1\"")));
+    assert!(at(&e, 14, "velocity.rule[0].max_amount").contains("invalid amount"));
+    let e = err(&with(&WITHDRAW_RULE.replace("\"2.5\"", "2.5")));
+    assert!(at(&e, 14, "velocity.rule[0].max_amount").contains("as a string"));
+    let e = err(&with(&WITHDRAW_RULE.replace("\"2.5\"", "\"-1\"")));
+    at(&e, 14, "velocity.rule[0].max_amount");
+    let e = err(&with(&WITHDRAW_RULE.replace("\"2.5\"", "\"0\"")));
+    assert!(at(&e, 14, "velocity.rule[0].max_amount").contains("greater than zero"));
+    let e = err(&with(&WITHDRAW_RULE.replace("\"24h\"", "\"1 day\"")));
+    assert!(at(&e, 13, "velocity.rule[0].window").contains("invalid duration"));
+    let e = err(&with(
+        &WITHDRAW_RULE.replace("\"withdraw\"", "\"withdrawal\""),
+    ));
+    assert!(at(&e, 10, "velocity.rule[0].kind").contains("withdraw or order"));
+    let e = err(&with(&WITHDRAW_RULE.replace("\"key\"", "\"ip\"")));
+    assert!(at(&e, 11, "velocity.rule[0].subject").contains("key or account"));
+    let e = err(&with(&WITHDRAW_RULE.replace("\"BTC\"", "\"\"")));
+    at(&e, 12, "velocity.rule[0].asset");
+    let e = err(&with(
+        &WITHDRAW_RULE.replace("max_count = 10", "max_count = 0"),
+    ));
+    at(&e, 15, "velocity.rule[0].max_count");
+    let e = err(&with(&WITHDRAW_RULE.replace("window", "windw")));
+    assert!(at(&e, 13, "velocity.rule[0].windw").starts_with("unknown key `windw`"));
+    let e = err(&with(&WITHDRAW_RULE.replace("window = \"24h\"\n", "")));
+    assert_eq!(at(&e, 9, "velocity.rule[0].window"), "missing key `window`");
+    let e = err(&with("[velocity]\nrules = []\n"));
+    assert!(at(&e, 10, "velocity.rules").starts_with("unknown key `rules`"));
+
+    // The policy's own check, at the offending rule's header.
+    let e = err(&with(&format!(
+        "{WITHDRAW_RULE}\n[[velocity.rule]]\nkind = \"order\"\nsubject = \"key\"\nwindow = \"1m\"\n"
+    )));
+    assert_eq!(
+        at(&e, 17, "velocity.rule[1]"),
+        "set max_amount, max_count or both"
+    );
+}
+
+#[test]
+fn anomaly_parses() {
+    let cfg = ok(&with(
+        "[anomaly]\nmax_entries = 42\n\
+         [anomaly.dormant]\nafter = \"30d\"\nshadow = true\n\
+         [anomaly.new_ip]\nenabled = false\nprobation = \"5m\"\n\
+         [anomaly.many_ips]\nmax_ips = 9\ninclude_allowlisted = true\n\
+         [anomaly.shared_ip]\nmax_keys = 2\nblock = \"2h\"\nexempt = [\"203.0.113.0/24\", \"2001:db8::/48\"]\n\
+         [anomaly.auth_failures]\nmax_failures = 3\nwindow = \"30s\"\nban = \"1h\"\n",
+    ));
+    let a = &cfg.anomaly;
+    let d = AnomalyConfig::default();
+    assert_eq!(a.max_entries, 42);
+    assert_eq!(
+        a.dormant,
+        Some(DormantRule {
+            after_ms: 30 * 86_400_000,
+            shadow: true
+        })
+    );
+    assert_eq!(a.new_ip, None, "enabled = false turns a rule off");
+    let m = a.many_ips.as_ref().unwrap();
+    assert_eq!((m.max_ips, m.include_allowlisted), (9, true));
+    assert_eq!(m.window_ms, d.many_ips.as_ref().unwrap().window_ms);
+    assert_eq!(
+        a.shared_ip,
+        Some(SharedIpRule {
+            max_keys: 2,
+            block_ms: 7_200_000,
+            exempt: vec![
+                "203.0.113.0/24".parse().unwrap(),
+                "2001:db8::/48".parse().unwrap()
+            ],
+            ..SharedIpRule::default()
+        })
+    );
+    let f = a.auth_failures.as_ref().unwrap();
+    assert_eq!(
+        (f.max_failures, f.window_ms, f.ban_ms),
+        (3, 30_000, 3_600_000)
+    );
+    assert!(!f.shadow);
+
+    // An empty sub-table is the rule with its defaults, like an absent one.
+    let cfg = ok(&with(
+        "[anomaly.dormant]\n[anomaly.shared_ip]\nenabled = true\n",
+    ));
+    assert_eq!(cfg.anomaly, AnomalyConfig::default());
+}
+
+#[test]
+fn anomaly_errors_name_line_and_key() {
+    let e = err(&with("[anomaly.dormant]\naftr = \"90d\"\n"));
+    assert!(at(&e, 10, "anomaly.dormant.aftr").starts_with("unknown key `aftr`"));
+    let e = err(&with("[anomaly]\nshadow = true\n"));
+    assert!(at(&e, 10, "anomaly.shadow").starts_with("unknown key `shadow`"));
+    let e = err(&with("[anomaly.new_ip]\nprobation = \"60\"\n"));
+    assert!(at(&e, 10, "anomaly.new_ip.probation").contains("invalid duration \"60\""));
+    let e = err(&with(
+        "[anomaly.shared_ip]\nexempt = [\"10.0.0.0/8\", \"office\"]\n",
+    ));
+    at(&e, 10, "anomaly.shared_ip.exempt[1]");
+    let e = err(&with("[anomaly.auth_failures]\n\nban = \"0m\"\n"));
+    assert!(at(&e, 11, "anomaly.auth_failures.ban").contains("out of range"));
+    let e = err(&with("[anomaly.many_ips]\nmax_ips = 0\n"));
+    at(&e, 10, "anomaly.many_ips.max_ips");
+    let e = err(&with("[anomaly.many_ips]\nenabled = \"no\"\n"));
+    at(&e, 10, "anomaly.many_ips.enabled");
+    let e = err(&with("[anomaly.ip_ban]\n"));
+    assert!(at(&e, 9, "anomaly.ip_ban").starts_with("unknown key `ip_ban`"));
+}
+
+#[test]
+fn alerts_parse_and_errors() {
+    let cfg = ok(&with(
+        "[alerts]\nwebhook_url = \"http://127.0.0.1:9999/hook\"\ntimeout = \"500ms\"\nmax_retries = 0\nqueue = 10\n",
+    ));
+    let a = &cfg.alerts;
+    assert_eq!(a.webhook_url.as_deref(), Some("http://127.0.0.1:9999/hook"));
+    assert_eq!(a.timeout, Duration::from_millis(500));
+    assert_eq!((a.max_retries, a.queue), (0, 10));
+    for url in [
+        "https://hooks.example.com/services/T0/B0/xyz?x=1",
+        "http://[::1]:9999/",
+        "http://localhost",
+    ] {
+        let cfg = ok(&with(&format!("[alerts]\nwebhook_url = \"{url}\"\n")));
+        assert_eq!(cfg.alerts.webhook_url.as_deref(), Some(url));
+    }
+    for (url, why) in [
+        ("ftp://example.com/x", "http:// or https://"),
+        ("example.com/hook", "not a URL"),
+        ("mailto:ops@example.com", "http:// or https://"),
+        ("http://user:pw@example.com/", "user information"),
+        ("http://example.com/#x", "fragment"),
+        ("http://example.com:0/", "port"),
+        ("not a url", "not a URL"),
+    ] {
+        let e = err(&with(&format!("[alerts]\n\nwebhook_url = \"{url}\"\n")));
+        assert!(at(&e, 11, "alerts.webhook_url").contains(why), "{url}: {e}");
+    }
+    let e = err(&with("[alerts]\ntimeout = \"10m\"\n"));
+    assert!(
+        at(&e, 10, "alerts.timeout").contains("expected 1ms to 5m"),
+        "{e}"
+    );
+    let e = err(&with("[alerts]\nurl = \"http://x/\"\n"));
+    assert!(at(&e, 10, "alerts.url").starts_with("unknown key `url`"));
+}
+
+#[test]
+fn duration_syntax() {
+    use crate::de::{format_ms, parse_duration_ms};
+    for (s, ms) in [
+        ("500ms", 500),
+        ("1s", 1000),
+        ("1m", 60_000),
+        ("60m", 3_600_000),
+        ("1h", 3_600_000),
+        ("24h", 86_400_000),
+        ("90d", 90 * 86_400_000),
+        ("0s", 0),
+    ] {
+        assert_eq!(parse_duration_ms(s), Ok(ms), "{s}");
+    }
+    for s in [
+        "", "1", "s", "1.5s", "-1s", "+1s", " 1s", "1s ", "1 s", "1S", "1h30m", "1sec", "1w",
+        "1us", "0x10s",
+    ] {
+        assert!(parse_duration_ms(s).is_err(), "{s:?}");
+    }
+    assert!(parse_duration_ms("99999999999999999999d").is_err());
+    assert!(parse_duration_ms("999999999999999999d")
+        .unwrap_err()
+        .contains("too long"));
+    assert_eq!(
+        [
+            format_ms(1),
+            format_ms(1500),
+            format_ms(300_000),
+            format_ms(90 * 86_400_000)
+        ],
+        ["1ms", "1500ms", "5m", "90d"]
+    );
 }
