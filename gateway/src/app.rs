@@ -8,6 +8,8 @@ use keyguard_config::Config;
 use keyguard_policy::SystemClock;
 use tokio::net::TcpListener;
 
+use crate::activity::Activity;
+use crate::alerts::{Alert, AlertSettings, Alerts};
 use crate::assertion::AssertionSigner;
 use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSink};
 use crate::keys::KeyCache;
@@ -17,6 +19,9 @@ use crate::secrets::MasterKey;
 use crate::server::{serve, ConnLimits};
 use crate::store::writer::StoreWriter;
 use crate::store::{self, Store};
+use keyguard_policy::anomaly::{Anomaly, MemoryIpHistory};
+use keyguard_policy::limits::RateLimits;
+use keyguard_policy::velocity::MemoryVelocity;
 
 /// Starts everything and serves until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -27,8 +32,44 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.secrets.master_key_file.path(),
     )?);
     let keys = Arc::new(KeyCache::load(&store, &master)?);
-    let nonces = store::load_nonces(&store.connect()?)?;
+    let conn = store.connect()?;
+    let nonces = store::load_nonces(&conn)?;
+    let clock = Arc::new(SystemClock);
+    let started_at = keyguard_policy::Clock::now_ms(&*clock);
+    // Only entries young enough to fall inside the longest window can still count.
+    let horizon = cfg
+        .velocity
+        .rules
+        .iter()
+        .map(|r| r.window_ms)
+        .max()
+        .unwrap_or(0);
+    let (ledger, max_id) = store::load_velocity(&conn, started_at.saturating_sub(horizon))?;
+    let velocity = MemoryVelocity::restore(&cfg.velocity, ledger, max_id)
+        .map_err(|e| anyhow::anyhow!("velocity rules: {e}"))?;
+    let max_per_key = cfg
+        .anomaly
+        .new_ip
+        .as_ref()
+        .map(|r| r.max_per_key)
+        .unwrap_or(64);
+    let history = MemoryIpHistory::restore(max_per_key, store::load_learned_ips(&conn)?);
+    let anomaly = Anomaly::in_memory(cfg.anomaly.clone(), history);
+    let limits = RateLimits::new(&cfg.limits).map_err(|e| anyhow::anyhow!("rate limits: {e}"))?;
+    drop(conn);
     let writer = StoreWriter::start(store.connect()?);
+    let alerts = Alerts::start(AlertSettings {
+        url: cfg
+            .alerts
+            .webhook_url
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("alerts.webhook_url: {e}"))?,
+        timeout: cfg.alerts.timeout,
+        max_retries: cfg.alerts.max_retries,
+        queue: cfg.alerts.queue,
+    });
     let signer =
         AssertionSigner::load_or_create(cfg.assertion.key_file.path(), cfg.assertion.ttl_secs)?;
     let (audit, audit_handle) = AuditSink::start(cfg.audit.path.path())?;
@@ -38,8 +79,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Duration::from_millis(s.upstream_connect_timeout_ms),
         Duration::from_millis(s.upstream_response_timeout_ms),
     )?;
-    let clock = Arc::new(SystemClock);
-    let started_at = keyguard_policy::Clock::now_ms(&*clock);
     let gateway = Arc::new(Gateway {
         dialect: cfg.dialect.clone(),
         routes: cfg.routes.clone(),
@@ -50,7 +89,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             read_timeout: Duration::from_millis(s.body_read_timeout_ms),
         },
         keys: keys.clone(),
-        replay: ReplayGuard::new(nonces, writer, started_at),
+        replay: ReplayGuard::new(nonces, writer.clone(), started_at),
+        limits,
+        velocity,
+        anomaly,
+        activity: Activity::default(),
+        writer,
+        alerts,
         signer,
         audit,
         upstream,
@@ -58,7 +103,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ids: RequestIds::new()?,
     });
     tokio::spawn(keys.clone().refresh_loop(store.clone(), master.clone()));
-    tokio::spawn(admin_audit_loop(store.clone(), gateway.audit.clone()));
+    tokio::spawn(admin_audit_loop(
+        store.clone(),
+        gateway.audit.clone(),
+        gateway.alerts.clone(),
+    ));
+    tokio::spawn(sweep_loop(Arc::downgrade(&gateway)));
 
     let listener = TcpListener::bind(s.listen)
         .await
@@ -86,7 +136,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Copies operator changes recorded by the CLI into the audit log, so the log has one
 /// writer and a change made while no gateway ran is still logged by the next one.
-async fn admin_audit_loop(store: Store, audit: AuditSink) {
+async fn admin_audit_loop(store: Store, audit: AuditSink, alerts: Alerts) {
     let mut ticker = tokio::time::interval(crate::keys::REFRESH_INTERVAL);
     loop {
         ticker.tick().await;
@@ -108,7 +158,22 @@ async fn admin_audit_loop(store: Store, audit: AuditSink) {
             continue;
         };
         for e in events {
-            tracing::warn!(actor = %e.actor, action = %e.action, target = %e.target, reason = %e.reason, "operator change");
+            if matches!(e.action.as_str(), "freeze" | "key_suspend") {
+                alerts.send(Alert {
+                    ts: timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts)),
+                    event: if e.action == "freeze" {
+                        "withdrawals_frozen"
+                    } else {
+                        "key_suspended"
+                    }
+                    .into(),
+                    code: e.action.clone(),
+                    key_id: (e.action == "key_suspend").then(|| e.target.clone()),
+                    account: None,
+                    client_ip: None,
+                    detail: format!("{} by {}: {}", e.target, e.actor, e.reason),
+                });
+            }
             audit
                 .record_line(AuditLine::Admin(AdminAudit {
                     ts: timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts)),
@@ -128,6 +193,20 @@ async fn admin_audit_loop(store: Store, audit: AuditSink) {
         if !matches!(marked, Ok(Ok(()))) {
             tracing::error!("marking admin events audited failed; they may be logged twice");
         }
+    }
+}
+
+/// Evicts idle rate-limit, velocity and anomaly state so memory stays bounded however
+/// many keys and addresses a flood brings.
+async fn sweep_loop(gateway: std::sync::Weak<Gateway>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        ticker.tick().await;
+        let Some(gw) = gateway.upgrade() else { return };
+        let now = keyguard_policy::Clock::now_ms(&*gw.clock);
+        gw.limits.sweep();
+        gw.velocity.sweep(now);
+        gw.anomaly.sweep(now);
     }
 }
 

@@ -119,6 +119,8 @@ enum KeysCommand {
     Resume(StatusArgs),
     /// Revoke a key for good.
     Revoke(StatusArgs),
+    /// Make a dormant key usable for trades and withdrawals again.
+    Reactivate(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +306,13 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Suspend(a) => set_status(a, KeyStatus::Suspended),
         KeysCommand::Resume(a) => set_status(a, KeyStatus::Active),
         KeysCommand::Revoke(a) => set_status(a, KeyStatus::Revoked),
+        KeysCommand::Reactivate(a) => {
+            let cfg = load(&a.store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::reactivate(&mut conn, &a.key_id, &actor(a.actor), &a.reason)?;
+            eprintln!("{}: reactivated", a.key_id);
+            Ok(())
+        }
     }
 }
 

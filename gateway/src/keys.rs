@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use keyguard_policy::authorize::Freezes;
-use keyguard_policy::KeyRecord;
+use keyguard_policy::{KeyRecord, UnixMillis};
 
 use crate::secrets::MasterKey;
 use crate::store::{self, Store};
@@ -22,6 +22,7 @@ pub struct Snapshot {
     by_api_key: HashMap<String, Arc<KeyRecord>>,
     /// Withdrawal freezes in force.
     pub freezes: Freezes,
+    last_used: HashMap<String, UnixMillis>,
     generation: i64,
 }
 
@@ -29,6 +30,11 @@ impl Snapshot {
     /// The key presented as `api_key`.
     pub fn get(&self, api_key: &str) -> Option<&Arc<KeyRecord>> {
         self.by_api_key.get(api_key)
+    }
+
+    /// When the key was last used, as stored (reactivation sets it to the time it ran).
+    pub fn last_used(&self, key_id: &str) -> Option<UnixMillis> {
+        self.last_used.get(key_id).copied()
     }
 
     /// How many keys are loaded.
@@ -118,7 +124,9 @@ fn read_snapshot(conn: &rusqlite::Connection, master: &MasterKey) -> anyhow::Res
         tracing::error!(error = %e, "key skipped");
     }
     let freezes = store::load_freezes(conn)?;
+    let last_used = store::load_last_used(conn)?;
     Ok(Snapshot {
+        last_used,
         by_api_key: keys
             .into_iter()
             .map(|k| (k.api_key.clone(), Arc::new(k)))

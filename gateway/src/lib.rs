@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the `keyguard` command line.
+//! - [`activity`]: when keys were last used (dormant-key rule).
+//! - [`alerts`]: the operator's webhook, off the request path.
 //! - [`app`]: wiring a validated config into a running gateway.
 //! - [`server`]: accepting connections with limits and graceful shutdown.
 //! - [`proxy`]: the request pipeline ([`proxy::Gateway::process`]) and forwarding.
@@ -16,6 +18,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
+pub mod alerts;
 pub mod app;
 pub mod assertion;
 pub mod audit;

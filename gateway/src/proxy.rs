@@ -18,17 +18,23 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
+use keyguard_policy::anomaly::{Anomaly, AnomalyRequest, Verdict};
 use keyguard_policy::authorize::{authorize, AccessRequest, AuthorizeConfig};
 use keyguard_policy::client_ip::client_ip;
 use keyguard_policy::dialect::{self, DialectConfig};
 use keyguard_policy::key::canonical_ip;
+use keyguard_policy::limits::RateLimits;
+use keyguard_policy::velocity::{MemoryVelocity, Reservation, ReservationId, VelocityStore};
 use keyguard_policy::{Action, Clock, Deny, KeyRecord, RouteTable};
 
+use crate::activity::Activity;
+use crate::alerts::{Alert, Alerts};
 use crate::assertion::{sha256_b64url, AssertionSigner, Claims};
 use crate::audit::{timestamp, AuditEvent, AuditSink};
 use crate::keys::KeyCache;
 use crate::replay::ReplayGuard;
-use crate::respond::deny_response;
+use crate::respond::{deny_response, Refusal};
+use crate::store::writer::{StoreWriter, WriteOp};
 
 /// Response body type of the gateway: upstream bodies are streamed, errors are complete.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -123,6 +129,18 @@ pub struct Gateway {
     pub audit: AuditSink,
     /// The exchange.
     pub upstream: Upstream,
+    /// Rate limits (GCRA per IP, key, account and action).
+    pub limits: RateLimits,
+    /// Velocity windows (withdrawal and order amounts and counts).
+    pub velocity: MemoryVelocity,
+    /// Anomaly rules (dormant keys, new IPs, many IPs, shared IPs, auth failures).
+    pub anomaly: Anomaly,
+    /// When keys were last used.
+    pub activity: Activity,
+    /// Durable state changes off the request path.
+    pub writer: StoreWriter,
+    /// The operator's webhook.
+    pub alerts: Alerts,
     /// Wall clock (injectable for tests).
     pub clock: Arc<dyn Clock>,
     /// Request id generator.
@@ -137,6 +155,10 @@ struct RequestCtx {
     action: Option<Action>,
     /// Set once every check passed and the request went to the upstream.
     forwarded: bool,
+    /// A rule in shadow mode would have refused the request with this reason.
+    would_deny: Option<Deny>,
+    /// The upstream connection failed before the request was sent.
+    not_sent: bool,
 }
 
 impl Gateway {
@@ -156,14 +178,21 @@ impl Gateway {
             key: None,
             action: None,
             forwarded: false,
+            would_deny: None,
+            not_sent: false,
         };
         let outcome = self.process(&mut ctx, peer, req).await;
         let (resp, code) = match outcome {
-            Ok(resp) => (resp, None),
-            Err(deny) => (
-                deny_response(deny, &ctx.request_id, self.dialect.kind),
-                Some(deny.code()),
+            Ok(resp) => (resp, ctx.would_deny.map(Deny::code)),
+            Err(refusal) => (
+                deny_response(&refusal, &ctx.request_id, self.dialect.kind),
+                Some(refusal.deny.code()),
             ),
+        };
+        let decision = match (ctx.forwarded, ctx.would_deny) {
+            (true, Some(_)) => "would_deny",
+            (true, None) => "allow",
+            (false, _) => "deny",
         };
         self.audit
             .record(AuditEvent {
@@ -174,7 +203,7 @@ impl Gateway {
                 client_ip: ctx.client_ip.to_string(),
                 dialect: self.dialect.kind.as_str(),
                 action: ctx.action.map(Action::as_str),
-                decision: if ctx.forwarded { "allow" } else { "deny" },
+                decision,
                 code,
                 status: resp.status().as_u16(),
                 latency_us: started.elapsed().as_micros() as u64,
@@ -191,9 +220,15 @@ impl Gateway {
         ctx: &mut RequestCtx,
         peer: SocketAddr,
         req: Request<Incoming>,
-    ) -> Result<Response<Body>, Deny> {
+    ) -> Result<Response<Body>, Refusal> {
         // Who is asking: the socket peer, or the client behind a proxy we trust.
         ctx.client_ip = client_ip(peer.ip(), req.headers(), &self.trusted_proxies)?;
+
+        // Pre-auth: banned or blocked networks and the per-IP rate limit are checked before
+        // reading the body or computing any HMAC, so floods cannot burn CPU.
+        let now = self.clock.now_ms();
+        self.apply(ctx, self.anomaly.check_client(ctx.client_ip, now), false)?;
+        self.limits.check_ip(ctx.client_ip)?;
 
         // Read the whole body (bounded in size and time): the signature covers it and the
         // exact bytes verified are the bytes forwarded.
@@ -211,21 +246,41 @@ impl Gateway {
             return self.forward(ctx, &parts, body, None).await;
         }
 
-        // Authentication: the key exists and signed these exact bytes, freshly.
+        // Authentication: the key exists and signed these exact bytes, freshly. Failures
+        // count towards the network's ban.
         let creds = parsed
             .credentials
             .as_ref()
             .ok_or(Deny::MissingCredentials)?;
         // One snapshot for the whole decision, so key and freezes are consistent.
         let snapshot = self.keys.snapshot();
-        let key = snapshot
-            .get(&creds.api_key)
-            .cloned()
-            .ok_or(Deny::UnknownKey)?;
+        let Some(key) = snapshot.get(&creds.api_key).cloned() else {
+            return Err(self.auth_failed(ctx, Deny::UnknownKey, now));
+        };
         ctx.key = Some(key.clone());
-        dialect::verify(&self.dialect, creds, &key.credential)?;
-        let now = self.clock.now_ms();
+        if let Err(deny) = dialect::verify(&self.dialect, creds, &key.credential) {
+            return Err(self.auth_failed(ctx, deny, now));
+        }
         dialect::check_freshness(&self.dialect, &creds.replay, now)?;
+
+        // Anomaly rules: shared IPs, many IPs, dormancy, new-IP probation.
+        let last_used = self
+            .activity
+            .last_used(&key.key_id, snapshot.last_used(&key.key_id));
+        let anomaly = self.anomaly.check_request(&AnomalyRequest {
+            key: &key,
+            action: classified.action,
+            client_ip: ctx.client_ip,
+            last_used,
+            now,
+        });
+        if let Some(learned) = anomaly.learned.clone() {
+            self.writer.submit_detached(WriteOp::LearnedIp(learned));
+        }
+        if let Some(reason) = anomaly.suspend {
+            self.suspend(ctx, &key, reason.as_str());
+        }
+        self.apply(ctx, anomaly.verdict, true)?;
 
         // Authorization: status, expiry, scope, IP allowlist, withdrawal rules, freezes.
         authorize(
@@ -241,14 +296,136 @@ impl Gateway {
         )?;
         drop(snapshot);
 
-        // Replay: consume the nonce / signature durably, last, so that requests refused
-        // above do not burn the owner's nonce sequence.
+        // Per-key, per-account and per-action rate limits.
+        self.limits.check_key(&key, classified.action)?;
+
+        // Replay: consume the nonce / signature durably, after the checks above so that
+        // refused requests do not burn the owner's nonce sequence.
         self.replay.accept(&key.key_id, &creds.replay, now).await?;
+
+        // Velocity: reserve the amount / count in every window, durably, before forwarding.
+        let route = &self.routes.routes()[classified.route];
+        let reservation = match Reservation::for_request(route, &classified, &key) {
+            Some(r) => Some(self.reserve(&r, now).await?),
+            None => None,
+        };
 
         // Forward with an assertion of what was allowed.
         let assertion = self.assertion(ctx, &key, classified.action, &parts, &body, now);
         ctx.forwarded = true;
-        self.forward(ctx, &parts, body, Some(assertion)).await
+        let result = self.forward(ctx, &parts, body, Some(assertion)).await;
+        if let Some(id) = reservation {
+            self.settle(ctx, id, &result);
+        }
+        if anomaly.touch {
+            if let Some(at) = self.activity.touch(&key.key_id, now) {
+                self.writer.submit_detached(WriteOp::Touch {
+                    key_id: key.key_id.clone(),
+                    at,
+                });
+            }
+        }
+        result
+    }
+
+    /// Applies an anomaly verdict: enforced denies refuse (and alert, when `alert`),
+    /// shadow-mode denies are remembered for the audit log and let the request pass.
+    fn apply(&self, ctx: &mut RequestCtx, verdict: Verdict, alert: bool) -> Result<(), Deny> {
+        match verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::WouldDeny(deny) => {
+                ctx.would_deny.get_or_insert(deny);
+                Ok(())
+            }
+            Verdict::Deny(deny) => {
+                if alert {
+                    self.alert(ctx, "anomaly_deny", deny.code(), String::new());
+                }
+                Err(deny)
+            }
+        }
+    }
+
+    /// Counts a failed authentication against the client's network; the request is
+    /// refused with `deny` either way, and a ban it triggers is alerted.
+    fn auth_failed(&self, ctx: &mut RequestCtx, deny: Deny, now: u64) -> Refusal {
+        match self.anomaly.auth_failed(ctx.client_ip, now) {
+            Verdict::Deny(ban) => self.alert(
+                ctx,
+                "ip_banned",
+                ban.code(),
+                format!("after {}", deny.code()),
+            ),
+            Verdict::WouldDeny(ban) => {
+                ctx.would_deny.get_or_insert(ban);
+            }
+            Verdict::Allow => {}
+        }
+        deny.into()
+    }
+
+    fn suspend(&self, ctx: &RequestCtx, key: &KeyRecord, reason: &str) {
+        self.writer.submit_detached(WriteOp::Suspend {
+            key_id: key.key_id.clone(),
+            reason: reason.to_owned(),
+        });
+        self.alert(
+            ctx,
+            "key_suspended",
+            reason,
+            "suspended by an anomaly rule".into(),
+        );
+    }
+
+    fn alert(&self, ctx: &RequestCtx, event: &str, code: &str, detail: String) {
+        self.alerts.send(Alert {
+            ts: timestamp(SystemTime::now()),
+            event: event.to_owned(),
+            code: code.to_owned(),
+            key_id: ctx.key.as_ref().map(|k| k.key_id.clone()),
+            account: ctx.key.as_ref().map(|k| k.account.clone()),
+            client_ip: Some(ctx.client_ip.to_string()),
+            detail,
+        });
+    }
+
+    async fn reserve(&self, r: &Reservation<'_>, now: u64) -> Result<ReservationId, Deny> {
+        let id = self.velocity.reserve(r, now)?;
+        let record = self.velocity.record(id).ok_or(Deny::StateUnavailable)?;
+        match self.writer.submit(WriteOp::Velocity(record)).await {
+            Ok(Ok(())) => Ok(id),
+            _ => {
+                // Not durable: undo in memory and fail closed.
+                let _ = self.velocity.release(id);
+                Err(Deny::StateUnavailable)
+            }
+        }
+    }
+
+    /// Settles a reservation once the upstream answered. Only a definitive failure frees
+    /// the capacity: a 4xx from the exchange, or a connection that failed before the
+    /// request was sent. A timeout or a 5xx may have executed, so it counts as spent.
+    fn settle(
+        &self,
+        ctx: &RequestCtx,
+        id: ReservationId,
+        result: &Result<Response<Body>, Refusal>,
+    ) {
+        let definitive_failure = match result {
+            Ok(resp) => resp.status().is_client_error(),
+            Err(_) => ctx.not_sent,
+        };
+        let settled = if definitive_failure {
+            self.velocity.release(id)
+        } else {
+            self.velocity.commit(id)
+        };
+        if settled.is_err() {
+            tracing::error!(request_id = %ctx.request_id, "velocity entry could not be settled");
+        }
+        if let Some(record) = self.velocity.record(id) {
+            self.writer.submit_detached(WriteOp::Velocity(record));
+        }
     }
 
     async fn read_body(&self, parts: &request::Parts, body: Incoming) -> Result<Bytes, Deny> {
@@ -306,11 +483,11 @@ impl Gateway {
 
     async fn forward(
         &self,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         parts: &request::Parts,
         body: Bytes,
         assertion: Option<String>,
-    ) -> Result<Response<Body>, Deny> {
+    ) -> Result<Response<Body>, Refusal> {
         let up = &self.upstream;
         let path_and_query = parts
             .uri
@@ -342,10 +519,11 @@ impl Gateway {
         }
 
         let resp = match tokio::time::timeout(up.response_timeout, up.client.request(out)).await {
-            Err(_) => return Err(Deny::UpstreamTimeout),
+            Err(_) => return Err(Deny::UpstreamTimeout.into()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, request_id = %ctx.request_id, "upstream request failed");
-                return Err(Deny::UpstreamUnavailable);
+                ctx.not_sent = e.is_connect();
+                return Err(Deny::UpstreamUnavailable.into());
             }
             Ok(Ok(resp)) => resp,
         };

@@ -4,18 +4,46 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use keyguard_policy::limits::RateLimited;
 use keyguard_policy::{Deny, DialectKind};
 
 use crate::proxy::Body;
 
-/// The JSON error response for `deny`:
+/// Why a request was refused, with what a 429 needs to tell the client when to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The reason.
+    pub deny: Deny,
+    /// Which rate limit, when `deny` is `rate_limited`.
+    pub rate: Option<RateLimited>,
+}
+
+impl From<Deny> for Refusal {
+    fn from(deny: Deny) -> Self {
+        Refusal { deny, rate: None }
+    }
+}
+
+impl From<RateLimited> for Refusal {
+    fn from(rate: RateLimited) -> Self {
+        Refusal {
+            deny: Deny::RateLimited,
+            rate: Some(rate),
+        }
+    }
+}
+
+/// The JSON error response for a refusal:
 /// `{"error":{"code","message","request_id"}}` (DESIGN.md §3).
 ///
 /// Kraken clients require `error` to be a list of Kraken error strings (ccxt's kraken
 /// crashes on an object instead of raising), so for that dialect the body is Kraken's
 /// shape — the closest native error first, so clients raise the right exception class,
 /// then `EKeyguard:<code>` — with our fields under `keyguard`.
-pub fn deny_response(deny: Deny, request_id: &str, dialect: DialectKind) -> Response<Body> {
+/// A 429 also carries `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` headers
+/// (draft-ietf-httpapi-ratelimit-headers-10) naming the limit that was hit.
+pub fn deny_response(refusal: &Refusal, request_id: &str, dialect: DialectKind) -> Response<Body> {
+    let deny = refusal.deny;
     let ours = serde_json::json!({
         "code": deny.code(),
         "message": deny.message(),
@@ -39,6 +67,20 @@ pub fn deny_response(deny: Deny, request_id: &str, dialect: DialectKind) -> Resp
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-request-id", v);
+    }
+    if let Some(rate) = refusal.rate {
+        for (name, value) in [
+            (
+                header::RETRY_AFTER.as_str(),
+                rate.retry_after_secs().to_string(),
+            ),
+            ("ratelimit-policy", rate.policy_header()),
+            ("ratelimit", rate.header()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
     }
     resp
 }
@@ -76,13 +118,13 @@ mod tests {
 
     #[tokio::test]
     async fn design_shape_and_kraken_shape() {
-        let r = deny_response(Deny::IpNotAllowed, "rid1", DialectKind::Zaif);
+        let r = deny_response(&Deny::IpNotAllowed.into(), "rid1", DialectKind::Zaif);
         assert_eq!(r.status(), 403);
         let v = body_json(r).await;
         assert_eq!(v["error"]["code"], "ip_not_allowed");
         assert_eq!(v["error"]["request_id"], "rid1");
 
-        let r = deny_response(Deny::IpNotAllowed, "rid2", DialectKind::Kraken);
+        let r = deny_response(&Deny::IpNotAllowed.into(), "rid2", DialectKind::Kraken);
         assert_eq!(r.status(), 403);
         let v = body_json(r).await;
         assert_eq!(v["error"][0], "EGeneral:Permission denied");

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use keyguard_policy::anomaly::LearnedIp;
 use keyguard_policy::authorize::Freezes;
 use keyguard_policy::decimal::{parse_decimal, Decimal};
 use keyguard_policy::key::{Credential, KeyRecord, KeyStatus, Secret, WithdrawAddress};
+use keyguard_policy::velocity::LedgerRecord;
 use keyguard_policy::{Scopes, UnixMillis};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -38,7 +40,8 @@ CREATE TABLE IF NOT EXISTS keys (
     expires_at    INTEGER,
     cred_kind     TEXT NOT NULL,
     cred_sealed   BLOB,
-    cred_public   BLOB
+    cred_public   BLOB,
+    last_used_at  INTEGER
 );
 CREATE INDEX IF NOT EXISTS keys_account ON keys(account);
 CREATE TABLE IF NOT EXISTS withdraw_addresses (
@@ -59,6 +62,24 @@ CREATE TABLE IF NOT EXISTS freezes (
     actor      TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (scope, target)
+);
+CREATE TABLE IF NOT EXISTS velocity_ledger (
+    id      INTEGER PRIMARY KEY,
+    key_id  TEXT NOT NULL,
+    account TEXT NOT NULL,
+    asset   TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    amount  TEXT,
+    at      INTEGER NOT NULL,
+    state   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS velocity_at ON velocity_ledger(at);
+CREATE TABLE IF NOT EXISTS learned_ips (
+    key_id      TEXT NOT NULL,
+    net         TEXT NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    usable_from INTEGER NOT NULL,
+    PRIMARY KEY (key_id, net)
 );
 CREATE TABLE IF NOT EXISTS admin_events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -203,7 +224,7 @@ impl Store {
 }
 
 /// Bumps the counter that running gateways poll to notice key changes.
-fn bump_generation(conn: &Connection) -> anyhow::Result<()> {
+pub(crate) fn bump_generation(conn: &Connection) -> anyhow::Result<()> {
     conn.execute(
         "UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'keys_generation'",
         [],
@@ -364,7 +385,7 @@ pub struct AdminEvent {
     pub reason: String,
 }
 
-fn record_admin_event(
+pub(crate) fn record_admin_event(
     conn: &Connection,
     actor: &str,
     action: &str,
@@ -376,6 +397,113 @@ fn record_admin_event(
         params![now_ms() as i64, actor, action, target, reason],
     )?;
     Ok(())
+}
+
+/// Makes a dormant key usable again: its last use becomes now (DESIGN.md: dormant keys
+/// may read but not trade or withdraw until their owner reactivates them).
+pub fn reactivate(
+    conn: &mut Connection,
+    key_id: &str,
+    actor: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    let n = tx.execute(
+        "UPDATE keys SET last_used_at = ?2, updated_at = ?2 WHERE key_id = ?1",
+        params![key_id, now_ms() as i64],
+    )?;
+    if n == 0 {
+        bail!("no key with id {key_id}");
+    }
+    record_admin_event(&tx, actor, "key_reactivate", key_id, reason)?;
+    bump_generation(&tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// When each key was last used, as recorded (the gateway writes it behind the hot path).
+pub fn load_last_used(conn: &Connection) -> anyhow::Result<HashMap<String, UnixMillis>> {
+    let mut stmt =
+        conn.prepare("SELECT key_id, last_used_at FROM keys WHERE last_used_at IS NOT NULL")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
+}
+
+/// The velocity ledger, for restoring the in-memory one at start. Released entries and
+/// entries older than `since` are left out: they can no longer count against a window.
+pub fn load_velocity(
+    conn: &Connection,
+    since: UnixMillis,
+) -> anyhow::Result<(Vec<LedgerRecord>, u64)> {
+    let max_id: Option<i64> =
+        conn.query_row("SELECT MAX(id) FROM velocity_ledger", [], |r| r.get(0))?;
+    let mut stmt = conn.prepare(
+        "SELECT id, key_id, account, asset, kind, amount, at, state FROM velocity_ledger
+         WHERE at >= ?1 AND state != 'released' ORDER BY at, id",
+    )?;
+    let rows = stmt.query_map([since as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, String>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, key_id, account, asset, kind, amount, at, state) = row?;
+        out.push(LedgerRecord {
+            id: id as u64,
+            key_id,
+            account,
+            asset,
+            kind: kind
+                .parse()
+                .map_err(|_| anyhow::anyhow!("ledger {id}: bad kind {kind:?}"))?,
+            amount: amount
+                .map(|a| {
+                    parse_decimal(&a).map_err(|_| anyhow::anyhow!("ledger {id}: bad amount {a:?}"))
+                })
+                .transpose()?,
+            at: at as u64,
+            state: state
+                .parse()
+                .map_err(|_| anyhow::anyhow!("ledger {id}: bad state {state:?}"))?,
+        });
+    }
+    Ok((out, max_id.unwrap_or(0) as u64))
+}
+
+/// Networks each key was seen from (trust on first use and new-IP probation).
+pub fn load_learned_ips(conn: &Connection) -> anyhow::Result<Vec<LearnedIp>> {
+    let mut stmt = conn.prepare("SELECT key_id, net, first_seen, usable_from FROM learned_ips")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key_id, net, first_seen, usable_from) = row?;
+        out.push(LearnedIp {
+            net: net
+                .parse()
+                .map_err(|_| anyhow::anyhow!("key {key_id}: bad learned net {net:?}"))?,
+            key_id,
+            first_seen: first_seen as u64,
+            usable_from: usable_from as u64,
+        });
+    }
+    Ok(out)
 }
 
 /// Admin events not yet copied to the audit log, oldest first. Events made while no

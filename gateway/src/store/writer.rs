@@ -6,7 +6,10 @@
 use std::sync::mpsc;
 use std::thread;
 
+use keyguard_policy::anomaly::LearnedIp;
 use keyguard_policy::decimal::Decimal;
+use keyguard_policy::velocity::LedgerRecord;
+use keyguard_policy::UnixMillis;
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
@@ -19,6 +22,24 @@ pub enum WriteOp {
         key_id: String,
         /// The nonce.
         nonce: Decimal,
+    },
+    /// Insert or update a velocity ledger entry.
+    Velocity(LedgerRecord),
+    /// Remember a network a key was seen from.
+    LearnedIp(LearnedIp),
+    /// A key was used (only ever moves forward).
+    Touch {
+        /// Key id.
+        key_id: String,
+        /// When.
+        at: UnixMillis,
+    },
+    /// An anomaly rule suspended a key.
+    Suspend {
+        /// Key id.
+        key_id: String,
+        /// Why (the rule's code).
+        reason: String,
     },
 }
 
@@ -40,6 +61,14 @@ impl StoreWriter {
             .spawn(move || run(conn, rx))
             .expect("spawning the store writer thread");
         StoreWriter { tx }
+    }
+
+    /// Queues `op` without waiting for it: for state whose loss in a crash only makes the
+    /// gateway stricter or costs a log line (learned networks, last use).
+    pub fn submit_detached(&self, op: WriteOp) {
+        if self.tx.send((op, None)).is_err() {
+            tracing::error!("store writer stopped; a state change was not recorded");
+        }
     }
 
     /// Queues `op` and returns a receiver that resolves once it is committed. Queuing
@@ -86,6 +115,60 @@ fn apply(conn: &mut Connection, batch: &[Job]) -> anyhow::Result<()> {
             match op {
                 WriteOp::Nonce { key_id, nonce } => {
                     nonce_stmt.execute(params![key_id, nonce.to_string()])?;
+                }
+                WriteOp::Velocity(r) => {
+                    tx.prepare_cached(
+                        "INSERT INTO velocity_ledger (id, key_id, account, asset, kind, amount, at, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+                    )?
+                    .execute(params![
+                        r.id as i64,
+                        r.key_id,
+                        r.account,
+                        r.asset,
+                        r.kind.as_str(),
+                        r.amount.map(|a| a.to_string()),
+                        r.at as i64,
+                        r.state.as_str()
+                    ])?;
+                }
+                WriteOp::LearnedIp(l) => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO learned_ips (key_id, net, first_seen, usable_from)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        l.key_id,
+                        l.net.to_string(),
+                        l.first_seen as i64,
+                        l.usable_from as i64
+                    ])?;
+                }
+                WriteOp::Touch { key_id, at } => {
+                    tx.prepare_cached(
+                        "UPDATE keys SET last_used_at = ?2
+                         WHERE key_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                    )?
+                    .execute(params![key_id, *at as i64])?;
+                }
+                WriteOp::Suspend { key_id, reason } => {
+                    let n = tx
+                        .prepare_cached(
+                            "UPDATE keys SET status = 'suspended', status_reason = ?2, updated_at = ?3
+                             WHERE key_id = ?1 AND status = 'active'",
+                        )?
+                        .execute(params![key_id, reason, crate::store::now_ms() as i64])?;
+                    if n > 0 {
+                        crate::store::record_admin_event(
+                            &tx,
+                            "keyguard",
+                            "key_suspend",
+                            key_id,
+                            reason,
+                        )?;
+                        crate::store::bump_generation(&tx)?;
+                    }
                 }
             }
         }
