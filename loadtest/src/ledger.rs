@@ -66,7 +66,21 @@ impl Ledger {
 
     /// Reads every entry of the ledger at `path`, in order.
     pub fn read_all(path: &Path) -> io::Result<Vec<LedgerEntry>> {
-        let reader = BufReader::new(File::open(path)?);
+        Ledger::read_from(path, 0)
+    }
+
+    /// The ledger's current length in bytes (0 when it does not exist yet): pass it to
+    /// [`Ledger::read_from`] later to read only what was appended in between.
+    pub fn end_offset(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Reads the entries that start at byte `offset` or later, in order.
+    pub fn read_from(path: &Path, offset: u64) -> io::Result<Vec<LedgerEntry>> {
+        use std::io::{Seek as _, SeekFrom};
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let reader = BufReader::new(file);
         let mut entries = Vec::new();
         for line in reader.lines() {
             let line = line?;
