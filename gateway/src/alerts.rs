@@ -93,11 +93,15 @@ impl Alerts {
 async fn deliver(mut rx: mpsc::Receiver<Alert>, url: http::Uri, settings: AlertSettings) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let mut recent: HashMap<(String, Option<String>, Option<String>), Instant> = HashMap::new();
+    // Coalesced per (event, code, key, client IP): a suspension and the deny that caused
+    // it are different alerts.
+    type AlertId = (String, String, Option<String>, Option<String>);
+    let mut recent: HashMap<AlertId, Instant> = HashMap::new();
     while let Some(alert) = rx.recv().await {
         let now = Instant::now();
         recent.retain(|_, at| now.duration_since(*at) < COALESCE);
         let id = (
+            alert.event.clone(),
             alert.code.clone(),
             alert.key_id.clone(),
             alert.client_ip.clone(),

@@ -94,6 +94,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         velocity,
         anomaly,
         activity: Activity::default(),
+        suspended_by_rules: Default::default(),
         writer,
         alerts,
         signer,
@@ -102,7 +103,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         clock,
         ids: RequestIds::new()?,
     });
-    tokio::spawn(keys.clone().refresh_loop(store.clone(), master.clone()));
+    let resumed = Arc::downgrade(&gateway);
+    tokio::spawn(
+        keys.clone()
+            .refresh_loop(store.clone(), master.clone(), move |snap| {
+                if let Some(gw) = resumed.upgrade() {
+                    gw.notice_resumed_keys(snap);
+                }
+            }),
+    );
     tokio::spawn(admin_audit_loop(
         store.clone(),
         gateway.audit.clone(),

@@ -23,6 +23,8 @@ pub struct Snapshot {
     /// Withdrawal freezes in force.
     pub freezes: Freezes,
     last_used: HashMap<String, UnixMillis>,
+    /// key id → (key, when its status last changed)
+    by_key_id: HashMap<String, (Arc<KeyRecord>, UnixMillis)>,
     generation: i64,
 }
 
@@ -35,6 +37,11 @@ impl Snapshot {
     /// When the key was last used, as stored (reactivation sets it to the time it ran).
     pub fn last_used(&self, key_id: &str) -> Option<UnixMillis> {
         self.last_used.get(key_id).copied()
+    }
+
+    /// The key with id `key_id` and when its status last changed.
+    pub fn by_key_id(&self, key_id: &str) -> Option<&(Arc<KeyRecord>, UnixMillis)> {
+        self.by_key_id.get(key_id)
     }
 
     /// How many keys are loaded.
@@ -72,7 +79,14 @@ impl KeyCache {
     /// cannot be read, the last snapshot stays in force and the error is logged: keys
     /// never become more permissive because of an error, and a suspension already
     /// loaded stays loaded.
-    pub async fn refresh_loop(self: Arc<Self>, store: Store, master: Arc<MasterKey>) {
+    ///
+    /// `on_reload` sees every new snapshot before requests do.
+    pub async fn refresh_loop(
+        self: Arc<Self>,
+        store: Store,
+        master: Arc<MasterKey>,
+        on_reload: impl Fn(&Snapshot) + Send + 'static,
+    ) {
         let mut conn = None;
         let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,6 +114,7 @@ impl KeyCache {
                 Ok(Ok((c, snap))) => {
                     conn = Some(c);
                     if let Some(snap) = snap {
+                        on_reload(&snap);
                         tracing::info!(
                             keys = snap.len(),
                             generation = snap.generation,
@@ -125,12 +140,18 @@ fn read_snapshot(conn: &rusqlite::Connection, master: &MasterKey) -> anyhow::Res
     }
     let freezes = store::load_freezes(conn)?;
     let last_used = store::load_last_used(conn)?;
+    let changed = store::load_status_times(conn)?;
+    let keys: Vec<Arc<KeyRecord>> = keys.into_iter().map(Arc::new).collect();
     Ok(Snapshot {
         last_used,
-        by_api_key: keys
-            .into_iter()
-            .map(|k| (k.api_key.clone(), Arc::new(k)))
+        by_key_id: keys
+            .iter()
+            .map(|k| {
+                let at = changed.get(&k.key_id).copied().unwrap_or(0);
+                (k.key_id.clone(), (k.clone(), at))
+            })
             .collect(),
+        by_api_key: keys.into_iter().map(|k| (k.api_key.clone(), k)).collect(),
         freezes,
         generation,
     })

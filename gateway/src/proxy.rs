@@ -19,12 +19,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use keyguard_policy::anomaly::{Anomaly, AnomalyRequest, Verdict};
-use keyguard_policy::authorize::{authorize, AccessRequest, AuthorizeConfig};
+use keyguard_policy::authorize::{authorize, key_usable, AccessRequest, AuthorizeConfig};
 use keyguard_policy::client_ip::client_ip;
 use keyguard_policy::dialect::{self, DialectConfig};
 use keyguard_policy::key::canonical_ip;
 use keyguard_policy::limits::RateLimits;
-use keyguard_policy::velocity::{MemoryVelocity, Reservation, ReservationId, VelocityStore};
+use keyguard_policy::velocity::{
+    EntryState, MemoryVelocity, Reservation, ReservationId, VelocityStore,
+};
 use keyguard_policy::{Action, Clock, Deny, KeyRecord, RouteTable};
 
 use crate::activity::Activity;
@@ -137,6 +139,9 @@ pub struct Gateway {
     pub anomaly: Anomaly,
     /// When keys were last used.
     pub activity: Activity,
+    /// Keys this process suspended (anomaly rules), with when: resumed ones get their
+    /// anomaly state reset (see [`Gateway::notice_resumed_keys`]).
+    pub suspended_by_rules: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
     /// Durable state changes off the request path.
     pub writer: StoreWriter,
     /// The operator's webhook.
@@ -262,6 +267,7 @@ impl Gateway {
             return Err(self.auth_failed(ctx, deny, now));
         }
         dialect::check_freshness(&self.dialect, &creds.replay, now)?;
+        key_usable(&key, now)?;
 
         // Anomaly rules: shared IPs, many IPs, dormancy, new-IP probation.
         let last_used = self
@@ -306,7 +312,7 @@ impl Gateway {
         // Velocity: reserve the amount / count in every window, durably, before forwarding.
         let route = &self.routes.routes()[classified.route];
         let reservation = match Reservation::for_request(route, &classified, &key) {
-            Some(r) => Some(self.reserve(&r, now).await?),
+            Some(r) => self.reserve(&r, now).await?,
             None => None,
         };
 
@@ -364,10 +370,41 @@ impl Gateway {
         deny.into()
     }
 
+    /// Called with every new key snapshot: a key this process suspended that is active
+    /// again, with a status change after the suspension, was resumed by an operator, so
+    /// the sightings that suspended it must not suspend it again. (Comparing times rather
+    /// than watching for an active→suspended→active sequence also works when the
+    /// suspension and the resume land between two reloads.)
+    pub fn notice_resumed_keys(&self, snap: &crate::keys::Snapshot) {
+        self.suspended_by_rules
+            .lock()
+            .retain(|key_id, suspended_at| {
+                let Some((key, changed_at)) = snap.by_key_id(key_id) else {
+                    return false;
+                };
+                let resumed =
+                    key.status == keyguard_policy::KeyStatus::Active && *changed_at > *suspended_at;
+                if resumed && self.anomaly.key_resumed(key_id).is_err() {
+                    tracing::error!(key_id, "could not reset the resumed key's anomaly state");
+                }
+                !resumed
+            });
+    }
+
+    /// Suspends `key` durably, once: requests that arrive before the suspension reaches
+    /// the key snapshot are refused by the same rule without queuing it again.
     fn suspend(&self, ctx: &RequestCtx, key: &KeyRecord, reason: &str) {
+        let now = self.clock.now_ms();
+        match self.suspended_by_rules.lock().entry(key.key_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(now);
+            }
+        }
         self.writer.submit_detached(WriteOp::Suspend {
             key_id: key.key_id.clone(),
             reason: reason.to_owned(),
+            decided_at: now,
         });
         self.alert(
             ctx,
@@ -389,11 +426,15 @@ impl Gateway {
         });
     }
 
-    async fn reserve(&self, r: &Reservation<'_>, now: u64) -> Result<ReservationId, Deny> {
+    /// Reserves `r` in every window that covers it; `None` when no rule does.
+    async fn reserve(&self, r: &Reservation<'_>, now: u64) -> Result<Option<ReservationId>, Deny> {
         let id = self.velocity.reserve(r, now)?;
+        if id.is_none() {
+            return Ok(None);
+        }
         let record = self.velocity.record(id).ok_or(Deny::StateUnavailable)?;
         match self.writer.submit(WriteOp::Velocity(record)).await {
-            Ok(Ok(())) => Ok(id),
+            Ok(Ok(())) => Ok(Some(id)),
             _ => {
                 // Not durable: undo in memory and fail closed.
                 let _ = self.velocity.release(id);
@@ -415,17 +456,21 @@ impl Gateway {
             Ok(resp) => resp.status().is_client_error(),
             Err(_) => ctx.not_sent,
         };
+        // Released entries leave the in-memory ledger, so the record is taken first.
+        let Some(mut record) = self.velocity.record(id) else {
+            return;
+        };
         let settled = if definitive_failure {
+            record.state = EntryState::Released;
             self.velocity.release(id)
         } else {
+            record.state = EntryState::Committed;
             self.velocity.commit(id)
         };
         if settled.is_err() {
             tracing::error!(request_id = %ctx.request_id, "velocity entry could not be settled");
         }
-        if let Some(record) = self.velocity.record(id) {
-            self.writer.submit_detached(WriteOp::Velocity(record));
-        }
+        self.writer.submit_detached(WriteOp::Velocity(record));
     }
 
     async fn read_body(&self, parts: &request::Parts, body: Incoming) -> Result<Bytes, Deny> {

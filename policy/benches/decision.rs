@@ -282,7 +282,7 @@ fn decide(s: &Signed, stores: &Stores, key: &KeyRecord, client: IpAddr) {
 /// The gateway sweeps every few seconds; at one decision per simulated millisecond this
 /// is about once a minute of traffic, its cost spread over the decisions it follows.
 fn sweep_now_and_then(stores: &Stores, now: u64) {
-    if now % 65_536 == 0 {
+    if now.is_multiple_of(65_536) {
         stores.velocity.sweep(now);
         stores.anomaly.sweep(now);
         stores.limits.sweep();

@@ -58,6 +58,21 @@ pub struct AccessRequest<'a> {
     pub now: UnixMillis,
 }
 
+/// Whether the key can be used at all: active and not expired. Checked before the
+/// anomaly rules too, so a suspended key is refused as suspended instead of feeding (and
+/// re-triggering) the rules that suspended it.
+pub fn key_usable(key: &KeyRecord, now: UnixMillis) -> Result<(), Deny> {
+    match key.status {
+        KeyStatus::Active => {}
+        KeyStatus::Suspended => return Err(Deny::KeySuspended),
+        KeyStatus::Revoked => return Err(Deny::KeyRevoked),
+    }
+    if key.expires_at.is_some_and(|exp| now >= exp) {
+        return Err(Deny::KeyExpired);
+    }
+    Ok(())
+}
+
 /// Decides whether `key` may perform `req`.
 pub fn authorize(
     cfg: &AuthorizeConfig,
@@ -65,14 +80,7 @@ pub fn authorize(
     req: &AccessRequest<'_>,
     freezes: &Freezes,
 ) -> Result<(), Deny> {
-    match key.status {
-        KeyStatus::Active => {}
-        KeyStatus::Suspended => return Err(Deny::KeySuspended),
-        KeyStatus::Revoked => return Err(Deny::KeyRevoked),
-    }
-    if key.expires_at.is_some_and(|exp| req.now >= exp) {
-        return Err(Deny::KeyExpired);
-    }
+    key_usable(key, req.now)?;
     if let Some(scope) = req.action.required_scope() {
         if !key.scopes.contains(scope) {
             return Err(Deny::ScopeMissing);

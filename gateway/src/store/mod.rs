@@ -421,6 +421,15 @@ pub fn reactivate(
     Ok(())
 }
 
+/// When each key's record (status included) last changed.
+pub fn load_status_times(conn: &Connection) -> anyhow::Result<HashMap<String, UnixMillis>> {
+    let mut stmt = conn.prepare("SELECT key_id, updated_at FROM keys")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
+}
+
 /// When each key was last used, as recorded (the gateway writes it behind the hot path).
 pub fn load_last_used(conn: &Connection) -> anyhow::Result<HashMap<String, UnixMillis>> {
     let mut stmt =

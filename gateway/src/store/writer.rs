@@ -40,6 +40,9 @@ pub enum WriteOp {
         key_id: String,
         /// Why (the rule's code).
         reason: String,
+        /// When the rule decided; a key an operator changed since then is left alone,
+        /// so a resume always wins over a suspension decided before it.
+        decided_at: UnixMillis,
     },
 }
 
@@ -152,13 +155,22 @@ fn apply(conn: &mut Connection, batch: &[Job]) -> anyhow::Result<()> {
                     )?
                     .execute(params![key_id, *at as i64])?;
                 }
-                WriteOp::Suspend { key_id, reason } => {
+                WriteOp::Suspend {
+                    key_id,
+                    reason,
+                    decided_at,
+                } => {
                     let n = tx
                         .prepare_cached(
                             "UPDATE keys SET status = 'suspended', status_reason = ?2, updated_at = ?3
-                             WHERE key_id = ?1 AND status = 'active'",
+                             WHERE key_id = ?1 AND status = 'active' AND updated_at <= ?4",
                         )?
-                        .execute(params![key_id, reason, crate::store::now_ms() as i64])?;
+                        .execute(params![
+                            key_id,
+                            reason,
+                            crate::store::now_ms() as i64,
+                            *decided_at as i64
+                        ])?;
                     if n > 0 {
                         crate::store::record_admin_event(
                             &tx,

@@ -357,6 +357,13 @@ impl<S: AnomalyStore, H: IpHistory> Anomaly<S, H> {
         &self.history
     }
 
+    /// An operator resumed `key_id`: its many-IPs count starts again. The networks it
+    /// learned stay learned (forgetting them would hand trust-on-first-use to whoever
+    /// uses the key next).
+    pub fn key_resumed(&self, key_id: &str) -> Result<(), Deny> {
+        self.store.forget_key(key_id)
+    }
+
     /// Before authentication: a ban or block in force for the client's network.
     pub fn check_client(&self, ip: IpAddr, now: UnixMillis) -> Verdict {
         let Ok(standing) = self.store.standing(ClientNet::of(ip), now) else {

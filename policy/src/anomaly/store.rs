@@ -70,6 +70,11 @@ pub trait AnomalyStore: Send + Sync {
         now: UnixMillis,
         rule: &ManyIpsRule,
     ) -> Result<usize, Deny>;
+
+    /// Forgets the networks `key_id` was seen from, when an operator resumes the key after
+    /// a many-IPs suspension: otherwise the count that suspended it would suspend it again
+    /// on its next request.
+    fn forget_key(&self, key_id: &str) -> Result<(), Deny>;
 }
 
 /// Recent failed authentications of one network.
@@ -265,5 +270,10 @@ impl AnomalyStore for MemoryAnomalyStore {
                 sighting(&mut s.nets, net, now, rule.window_ms, rule.max_ips)
             })
             .unwrap_or(0))
+    }
+
+    fn forget_key(&self, key_id: &str) -> Result<(), Deny> {
+        self.seen_from.remove(key_id);
+        Ok(())
     }
 }

@@ -120,6 +120,15 @@ impl<K: Hash + Eq, V: Default> Table<K, V> {
         left
     }
 
+    /// Drops the key's own entry (not the overflow, which others share).
+    pub(crate) fn remove<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shard(key).map.remove(key);
+    }
+
     /// Entries over all shards.
     pub(crate) fn len(&self) -> usize {
         self.shards

@@ -716,6 +716,23 @@ impl AnomalyStore for Broken {
     ) -> Result<usize, Deny> {
         Err(Deny::StateUnavailable)
     }
+    fn forget_key(&self, _: &str) -> Result<(), Deny> {
+        Err(Deny::StateUnavailable)
+    }
+}
+
+#[test]
+fn forget_key_resets_the_many_ips_count() {
+    let store = MemoryAnomalyStore::new(1_000);
+    let rule = ManyIpsRule::default();
+    for i in 0..3u8 {
+        let net = ClientNet::of(std::net::IpAddr::from([198, 51, 100, i]));
+        store.key_seen_from("k", net, T0, &rule).unwrap();
+    }
+    let again = ClientNet::of(std::net::IpAddr::from([198, 51, 100, 0]));
+    assert_eq!(store.key_seen_from("k", again, T0, &rule).unwrap(), 3);
+    store.forget_key("k").unwrap();
+    assert_eq!(store.key_seen_from("k", again, T0, &rule).unwrap(), 1);
 }
 
 #[test]
