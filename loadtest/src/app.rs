@@ -75,8 +75,9 @@ pub async fn run(req: RunRequest) -> anyhow::Result<RunResult> {
             eprintln!("provisioning {} keys", plan.keys.len());
             let keys = stack.cli.create_keys(&plan.keys)?;
             let mut notes = vec![format!(
-                "self-contained: mock exchange and gateway (embedded store, the example config) in {}",
-                stack.dir.path().display()
+                "self-contained: mock exchange and gateway (embedded store, config/examples/{}.toml) \
+                 in a temporary directory, removed afterwards",
+                req.params.dialect.as_str()
             )];
             match stack.backdate(&keys, &plan.dormant) {
                 Ok(()) => notes.push(format!(

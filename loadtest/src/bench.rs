@@ -71,6 +71,9 @@ pub struct Measure {
     pub requests: u64,
     /// Answers that were not 2xx (or no answer), by status.
     pub non_2xx: BTreeMap<String, u64>,
+    /// CPU time per request (µs) of each process involved: `generator` (this load
+    /// generator), `exchange` (the mock), `proxy` (nginx with its workers, or Keyguard).
+    pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
 impl Measure {
@@ -97,7 +100,37 @@ impl Measure {
             p999_us: l.p999_us,
             requests,
             non_2xx: statuses,
+            cpu_us_per_request: BTreeMap::new(),
         }
+    }
+}
+
+/// Processes whose CPU time a measurement attributes.
+struct CpuProbe {
+    procs: Vec<(&'static str, u32)>,
+}
+
+impl CpuProbe {
+    fn sample(&self) -> Vec<u64> {
+        self.procs
+            .iter()
+            // The generator's children are the mock and the proxies: count only its own
+            // time; nginx's workers are children of its master.
+            .map(|(name, pid)| harness::cpu_us(*pid, *name == "proxy"))
+            .collect()
+    }
+
+    fn per_request(&self, before: &[u64], after: &[u64], requests: u64) -> BTreeMap<String, f64> {
+        self.procs
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|((name, _), (b, a))| {
+                (
+                    (*name).to_owned(),
+                    a.saturating_sub(*b) as f64 / requests.max(1) as f64,
+                )
+            })
+            .collect()
     }
 }
 
@@ -140,7 +173,8 @@ pub struct MemoryCheck {
     pub distinct_keys: u64,
     /// Distinct real source addresses used (new TCP connection each).
     pub distinct_source_ips: u64,
-    /// Distinct client IPs claimed through `X-Forwarded-For` from the trusted 127.0.0.1.
+    /// Requests with a random client IP in `X-Forwarded-For` from the trusted 127.0.0.1
+    /// (drawn from 4M IPv4 addresses or 2^32 IPv6 /64s: nearly all distinct).
     pub distinct_forwarded_ips: u64,
     /// VmRSS right after start (KiB).
     pub rss_start_kib: u64,
@@ -156,6 +190,8 @@ pub struct MemoryCheck {
     pub statuses: BTreeMap<String, u64>,
     /// Deny codes.
     pub deny_codes: BTreeMap<String, u64>,
+    /// Responses by client kind (fresh source address / forwarded).
+    pub by_role: BTreeMap<String, crate::runner::Counts>,
     /// How the million distinct IPs were produced.
     pub method: String,
 }
@@ -204,7 +240,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     }
 
     // The exchange, in bench mode.
-    let (_mock, mock_addr) = harness::start_mock(
+    let (mock, mock_addr) = harness::start_mock(
         &opts.tools.loadtest,
         opts.dialect,
         None,
@@ -309,18 +345,32 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             let _ = closed(url, Duration::from_secs(2)).await;
         }
     }
+    let generator = std::process::id();
+    let probe_for = |name: &str| {
+        let mut procs = vec![("generator", generator), ("exchange", mock.pid())];
+        match name {
+            "nginx" => procs.extend(nginx.as_ref().map(|(n, _)| ("proxy", n.pid()))),
+            "keyguard-embedded" => procs.push(("proxy", keyguard.pid())),
+            _ => {}
+        }
+        CpuProbe { procs }
+    };
     for round in 0..opts.rounds {
         for (t, url) in targets.iter_mut() {
             let Some(url) = url else { continue };
+            let probe = probe_for(&t.name);
+            let before = probe.sample();
             let data = closed(url, opts.duration).await;
-            let m = Measure::of(&data);
+            let mut m = Measure::of(&data);
+            m.cpu_us_per_request = probe.per_request(&before, &probe.sample(), m.requests);
             eprintln!(
-                "round {}: {:<18} {:>8.0} req/s  p50 {:>8}  p99 {:>8}{}",
+                "round {}: {:<18} {:>8.0} req/s  p50 {:>8}  p99 {:>8}  CPU µs/request {}{}",
                 round + 1,
                 t.name,
                 m.rps,
                 fmt_us(m.p50_us),
                 fmt_us(m.p99_us),
+                cpu_text(&m.cpu_us_per_request),
                 if m.non_2xx.is_empty() {
                     String::new()
                 } else {
@@ -457,7 +507,25 @@ pub fn median(rounds: &[Measure]) -> Measure {
         p999_us: med(rounds.iter().map(|r| r.p999_us).collect()),
         requests: rounds.iter().map(|r| r.requests).sum(),
         non_2xx,
+        cpu_us_per_request: rounds[0]
+            .cpu_us_per_request
+            .keys()
+            .map(|k| {
+                let v = med(rounds
+                    .iter()
+                    .map(|r| r.cpu_us_per_request.get(k).copied().unwrap_or(0.0))
+                    .collect());
+                (k.clone(), v)
+            })
+            .collect(),
     }
+}
+
+fn cpu_text(cpu: &BTreeMap<String, f64>) -> String {
+    cpu.iter()
+        .map(|(k, v)| format!("{k} {v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `a / b`, or `None` when `b` is not a measurement.
@@ -557,6 +625,15 @@ impl BenchReport {
                 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]
             );
         }
+        let _ = writeln!(out, "CPU time per request (µs, median round; this machine's cores are shared by all processes):");
+        for t in self.targets.iter().filter(|t| t.skipped.is_none()) {
+            let _ = writeln!(
+                out,
+                "  {:<20} {}",
+                t.name,
+                cpu_text(&t.median.cpu_us_per_request)
+            );
+        }
         for t in &self.targets {
             if !t.median.non_2xx.is_empty() {
                 let _ = writeln!(
@@ -598,7 +675,7 @@ impl BenchReport {
         if let Some(m) = &self.memory {
             let _ = writeln!(
                 out,
-                "\nmemory through {:.0} s of stuffing: {} requests, {} distinct keys, {} distinct source IPs + {} distinct X-Forwarded-For IPs",
+                "\nmemory through {:.0} s of stuffing: {} requests, {} distinct keys, {} distinct source IPs + {} random X-Forwarded-For IPs",
                 m.duration_s, m.requests, m.distinct_keys, m.distinct_source_ips, m.distinct_forwarded_ips
             );
             let _ = writeln!(
@@ -611,11 +688,13 @@ impl BenchReport {
                 m.growth_mib,
                 if m.growth_mib < 50.0 { "met" } else { "MISSED" }
             );
-            let _ = writeln!(
-                out,
-                "  responses {:?}; deny codes {:?}",
-                m.statuses, m.deny_codes
-            );
+            for (role, c) in &m.by_role {
+                let _ = writeln!(
+                    out,
+                    "  {role}: {} requests, statuses {:?}, deny codes {:?}",
+                    c.requests, c.statuses, c.deny_codes
+                );
+            }
             let _ = writeln!(out, "  {}", m.method);
         }
         for n in &self.notes {
@@ -771,8 +850,9 @@ impl Script for RandomKeys {
         let forwarded_for = self.forwarded.as_ref().map(|n| {
             n.fetch_add(1, Ordering::Relaxed);
             if rng.bool() {
-                // 198.18.0.0/15 is reserved for benchmarks; header text only.
-                let v = 0xc612_0000u32 | rng.u32(..0x2_0000);
+                // A random address of 100.64.0.0/10 (shared address space, 4M
+                // addresses); header text only, nothing is sent there.
+                let v = 0x6440_0000u32 | rng.u32(..0x40_0000);
                 Ipv4Addr::from(v).to_string()
             } else {
                 // A random /64 inside 2001:db8::/32 (documentation prefix).
@@ -925,13 +1005,14 @@ async fn stuffing_check(
         growth_mib: (rss_peak.saturating_sub(rss_before)) as f64 / 1024.0,
         statuses,
         deny_codes: codes,
+        by_role: data.by_role.clone(),
         method: format!(
             "every request presents a new random 64-character API key. Half the clients connect from a new \
              loopback source address (127.100.0.0-127.199.255.255) every 2 requests — a real TCP connection \
              per address; {distinct_source_ips} distinct addresses were practical in the time, limited by \
              connection setup on this machine. The other half send from 127.0.0.1, which this gateway's config \
              trusts as a proxy (server.trusted_proxies = [\"127.0.0.1/32\"]), with a random X-Forwarded-For \
-             client (IPv4 in 198.18.0.0/15, or an IPv6 address in a random /64 of 2001:db8::/32), so the \
+             client (IPv4 in 100.64.0.0/10, or an IPv6 address in a random /64 of 2001:db8::/32), so the \
              gateway tracks each as a different client IP."
         ),
     })

@@ -4,9 +4,11 @@
 //! picks its next request. Each actor has at most one request in flight, like a real
 //! trading client whose nonces must arrive in order; load comes from many actors.
 //! - **Open loop** ([`Pace::Every`]): the actor's requests are due at fixed intervals
-//!   from a random phase; latency is measured from when a request was *due*, so a slow
-//!   server cannot hide its queueing by slowing the generator down (no coordinated
-//!   omission).
+//!   from a random phase. When the actor is still waiting for its previous answer at a
+//!   request's due time, that request's latency is measured from when it was *due*, so a
+//!   slow server cannot hide its queueing by slowing the generator down (no coordinated
+//!   omission); when the actor was idle, from when it actually went out (tokio's timer
+//!   wakes up to a millisecond late, which is the generator's delay, not the server's).
 //! - **Closed loop** ([`Pace::Max`]): the next request goes as soon as the previous
 //!   answer arrived.
 //!
@@ -373,16 +375,22 @@ async fn run_actor(
         let Some(planned) = actor.script.next(&mut ctx.rng) else {
             break;
         };
-        if let Pace::Every(_) = actor.pace {
+        // When the request's latency starts counting (see the module docs).
+        let start = if let Pace::Every(_) = actor.pace {
             let now = Instant::now();
             if now < due {
                 tokio::time::sleep_until(due.into()).await;
-            } else if now > due + Duration::from_millis(1) {
-                result.late += 1;
+                Instant::now()
+            } else {
+                if now > due + Duration::from_millis(1) {
+                    result.late += 1;
+                }
+                due
             }
         } else {
             due = Instant::now();
-        }
+            due
+        };
         let client = match &actor.source {
             Source::Fixed(_) => fixed.clone().expect("fixed sources have a client"),
             Source::Rotating { pool, per_address } => {
@@ -399,7 +407,7 @@ async fn run_actor(
         let request = workload::build(ctx.opts.dialect, &planned, &mut ctx.rng);
         let outcome = client::send(&client, &ctx.opts.target, &request).await;
         let done = Instant::now();
-        let latency_us = done.saturating_duration_since(due).as_micros() as u64;
+        let latency_us = done.saturating_duration_since(start).as_micros() as u64;
         ctx.completed.fetch_add(1, Ordering::Relaxed);
         if !signalled && outcome.status.is_some() {
             answered += 1;
