@@ -304,3 +304,21 @@ async fn kraken_requires_an_assertion_for_the_right_action() {
     assert_eq!((stats.executed, stats.refused), (2, 3));
     assert!(h.ledger().iter().all(|e| e.account == "acct-1"));
 }
+
+#[test]
+fn bench_mode_executes_without_an_assertion_or_ledger() {
+    let exchange = MockExchange::unverified(Dialect::Zaif);
+    let body = Bytes::from_static(b"method=get_info2&nonce=1");
+    let req = MockRequest {
+        method: Method::POST,
+        path: "/tapi".into(),
+        query: String::new(),
+        params: Params::from_request("", Some("application/x-www-form-urlencoded"), &body),
+        body,
+    };
+    let reply = exchange.respond(&req, &http::HeaderMap::new(), now_ms());
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["success"], 1);
+    assert_eq!(exchange.stats().executed, 1);
+    assert_eq!(exchange.stats().refused, 0);
+}
