@@ -768,7 +768,29 @@ pub fn cpu_model() -> String {
 }
 
 /// Starts nginx as a plain reverse proxy to `upstream` with a generated config in `dir`.
-fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(ChildGuard, SocketAddr)> {
+/// A running nginx. Dropping it stops the master with SIGTERM, which stops its workers
+/// too (a SIGKILLed master would leave them behind), then reaps it.
+struct Nginx(ChildGuard);
+
+impl Nginx {
+    fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.0.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(Nginx, SocketAddr)> {
     let version = Command::new("nginx")
         .arg("-v")
         .stdout(Stdio::null())
@@ -830,7 +852,7 @@ http {{
             anyhow::bail!("nginx exited ({status}): {}", child.log());
         }
         if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
-            return Ok((child, listen));
+            return Ok((Nginx(child), listen));
         }
         if Instant::now() > deadline {
             anyhow::bail!("nginx did not listen on {listen}: {}", child.log());
