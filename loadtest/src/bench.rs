@@ -160,6 +160,10 @@ pub struct HalfRate {
     pub keyguard: Measure,
     /// Keyguard p50 minus direct p50 (µs); target ≤ 150.
     pub p50_added_us: i64,
+    /// nginx at the same rate, when installed: what a plain proxy hop adds on this
+    /// machine, so Keyguard's own share can be read off.
+    #[serde(default)]
+    pub nginx: Option<Measure>,
 }
 
 /// Memory through the stuffing run.
@@ -394,15 +398,20 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             async move { runner::run(actors, &o).await }
         };
         eprintln!(
-            "open loop at {rate:.0} req/s (half of Keyguard's maximum): direct, then Keyguard"
+            "open loop at {rate:.0} req/s (half of Keyguard's maximum): direct, nginx, Keyguard"
         );
         let direct = Measure::of(&open(&mock_url).await);
+        let nginx_m = match &targets[1].1 {
+            Some(url) => Some(Measure::of(&open(url).await)),
+            None => None,
+        };
         let keyguard_m = Measure::of(&open(&kg_url).await);
         Some(HalfRate {
             rate,
             p50_added_us: keyguard_m.p50_us as i64 - direct.p50_us as i64,
             direct,
             keyguard: keyguard_m,
+            nginx: nginx_m,
         })
     } else {
         None
@@ -659,6 +668,15 @@ impl BenchReport {
                 fmt_us(h.direct.p99_us),
                 fmt_us(h.keyguard.p99_us)
             );
+            if let Some(n) = &h.nginx {
+                let _ = writeln!(
+                    out,
+                    "  nginx at the same rate: p50 {} (adds {} over direct; Keyguard adds {} over nginx)",
+                    fmt_us(n.p50_us),
+                    fmt_signed_us(n.p50_us as i64 - h.direct.p50_us as i64),
+                    fmt_signed_us(h.keyguard.p50_us as i64 - n.p50_us as i64)
+                );
+            }
         }
         if let (Some(kg), Some(ng)) = (self.measured("keyguard-embedded"), self.measured("nginx")) {
             let rps = ratio(kg.ok_rps, ng.ok_rps).unwrap_or(0.0);
