@@ -112,11 +112,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
             }),
     );
-    tokio::spawn(admin_audit_loop(
-        store.clone(),
-        gateway.audit.clone(),
-        gateway.alerts.clone(),
-    ));
+    {
+        let (store, weak) = (store.clone(), Arc::downgrade(&gateway));
+        std::thread::Builder::new()
+            .name("keyguard-admin-events".into())
+            .spawn(move || admin_audit_loop(store, weak))?;
+    }
     tokio::spawn(sweep_loop(Arc::downgrade(&gateway)));
 
     let listener = TcpListener::bind(s.listen)
@@ -144,32 +145,42 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Copies operator changes recorded by the CLI into the audit log, so the log has one
-/// writer and a change made while no gateway ran is still logged by the next one.
-async fn admin_audit_loop(store: Store, audit: AuditSink, alerts: Alerts) {
-    let mut ticker = tokio::time::interval(crate::keys::REFRESH_INTERVAL);
+/// writer and a change made while no gateway ran is still logged by the next one. A plain
+/// thread keeps one SQLite connection for its whole life instead of opening one per poll.
+/// It holds the gateway weakly: shutdown waits for the audit queue to close, which a
+/// strong handle here would prevent.
+fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
+    let mut conn = None;
     loop {
-        ticker.tick().await;
-        let st = store.clone();
-        let events = tokio::task::spawn_blocking(move || {
-            let conn = st.connect()?;
-            store::unaudited_admin_events(&conn)
-        })
-        .await;
-        let events = match events {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
+        std::thread::sleep(crate::keys::REFRESH_INTERVAL);
+        let Some(gw) = gateway.upgrade() else { return };
+        let (audit, alerts) = (&gw.audit, &gw.alerts);
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match store.connect() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "admin events: cannot open the store");
+                    continue;
+                }
+            },
+        };
+        let events = match store::unaudited_admin_events(&c) {
+            Ok(e) => e,
+            Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "reading admin events failed");
                 continue;
             }
-            Err(_) => continue,
         };
         let Some(last) = events.last().map(|e| e.id) else {
+            conn = Some(c);
             continue;
         };
         for e in events {
+            let ts = timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts));
             if matches!(e.action.as_str(), "freeze" | "key_suspend") {
                 alerts.send(Alert {
-                    ts: timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts)),
+                    ts: ts.clone(),
                     event: if e.action == "freeze" {
                         "withdrawals_frozen"
                     } else {
@@ -183,25 +194,19 @@ async fn admin_audit_loop(store: Store, audit: AuditSink, alerts: Alerts) {
                     detail: format!("{} by {}: {}", e.target, e.actor, e.reason),
                 });
             }
-            audit
-                .record_line(AuditLine::Admin(AdminAudit {
-                    ts: timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts)),
-                    kind: "admin",
-                    actor: e.actor,
-                    action: e.action,
-                    target: e.target,
-                    reason: e.reason,
-                }))
-                .await;
+            audit.blocking_record_line(AuditLine::Admin(AdminAudit {
+                ts,
+                kind: "admin",
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                reason: e.reason,
+            }));
         }
-        let st = store.clone();
-        let marked = tokio::task::spawn_blocking(move || {
-            store::mark_admin_events_audited(&st.connect()?, last)
-        })
-        .await;
-        if !matches!(marked, Ok(Ok(()))) {
-            tracing::error!("marking admin events audited failed; they may be logged twice");
+        if let Err(e) = store::mark_admin_events_audited(&c, last) {
+            tracing::error!(error = %format!("{e:#}"), "marking admin events audited failed; they may be logged twice");
         }
+        conn = Some(c);
     }
 }
 

@@ -123,6 +123,11 @@ impl AuditSink {
         self.record_line(AuditLine::Request(event)).await
     }
 
+    /// Queues a line from a thread outside the runtime; blocks if the queue is full.
+    pub fn blocking_record_line(&self, line: AuditLine) {
+        let _ = self.tx.blocking_send(line);
+    }
+
     /// Queues any line; waits if the queue is full.
     pub async fn record_line(&self, event: AuditLine) {
         if let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) {

@@ -454,3 +454,28 @@ async fn audit_log_keeps_no_query_or_signature() {
         "the key is known even when the signature fails"
     );
 }
+
+/// SIGTERM drains and exits (nothing may keep the audit queue open), and the audit line of
+/// a request answered before the signal is in the file afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_exits_and_keeps_audit_lines() {
+    let d = Dialect::Zaif;
+    let s = setup(d, &[KeySpec::full(d)]).await;
+    let k = s.key().clone();
+    let mut gw = s.gw;
+    gw.request(&read_req(d, &k)).await.assert_forwarded_ok();
+    // Let the admin-event poller and the key refresher run at least once.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let status = gw
+        .terminate(Duration::from_secs(15))
+        .expect("keyguard did not exit within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let audit = std::fs::read_to_string(s.env.data.join("audit.jsonl")).expect("audit log");
+    let requests: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .filter(|v: &serde_json::Value| v.get("kind").is_none())
+        .collect();
+    assert_eq!(requests.len(), 1, "{audit}");
+    assert_eq!(requests[0]["decision"], "allow");
+}
