@@ -3,8 +3,9 @@
 //! revoked from the CLI applies to the running gateway within the poll interval.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use keyguard_policy::authorize::Freezes;
@@ -16,16 +17,28 @@ use crate::store::{self, Store};
 /// How often running gateways look for key changes. The contract is "within one second".
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long the snapshot may go unconfirmed before trades and withdrawals are refused: a
+/// suspension or freeze made since then might not be loaded.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
 /// One consistent snapshot of keys and freezes.
 #[derive(Default)]
 pub struct Snapshot {
     by_api_key: HashMap<String, Arc<KeyRecord>>,
     /// Withdrawal freezes in force.
     pub freezes: Freezes,
-    last_used: HashMap<String, UnixMillis>,
-    /// key id → (key, when its status last changed)
-    by_key_id: HashMap<String, (Arc<KeyRecord>, UnixMillis)>,
+    by_key_id: HashMap<String, KeyTimes>,
     generation: i64,
+}
+
+/// A key with the times the store keeps beside its record.
+pub struct KeyTimes {
+    /// The key.
+    pub key: Arc<KeyRecord>,
+    /// When it was last used, as stored (reactivation sets it to the time it ran).
+    pub last_used: Option<UnixMillis>,
+    /// When its record, status included, last changed.
+    pub changed_at: UnixMillis,
 }
 
 impl Snapshot {
@@ -34,13 +47,8 @@ impl Snapshot {
         self.by_api_key.get(api_key)
     }
 
-    /// When the key was last used, as stored (reactivation sets it to the time it ran).
-    pub fn last_used(&self, key_id: &str) -> Option<UnixMillis> {
-        self.last_used.get(key_id).copied()
-    }
-
-    /// The key with id `key_id` and when its status last changed.
-    pub fn by_key_id(&self, key_id: &str) -> Option<&(Arc<KeyRecord>, UnixMillis)> {
+    /// The key with id `key_id`, with its stored times.
+    pub fn by_key_id(&self, key_id: &str) -> Option<&KeyTimes> {
         self.by_key_id.get(key_id)
     }
 
@@ -58,6 +66,9 @@ impl Snapshot {
 /// Shared, atomically replaced key snapshot.
 pub struct KeyCache {
     current: ArcSwap<Snapshot>,
+    started: Instant,
+    /// Milliseconds after `started` of the last successful look at the store.
+    confirmed_ms: AtomicU64,
 }
 
 impl KeyCache {
@@ -67,7 +78,26 @@ impl KeyCache {
         let snap = read_snapshot(&conn, master)?;
         Ok(KeyCache {
             current: ArcSwap::from_pointee(snap),
+            started: Instant::now(),
+            confirmed_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the store was read successfully within [`STALE_AFTER`]. Moving funds on
+    /// an unconfirmed snapshot could ignore a suspension or freeze: callers fail closed.
+    pub fn is_fresh(&self) -> bool {
+        self.confirmed_within(STALE_AFTER)
+    }
+
+    fn confirmed_within(&self, max: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let age = now.saturating_sub(self.confirmed_ms.load(Ordering::Relaxed));
+        age <= max.as_millis() as u64
+    }
+
+    fn confirm(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.confirmed_ms.store(now, Ordering::Relaxed);
     }
 
     /// The current snapshot (an `Arc`, so it may be held across awaits).
@@ -113,6 +143,7 @@ impl KeyCache {
             match result {
                 Ok(Ok((c, snap))) => {
                     conn = Some(c);
+                    self.confirm();
                     if let Some(snap) = snap {
                         on_reload(&snap);
                         tracing::info!(
@@ -139,20 +170,43 @@ fn read_snapshot(conn: &rusqlite::Connection, master: &MasterKey) -> anyhow::Res
         tracing::error!(error = %e, "key skipped");
     }
     let freezes = store::load_freezes(conn)?;
-    let last_used = store::load_last_used(conn)?;
-    let changed = store::load_status_times(conn)?;
+    let times = store::load_key_times(conn)?;
     let keys: Vec<Arc<KeyRecord>> = keys.into_iter().map(Arc::new).collect();
     Ok(Snapshot {
-        last_used,
         by_key_id: keys
             .iter()
             .map(|k| {
-                let at = changed.get(&k.key_id).copied().unwrap_or(0);
-                (k.key_id.clone(), (k.clone(), at))
+                let (last_used, changed_at) = times.get(&k.key_id).copied().unwrap_or((None, 0));
+                let entry = KeyTimes {
+                    key: k.clone(),
+                    last_used,
+                    changed_at,
+                };
+                (k.key_id.clone(), entry)
             })
             .collect(),
         by_api_key: keys.into_iter().map(|k| (k.api_key.clone(), k)).collect(),
         freezes,
         generation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_goes_stale_without_confirmation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let master =
+            MasterKey::load_or_create("KEYGUARD_TEST_UNSET_VAR", &dir.path().join("m.key"))
+                .unwrap();
+        let cache = KeyCache::load(&store, &master).unwrap();
+        assert!(cache.is_fresh(), "a snapshot just loaded is current");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!cache.confirmed_within(Duration::from_millis(5)));
+        cache.confirm();
+        assert!(cache.confirmed_within(Duration::from_millis(5)));
+    }
 }

@@ -270,9 +270,10 @@ impl Gateway {
         key_usable(&key, now)?;
 
         // Anomaly rules: shared IPs, many IPs, dormancy, new-IP probation.
-        let last_used = self
-            .activity
-            .last_used(&key.key_id, snapshot.last_used(&key.key_id));
+        let last_used = self.activity.last_used(
+            &key.key_id,
+            snapshot.by_key_id(&key.key_id).and_then(|t| t.last_used),
+        );
         let anomaly = self.anomaly.check_request(&AnomalyRequest {
             key: &key,
             action: classified.action,
@@ -288,7 +289,11 @@ impl Gateway {
         }
         self.apply(ctx, anomaly.verdict, true)?;
 
-        // Authorization: status, expiry, scope, IP allowlist, withdrawal rules, freezes.
+        // Authorization: status, expiry, scope, IP allowlist, withdrawal rules, freezes —
+        // on a snapshot known to be current when funds move (fail closed otherwise).
+        if matches!(classified.action, Action::Trade | Action::Withdraw) && !self.keys.is_fresh() {
+            return Err(Deny::StateUnavailable.into());
+        }
         authorize(
             &self.authz,
             &key,
@@ -379,11 +384,11 @@ impl Gateway {
         self.suspended_by_rules
             .lock()
             .retain(|key_id, suspended_at| {
-                let Some((key, changed_at)) = snap.by_key_id(key_id) else {
+                let Some(entry) = snap.by_key_id(key_id) else {
                     return false;
                 };
-                let resumed =
-                    key.status == keyguard_policy::KeyStatus::Active && *changed_at > *suspended_at;
+                let resumed = entry.key.status == keyguard_policy::KeyStatus::Active
+                    && entry.changed_at > *suspended_at;
                 if resumed && self.anomaly.key_resumed(key_id).is_err() {
                     tracing::error!(key_id, "could not reset the resumed key's anomaly state");
                 }
@@ -594,18 +599,11 @@ impl Gateway {
 /// assertion, not them), anything claiming to come from us, forwarding headers (we set
 /// our own), and Host/Content-Length (recomputed for the upstream request).
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, auth_headers: &[&str]) {
-    let nominated: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let nominated = nominated(from);
     for (name, value) in from {
         let n = name.as_str();
         let dropped = HOP_BY_HOP.contains(&n)
-            || nominated.iter().any(|x| x == n)
+            || nominated.iter().any(|x| x == name)
             || auth_headers.contains(&n)
             || n.starts_with("x-keyguard-")
             || n == "host"
@@ -623,19 +621,23 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, auth_headers: &[&str]) 
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let nominated: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
-        .collect();
-    for n in nominated {
+    for n in nominated(headers) {
         headers.remove(n);
     }
     for n in HOP_BY_HOP {
         headers.remove(*n);
     }
+}
+
+/// The headers a `Connection` header names as hop-by-hop (RFC 9110 §7.6.1).
+fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        .collect()
 }
 
 fn truncate(s: &str, max: usize) -> String {

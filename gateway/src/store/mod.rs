@@ -421,21 +421,20 @@ pub fn reactivate(
     Ok(())
 }
 
-/// When each key's record (status included) last changed.
-pub fn load_status_times(conn: &Connection) -> anyhow::Result<HashMap<String, UnixMillis>> {
-    let mut stmt = conn.prepare("SELECT key_id, updated_at FROM keys")?;
+/// Per key: when it was last used (as recorded behind the hot path; reactivation sets it)
+/// and when its record, status included, last changed.
+pub fn load_key_times(
+    conn: &Connection,
+) -> anyhow::Result<HashMap<String, (Option<UnixMillis>, UnixMillis)>> {
+    let mut stmt = conn.prepare("SELECT key_id, last_used_at, updated_at FROM keys")?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-    })?;
-    Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
-}
-
-/// When each key was last used, as recorded (the gateway writes it behind the hot path).
-pub fn load_last_used(conn: &Connection) -> anyhow::Result<HashMap<String, UnixMillis>> {
-    let mut stmt =
-        conn.prepare("SELECT key_id, last_used_at FROM keys WHERE last_used_at IS NOT NULL")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        Ok((
+            r.get::<_, String>(0)?,
+            (
+                r.get::<_, Option<i64>>(1)?.map(|t| t as u64),
+                r.get::<_, i64>(2)? as u64,
+            ),
+        ))
     })?;
     Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
 }
