@@ -137,7 +137,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         drain_timeout: crate::cli::DRAIN_TIMEOUT,
     };
     serve(listener, gateway.clone(), limits, shutdown_signal()).await?;
-    // Dropping the last gateway handle closes the audit queue; the writer drains it.
     drop(gateway);
     tokio::task::spawn_blocking(move || audit_handle.join()).await?;
     tracing::info!("stopped");
@@ -147,8 +146,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// Copies operator changes recorded by the CLI into the audit log, so the log has one
 /// writer and a change made while no gateway ran is still logged by the next one. A plain
 /// thread keeps one SQLite connection for its whole life instead of opening one per poll.
-/// It holds the gateway weakly: shutdown waits for the audit queue to close, which a
-/// strong handle here would prevent.
+/// It holds the gateway weakly, so it ends with the gateway instead of keeping its stores
+/// and upstream client alive after shutdown.
 fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
     let mut conn = None;
     loop {
@@ -194,7 +193,7 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
                     detail: format!("{} by {}: {}", e.target, e.actor, e.reason),
                 });
             }
-            audit.blocking_record_line(AuditLine::Admin(AdminAudit {
+            audit.record_line(&AuditLine::Admin(AdminAudit {
                 ts,
                 kind: "admin",
                 actor: e.actor,

@@ -199,23 +199,21 @@ impl Gateway {
             (true, None) => "allow",
             (false, _) => "deny",
         };
-        self.audit
-            .record(AuditEvent {
-                ts: timestamp(arrived),
-                request_id: ctx.request_id,
-                key_id: ctx.key.as_ref().map(|k| k.key_id.clone()),
-                account: ctx.key.as_ref().map(|k| k.account.clone()),
-                client_ip: ctx.client_ip.to_string(),
-                dialect: self.dialect.kind.as_str(),
-                action: ctx.action.map(Action::as_str),
-                decision,
-                code,
-                status: resp.status().as_u16(),
-                latency_us: started.elapsed().as_micros() as u64,
-                method,
-                path,
-            })
-            .await;
+        self.audit.record(AuditEvent {
+            ts: timestamp(arrived),
+            request_id: ctx.request_id,
+            key_id: ctx.key.as_ref().map(|k| k.key_id.clone()),
+            account: ctx.key.as_ref().map(|k| k.account.clone()),
+            client_ip: ctx.client_ip.to_string(),
+            dialect: self.dialect.kind.as_str(),
+            action: ctx.action.map(Action::as_str),
+            decision,
+            code,
+            status: resp.status().as_u16(),
+            latency_us: started.elapsed().as_micros() as u64,
+            method,
+            path,
+        });
         Ok(resp)
     }
 

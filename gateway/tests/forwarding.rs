@@ -479,3 +479,54 @@ async fn graceful_shutdown_exits_and_keeps_audit_lines() {
     assert_eq!(requests.len(), 1, "{audit}");
     assert_eq!(requests[0]["decision"], "allow");
 }
+
+/// An answered request's audit line is already in the file: killing the gateway (SIGKILL,
+/// no chance to flush anything) right after the last answer loses none of them, allowed
+/// or denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_of_answered_requests_survive_sigkill() {
+    let d = Dialect::Zaif;
+    let s = setup(d, &[KeySpec::full(d)]).await;
+    let k = s.key().clone();
+    let mut gw = s.gw;
+    let mut answered = Vec::new();
+    for i in 0..40 {
+        let resp = if i % 2 == 0 {
+            let r = gw.request(&read_req(d, &k)).await;
+            r.assert_forwarded_ok();
+            r
+        } else {
+            let r = gw
+                .request(&read_req(d, &k).replace_header("Sign", "00"))
+                .await;
+            r.assert_error(401, "invalid_signature");
+            r
+        };
+        let id = resp
+            .header("x-request-id")
+            .expect("x-request-id")
+            .to_owned();
+        answered.push((id, resp.status));
+    }
+    gw.kill();
+    let audit = std::fs::read_to_string(s.env.data.join("audit.jsonl")).expect("audit log");
+    let logged: std::collections::HashMap<String, u64> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("whole JSON line"))
+        .filter(|v| v.get("kind").is_none())
+        .map(|v| {
+            (
+                v["request_id"].as_str().unwrap().to_owned(),
+                v["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (id, status) in &answered {
+        assert_eq!(
+            logged.get(id),
+            Some(&u64::from(*status)),
+            "{id} missing: {audit}"
+        );
+    }
+    assert_eq!(logged.len(), answered.len());
+}
