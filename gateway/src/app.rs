@@ -89,7 +89,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             read_timeout: Duration::from_millis(s.body_read_timeout_ms),
         },
         keys: keys.clone(),
-        replay: ReplayGuard::new(nonces, writer.clone(), started_at),
+        replay: ReplayGuard::open(&s.data_dir, nonces, writer.clone(), started_at)?,
         limits,
         velocity,
         anomaly,

@@ -1,22 +1,32 @@
 //! Replay protection state.
 //!
-//! Nonce dialects (Zaif, Kraken): the last accepted nonce per key lives in memory and in
-//! SQLite. The in-memory check decides; the durable write is queued under the same lock
-//! (so writes reach the store in nonce order) and awaited before forwarding, so a nonce
-//! the exchange saw is never accepted again, even after a crash.
+//! Nonce dialects (Zaif, Kraken): the last accepted nonce per key lives in memory, in the
+//! nonce journal and in SQLite. The in-memory check decides; under the same lock the nonce
+//! is appended to the journal ([`NonceJournal`]) before the request may be forwarded, so a
+//! nonce the exchange saw is never accepted again, even after a crash. Once a second a
+//! checkpoint copies the newest nonce per key to SQLite and drops the journal files it
+//! covered, so the journal stays small and start-up reads little.
 //!
 //! Timestamp dialect (Binance): signatures seen inside their receive window are kept in
 //! memory. Instead of persisting them, a restarted gateway refuses timestamps older than
 //! its start, which closes the window in which a forgotten signature could be replayed.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use anyhow::Context;
 use keyguard_policy::decimal::Decimal;
 use keyguard_policy::dialect::Replay;
 use keyguard_policy::{Deny, UnixMillis};
 use parking_lot::Mutex;
 
+use crate::store::journal::NonceJournal;
 use crate::store::writer::{StoreWriter, WriteOp};
+
+/// How often accepted nonces are copied from the journal to SQLite.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Upper bound on remembered signatures; beyond it the oldest are dropped early, which
 /// can only make the gateway refuse more (stale timestamps) — see [`SeenSignatures`].
@@ -24,47 +34,73 @@ const MAX_SEEN: usize = 1_000_000;
 
 /// Replay state for one gateway process.
 pub struct ReplayGuard {
-    nonces: Mutex<HashMap<String, Decimal>>,
+    nonces: Arc<Mutex<Nonces>>,
     seen: Mutex<SeenSignatures>,
-    writer: StoreWriter,
     started_at: UnixMillis,
 }
 
+/// Accepted nonces and where they are recorded.
+struct Nonces {
+    /// The last accepted nonce of every key.
+    last: HashMap<String, Decimal>,
+    journal: NonceJournal,
+    /// Accepted since the last checkpoint: in the journal, not yet in SQLite.
+    unsaved: HashMap<String, Decimal>,
+}
+
 impl ReplayGuard {
-    /// Starts from the nonces already in the store.
-    pub fn new(
-        nonces: HashMap<String, Decimal>,
+    /// Starts from the nonces in the store and those journaled in `data_dir` after the
+    /// last checkpoint, and starts the checkpoint thread (it ends with the guard).
+    pub fn open(
+        data_dir: &Path,
+        stored: HashMap<String, Decimal>,
         writer: StoreWriter,
         started_at: UnixMillis,
-    ) -> Self {
-        ReplayGuard {
-            nonces: Mutex::new(nonces),
-            seen: Mutex::new(SeenSignatures::default()),
-            writer,
-            started_at,
+    ) -> anyhow::Result<Self> {
+        let (journal, journaled) = NonceJournal::open(data_dir)?;
+        let mut last = stored;
+        for (key_id, nonce) in &journaled {
+            raise(&mut last, key_id, *nonce);
         }
+        let nonces = Arc::new(Mutex::new(Nonces {
+            last,
+            journal,
+            // What the journal holds is not known to be in SQLite: the first checkpoint
+            // saves it and only then deletes the old files.
+            unsaved: journaled,
+        }));
+        let weak = Arc::downgrade(&nonces);
+        let dir = data_dir.to_owned();
+        std::thread::Builder::new()
+            .name("keyguard-nonce-checkpoint".into())
+            .spawn(move || checkpoint_loop(&weak, &writer, &dir))
+            .context("starting the nonce checkpoint thread")?;
+        Ok(ReplayGuard {
+            nonces,
+            seen: Mutex::new(SeenSignatures::default()),
+            started_at,
+        })
     }
 
-    /// Accepts `proof` for `key_id` once, durably. Fails closed: if the store cannot
+    /// Accepts `proof` for `key_id` once, durably. Fails closed: if the journal cannot
     /// record the nonce, the request is refused with 503.
     pub async fn accept(&self, key_id: &str, proof: &Replay, now: UnixMillis) -> Result<(), Deny> {
         match proof {
             Replay::Nonce(nonce) => {
-                let committed = {
-                    let mut nonces = self.nonces.lock();
-                    if nonces.get(key_id).is_some_and(|last| nonce <= last) {
-                        return Err(Deny::InvalidNonce);
-                    }
-                    nonces.insert(key_id.to_owned(), *nonce);
-                    self.writer.submit(WriteOp::Nonce {
-                        key_id: key_id.to_owned(),
-                        nonce: *nonce,
-                    })
-                };
-                match committed.await {
-                    Ok(Ok(())) => Ok(()),
-                    _ => Err(Deny::StateUnavailable),
+                let mut nonces = self.nonces.lock();
+                let n = &mut *nonces;
+                if n.last.get(key_id).is_some_and(|last| nonce <= last) {
+                    return Err(Deny::InvalidNonce);
                 }
+                // Remembered before it is written: if the write fails the nonce is burnt,
+                // which can only refuse a client's retry, never accept a replay.
+                n.last.insert(key_id.to_owned(), *nonce);
+                if let Err(e) = n.journal.append(key_id, nonce) {
+                    tracing::error!(error = %e, "nonce journal write failed");
+                    return Err(Deny::StateUnavailable);
+                }
+                n.unsaved.insert(key_id.to_owned(), *nonce);
+                Ok(())
             }
             Replay::Timestamp {
                 at_ms,
@@ -79,6 +115,64 @@ impl ReplayGuard {
             }
         }
     }
+}
+
+fn raise(map: &mut HashMap<String, Decimal>, key_id: &str, nonce: Decimal) {
+    match map.get_mut(key_id) {
+        Some(n) if *n >= nonce => {}
+        Some(n) => *n = nonce,
+        None => {
+            map.insert(key_id.to_owned(), nonce);
+        }
+    }
+}
+
+/// Checkpoints once a second until the guard is dropped.
+fn checkpoint_loop(nonces: &Weak<Mutex<Nonces>>, writer: &StoreWriter, dir: &Path) {
+    loop {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        let Some(nonces) = nonces.upgrade() else {
+            return;
+        };
+        if let Err(e) = checkpoint(&nonces, writer, dir) {
+            tracing::error!(error = %format!("{e:#}"), "nonce checkpoint failed; the journal keeps the nonces");
+        }
+    }
+}
+
+/// Copies the nonces accepted since the last checkpoint to SQLite, then deletes the
+/// journal files that held them. Appends go on meanwhile, into a fresh file.
+fn checkpoint(nonces: &Mutex<Nonces>, writer: &StoreWriter, dir: &Path) -> anyhow::Result<()> {
+    let (batch, closed) = {
+        let mut n = nonces.lock();
+        if n.unsaved.is_empty() {
+            return Ok(());
+        }
+        let closed = n.journal.rotate()?;
+        (std::mem::take(&mut n.unsaved), closed)
+    };
+    let commits: Vec<_> = batch
+        .iter()
+        .map(|(key_id, nonce)| {
+            writer.submit(WriteOp::Nonce {
+                key_id: key_id.clone(),
+                nonce: *nonce,
+            })
+        })
+        .collect();
+    let saved = commits
+        .into_iter()
+        .all(|c| matches!(c.blocking_recv(), Ok(Ok(()))));
+    if !saved {
+        // The closed files stay; the next successful checkpoint saves these too and
+        // only then deletes them.
+        let mut n = nonces.lock();
+        for (key_id, nonce) in batch {
+            raise(&mut n.unsaved, &key_id, nonce);
+        }
+        anyhow::bail!("the store did not commit the nonces");
+    }
+    NonceJournal::remove_through(dir, closed)
 }
 
 /// Signatures seen while their window is open, with expiry.
@@ -113,11 +207,29 @@ mod tests {
 
     fn guard(dir: &std::path::Path) -> ReplayGuard {
         let store = crate::store::Store::open(dir).unwrap();
-        ReplayGuard::new(
-            HashMap::new(),
+        let stored = crate::store::load_nonces(&store.connect().unwrap()).unwrap();
+        ReplayGuard::open(
+            dir,
+            stored,
             StoreWriter::start(store.connect().unwrap()),
             1_000,
         )
+        .unwrap()
+    }
+
+    fn stored(dir: &std::path::Path) -> HashMap<String, Decimal> {
+        let store = crate::store::Store::open(dir).unwrap();
+        crate::store::load_nonces(&store.connect().unwrap()).unwrap()
+    }
+
+    fn journal_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".journal")
+            })
+            .count()
     }
 
     #[tokio::test]
@@ -130,15 +242,78 @@ mod tests {
         assert_eq!(g.accept("k", &n("10.49"), 0).await, Err(Deny::InvalidNonce));
         assert_eq!(g.accept("k", &n("10.51"), 0).await, Ok(()));
         assert_eq!(g.accept("other", &n("1"), 0).await, Ok(()));
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let stored = crate::store::load_nonces(&store.connect().unwrap()).unwrap();
-        assert_eq!(stored["k"], parse_decimal("10.51").unwrap());
-        // A restarted gateway starts from the stored nonce.
-        let g2 = ReplayGuard::new(stored, StoreWriter::start(store.connect().unwrap()), 0);
+        // A restarted gateway (no checkpoint ran: the journal alone knows) refuses both.
+        drop(g);
+        let g2 = guard(dir.path());
         assert_eq!(
             g2.accept("k", &n("10.51"), 0).await,
             Err(Deny::InvalidNonce)
         );
+        assert_eq!(
+            g2.accept("other", &n("1"), 0).await,
+            Err(Deny::InvalidNonce)
+        );
+        assert_eq!(g2.accept("k", &n("11"), 0).await, Ok(()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_moves_nonces_to_sqlite_and_drops_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let writer = StoreWriter::start(store.connect().unwrap());
+        let g = ReplayGuard::open(dir.path(), HashMap::new(), writer.clone(), 0).unwrap();
+        let n = |s: &str| Replay::Nonce(parse_decimal(s).unwrap());
+        for i in 1..=50 {
+            assert_eq!(g.accept("k", &n(&i.to_string()), 0).await, Ok(()));
+        }
+        assert_eq!(g.accept("j", &n("7"), 0).await, Ok(()));
+        assert!(
+            stored(dir.path()).is_empty(),
+            "nothing is in SQLite before a checkpoint"
+        );
+        let (nonces, path) = (g.nonces.clone(), dir.path().to_owned());
+        tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path))
+            .await
+            .unwrap()
+            .unwrap();
+        let saved = stored(dir.path());
+        assert_eq!(saved["k"], parse_decimal("50").unwrap());
+        assert_eq!(saved["j"], parse_decimal("7").unwrap());
+        // Only the fresh file is left, and it is empty.
+        assert_eq!(journal_files(dir.path()), 1);
+        // A later nonce goes to the new file; a restart knows both sources.
+        assert_eq!(g.accept("k", &n("51"), 0).await, Ok(()));
+        drop(g);
+        let g2 = guard(dir.path());
+        assert_eq!(g2.accept("k", &n("51"), 0).await, Err(Deny::InvalidNonce));
+        assert_eq!(g2.accept("j", &n("7"), 0).await, Err(Deny::InvalidNonce));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_checkpoint_keeps_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let conn = store.connect().unwrap();
+        // A store that refuses every nonce write.
+        conn.execute_batch("DROP TABLE nonces").unwrap();
+        let writer = StoreWriter::start(conn);
+        let g = ReplayGuard::open(dir.path(), HashMap::new(), writer.clone(), 0).unwrap();
+        let n = |s: &str| Replay::Nonce(parse_decimal(s).unwrap());
+        assert_eq!(g.accept("k", &n("3"), 0).await, Ok(()));
+        let (nonces, path) = (g.nonces.clone(), dir.path().to_owned());
+        let failed = tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path))
+            .await
+            .unwrap();
+        assert!(failed.is_err());
+        assert_eq!(journal_files(dir.path()), 2, "the closed file is kept");
+        assert_eq!(
+            g.nonces.lock().unsaved.len(),
+            1,
+            "and its nonces stay unsaved"
+        );
+        drop(g);
+        let (_, journaled) = NonceJournal::open(dir.path()).unwrap();
+        assert_eq!(journaled["k"], parse_decimal("3").unwrap());
     }
 
     #[tokio::test]

@@ -2,9 +2,11 @@
 //!
 //! Reads for the hot path come from in-memory snapshots ([`crate::keys::KeyCache`]);
 //! SQLite is written by the CLI (rarely) and by one writer thread that group-commits
-//! nonce advances ([`writer::StoreWriter`]), so durability costs one commit per batch,
-//! not per request.
+//! velocity reservations, nonce checkpoints and the rest ([`writer::StoreWriter`]), so
+//! durability costs one commit per batch, not per request. Accepted nonces reach the
+//! [`journal`] first, with one append per request.
 
+pub mod journal;
 pub mod writer;
 
 use std::collections::HashMap;

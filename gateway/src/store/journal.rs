@@ -1,0 +1,218 @@
+//! The nonce journal: an append-only file of accepted nonces, written before a request is
+//! forwarded.
+//!
+//! One `write(2)` of a short line per request puts the nonce in the kernel, which survives
+//! a crash of the gateway. That is the durability class SQLite gives us in WAL mode with
+//! `synchronous=NORMAL`, without a round trip through the writer thread for every request.
+//! A checkpoint ([`crate::replay`]) copies the newest nonce per key into SQLite, then
+//! deletes the journal files it covered. At start-up every file still present is read
+//! back, so a nonce the exchange saw is never accepted again.
+//!
+//! Files are `nonces-<seq>.journal` in the data dir; each line is `<key id> <nonce>\n`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use keyguard_policy::decimal::{parse_decimal, Decimal};
+
+const PREFIX: &str = "nonces-";
+const SUFFIX: &str = ".journal";
+
+/// The journal file being appended to.
+pub struct NonceJournal {
+    dir: PathBuf,
+    file: File,
+    seq: u64,
+    line: Vec<u8>,
+}
+
+impl NonceJournal {
+    /// Reads every journal file in `dir` (the newest nonce per key across all of them)
+    /// and starts a new file after the last one. Earlier files stay until a checkpoint
+    /// covers them.
+    pub fn open(dir: &Path) -> anyhow::Result<(NonceJournal, HashMap<String, Decimal>)> {
+        let mut newest: HashMap<String, Decimal> = HashMap::new();
+        let mut last_seq = 0;
+        for (seq, path) in journal_files(dir)? {
+            last_seq = last_seq.max(seq);
+            let text =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            for (key_id, nonce) in parse(&path, &text)? {
+                let slot = newest.entry(key_id).or_insert(nonce);
+                if nonce > *slot {
+                    *slot = nonce;
+                }
+            }
+        }
+        let seq = last_seq + 1;
+        let file = create(dir, seq)?;
+        let journal = NonceJournal {
+            dir: dir.to_owned(),
+            file,
+            seq,
+            line: Vec::with_capacity(96),
+        };
+        Ok((journal, newest))
+    }
+
+    /// Appends one accepted nonce. Returns once the line is in the kernel.
+    pub fn append(&mut self, key_id: &str, nonce: &Decimal) -> io::Result<()> {
+        if key_id.is_empty() || key_id.bytes().any(|b| b.is_ascii_whitespace()) {
+            // Key ids are generated without whitespace; one with it would corrupt the file.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "key id with whitespace",
+            ));
+        }
+        self.line.clear();
+        writeln!(self.line, "{key_id} {nonce}")?;
+        // One write call: a crash leaves the line whole or absent.
+        (&self.file).write_all(&self.line)
+    }
+
+    /// Starts a new file and returns the sequence number of the one it closed: every line
+    /// appended so far is in a file numbered at most that.
+    pub fn rotate(&mut self) -> io::Result<u64> {
+        let file =
+            create(&self.dir, self.seq + 1).map_err(|e| io::Error::other(format!("{e:#}")))?;
+        self.file = file;
+        self.seq += 1;
+        Ok(self.seq - 1)
+    }
+
+    /// Deletes the files numbered at most `seq`, once what they hold is in SQLite.
+    pub fn remove_through(dir: &Path, seq: u64) -> anyhow::Result<()> {
+        for (s, path) in journal_files(dir)? {
+            if s <= seq {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn create(dir: &Path, seq: u64) -> anyhow::Result<File> {
+    let path = dir.join(format!("{PREFIX}{seq:020}{SUFFIX}"));
+    OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("creating nonce journal {}", path.display()))
+}
+
+/// The journal files in `dir`, oldest first.
+fn journal_files(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        files.push((seq, entry.path()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses one file. A last line without its newline is a write that never completed (its
+/// request was not forwarded) and is skipped; any other bad line stops the start-up, since
+/// guessing could accept a replay.
+fn parse(path: &Path, text: &[u8]) -> anyhow::Result<Vec<(String, Decimal)>> {
+    let complete = match text.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &text[..=end],
+        None => &text[..0],
+    };
+    if complete.len() < text.len() {
+        tracing::warn!(file = %path.display(), "ignoring an incomplete last line in the nonce journal");
+    }
+    let mut out = Vec::new();
+    for (i, line) in complete.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let entry = std::str::from_utf8(line).ok().and_then(|l| {
+            let (key_id, nonce) = l.split_once(' ')?;
+            Some((key_id.to_owned(), parse_decimal(nonce).ok()?))
+        });
+        match entry {
+            Some(e) if !e.0.is_empty() => out.push(e),
+            _ => bail!(
+                "{}:{}: corrupt nonce journal line; refusing to start without knowing \
+                 which nonces were used",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Decimal {
+        parse_decimal(s).unwrap()
+    }
+
+    #[test]
+    fn reopening_reads_the_newest_nonce_per_key_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, found) = NonceJournal::open(dir.path()).unwrap();
+        assert!(found.is_empty());
+        j.append("kg_a", &n("5")).unwrap();
+        j.append("kg_a", &n("7.25")).unwrap();
+        assert_eq!(j.rotate().unwrap(), 1);
+        j.append("kg_b", &n("1")).unwrap();
+        j.append("kg_a", &n("8")).unwrap();
+        drop(j);
+        let (mut j, found) = NonceJournal::open(dir.path()).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found["kg_a"], n("8"));
+        assert_eq!(found["kg_b"], n("1"));
+        // The new file comes after both old ones; removing through the closed one leaves
+        // only the file in use.
+        let closed = j.rotate().unwrap();
+        assert_eq!(closed, 3);
+        NonceJournal::remove_through(dir.path(), closed).unwrap();
+        assert_eq!(journal_files(dir.path()).unwrap().len(), 1);
+        assert!(NonceJournal::open(dir.path()).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn whitespace_in_a_key_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = NonceJournal::open(dir.path()).unwrap();
+        assert!(j.append("kg a", &n("1")).is_err());
+        assert!(j.append("kg\na", &n("1")).is_err());
+        assert!(j.append("", &n("1")).is_err());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_but_a_corrupt_line_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nonces-00000000000000000001.journal");
+        std::fs::write(&p, "kg_a 5\nkg_a 6\nkg_a 9").unwrap();
+        let (_, found) = NonceJournal::open(dir.path()).unwrap();
+        assert_eq!(found["kg_a"], n("6"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nonces-00000000000000000001.journal");
+        std::fs::write(&p, "kg_a 5\nkg_a x\nkg_a 9\n").unwrap();
+        let err = format!("{:#}", NonceJournal::open(dir.path()).err().unwrap());
+        assert!(
+            err.contains("nonces-00000000000000000001.journal:2:"),
+            "{err}"
+        );
+    }
+}
