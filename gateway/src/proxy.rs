@@ -217,6 +217,40 @@ impl Gateway {
         Ok(resp)
     }
 
+    /// Audits a request that hyper refused before [`Gateway::handle`] could run (the
+    /// accept stage, see `server::refused_request`): one `deny` line, in the same shape as
+    /// a request's, with what is known. `arrived` is when the request's first byte came
+    /// in; `status` is what hyper answered, 0 when it closed the connection without an
+    /// answer. The client IP is the socket peer even behind a trusted proxy (the headers
+    /// that would name the client were never parsed); method and path are empty.
+    pub fn audit_rejected_connection(
+        &self,
+        peer: SocketAddr,
+        arrived: Instant,
+        deny: Deny,
+        status: u16,
+    ) {
+        let waited = arrived.elapsed();
+        let arrived_at = SystemTime::now()
+            .checked_sub(waited)
+            .unwrap_or_else(SystemTime::now);
+        self.audit.record(AuditEvent {
+            ts: timestamp(arrived_at),
+            request_id: self.ids.next(),
+            key_id: None,
+            account: None,
+            client_ip: canonical_ip(peer.ip()).to_string(),
+            dialect: self.dialect.kind.as_str(),
+            action: None,
+            decision: "deny",
+            code: Some(deny.code()),
+            status,
+            latency_us: waited.as_micros() as u64,
+            method: String::new(),
+            path: String::new(),
+        });
+    }
+
     /// The pipeline, outermost stage first.
     async fn process(
         &self,

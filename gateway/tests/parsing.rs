@@ -3,7 +3,8 @@
 //! same gateway forwards, so a refusal cannot come from a broken setup.
 //!
 //! What hyper itself refuses before the gateway's code runs (observed with hyper 1.12: a
-//! bare `400` with an empty body, so no error code, request id or audit event; the tests
+//! bare `400` with an empty body, so no error code or request id for the client; the
+//! audit log still gets one `malformed_request` line, see the last section; the tests
 //! accept any refusal there, as long as nothing is forwarded): NUL, bare CR and DEL in
 //! header values, obs-fold continuation lines, conflicting `Content-Length`s, and raw
 //! non-ASCII bytes in the request target. A raw `\` in the target passes hyper and is
@@ -17,6 +18,12 @@
 
 mod utils;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use utils::scenarios::{expect_denied, expect_forwarded, setup, Setup};
 use utils::*;
 
@@ -1017,4 +1024,301 @@ async fn methods_outside_the_route_table() {
     put.method = "PUT".into();
     expect_denied(&s, &put, 405, "method_not_allowed").await;
     expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// What hyper refuses is still audited
+// ---------------------------------------------------------------------------------------
+
+fn audit_lines(s: &Setup) -> Vec<Value> {
+    std::fs::read_to_string(s.env.data.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// The audit lines after the first `before`, once at least one more has appeared (or 5 s
+/// passed), with time for a second, unwanted one to show up.
+async fn audit_lines_after(s: &Setup, before: usize) -> Vec<Value> {
+    eventually(Duration::from_secs(5), || {
+        let n = audit_lines(s).len();
+        async move { n > before }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    audit_lines(s).split_off(before)
+}
+
+/// A request line's shape, key for key, for a refusal hyper made before the gateway's code
+/// ran: nothing known but the socket peer, the reason and the status.
+fn assert_refusal_line(line: &Value, shape: &Value, code: &str, status: u16, src: Ipv4Addr) {
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(line),
+        keys(shape),
+        "same fields as a request line: {line}"
+    );
+    assert_eq!(line["decision"], "deny", "{line}");
+    assert_eq!(line["code"], code, "{line}");
+    assert_eq!(line["status"], status, "{line}");
+    assert_eq!(line["client_ip"], src.to_string(), "{line}");
+    assert_eq!(line["dialect"], "zaif", "{line}");
+    for field in ["key_id", "account", "action"] {
+        assert!(line[field].is_null(), "{field}: {line}");
+    }
+    assert_eq!(line["method"], "", "{line}");
+    assert_eq!(line["path"], "", "{line}");
+    assert_eq!(
+        line["request_id"].as_str().map(str::len),
+        Some(20),
+        "{line}"
+    );
+    assert!(
+        line["ts"].is_string() && line["latency_us"].is_u64(),
+        "{line}"
+    );
+}
+
+/// A connection from `src` to the gateway.
+async fn connect_from(s: &Setup, src: Ipv4Addr) -> TcpStream {
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.bind(SocketAddr::new(IpAddr::V4(src), 0))
+        .expect("bind source");
+    sock.connect(s.gw.addr).await.expect("connect")
+}
+
+/// Reads one response with a `Content-Length` off a connection that stays open; its status.
+async fn read_one_response(stream: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().expect("content-length"))
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                assert_eq!(buf.len(), end + 4 + len, "one response only");
+                return head[9..12].parse().expect("status");
+            }
+        }
+        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until the gateway closes the connection; what it sent.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the connection")
+        .expect("read");
+    out
+}
+
+/// Requests hyper's parser refuses before the pipeline runs (it answers them itself, with
+/// an empty body) are each audited once, with a code, hyper's status and the socket peer,
+/// and never forwarded; a keep-alive connection the client closes adds no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_refusals_are_audited_once() {
+    let s = full(Dialect::Zaif).await;
+    let k = s.key().clone();
+    let shape = {
+        let before = audit_lines(&s).len();
+        expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+        audit_lines_after(&s, before).await.remove(0)
+    };
+    let with_note = |v: &[u8]| bytes_of(&s, &zaif::read(&k).header("X-Note", v));
+    let oversized = bytes_of(&s, &zaif::read(&k).header("X-Pad", "a".repeat(20_000)));
+    let mut too_many = zaif::read(&k);
+    for i in 0..101 {
+        too_many = too_many.header(&format!("X-N{i}"), "1");
+    }
+    let cases: Vec<(&str, Ipv4Addr, Vec<u8>, u16, &str)> = vec![
+        (
+            "NUL in a header value",
+            Ipv4Addr::new(127, 0, 0, 2),
+            with_note(b"a\x00b"),
+            400,
+            "malformed_request",
+        ),
+        (
+            "bare CR in a header value",
+            Ipv4Addr::new(127, 0, 0, 3),
+            with_note(b"a\rb"),
+            400,
+            "malformed_request",
+        ),
+        (
+            "obs-fold",
+            Ipv4Addr::new(127, 0, 0, 4),
+            with_note(b"a\r\n b"),
+            400,
+            "malformed_request",
+        ),
+        (
+            "two different Content-Lengths",
+            Ipv4Addr::new(127, 0, 0, 5),
+            bytes_of(&s, &zaif::read(&k).header("Content-Length", "1")),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a TLS ClientHello on the plain-HTTP port",
+            Ipv4Addr::new(127, 0, 0, 6),
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "an HTTP/2 preface (hyper answers nothing)",
+            Ipv4Addr::new(127, 0, 0, 10),
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            0,
+            "malformed_request",
+        ),
+        (
+            "a header section over max_header_bytes",
+            Ipv4Addr::new(127, 0, 0, 7),
+            oversized,
+            431,
+            "headers_too_large",
+        ),
+        (
+            "more than 100 headers",
+            Ipv4Addr::new(127, 0, 0, 8),
+            bytes_of(&s, &too_many),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (what, src, raw, status, code) in cases {
+        let before = audit_lines(&s).len();
+        let origin_before = s.origin.count();
+        match s.gw.send_bytes(src, &raw).await {
+            Ok(resp) => assert_eq!(resp.status, status, "{what}: {:?}", resp.text()),
+            // Status 0: none was sent. With an oversized head the gateway closes with
+            // unread bytes in its socket, so the kernel may reset the connection before
+            // the client reads the answer.
+            Err(e) => assert!(status == 0 || status == 431, "{what}: no response: {e}"),
+        }
+        s.origin.assert_unchanged(origin_before, what);
+        let lines = audit_lines_after(&s, before).await;
+        assert_eq!(lines.len(), 1, "{what}: exactly one audit line: {lines:#?}");
+        assert_refusal_line(&lines[0], &shape, code, status, src);
+    }
+
+    // A keep-alive connection used twice and then closed by the client: two request lines,
+    // nothing for the close. So is a connection that never sent a byte.
+    let before = audit_lines(&s).len();
+    let origin_before = s.origin.count();
+    let mut conn = connect_from(&s, ALLOWED_IP).await;
+    for _ in 0..2 {
+        let raw = bytes_of(&s, &zaif::read(&k));
+        conn.write_all(&raw).await.expect("write");
+        assert_eq!(read_one_response(&mut conn).await, 200);
+    }
+    drop(conn);
+    drop(connect_from(&s, ALLOWED_IP).await);
+    let lines = audit_lines_after(&s, before).await;
+    assert_eq!(s.origin.count(), origin_before + 2);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines.iter().all(|l| l["decision"] == "allow"), "{lines:#?}");
+    expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+}
+
+/// A request target longer than hyper's URI limit (65 534 bytes; reachable only with a
+/// head limit above it) is answered 414 by hyper and audited as `uri_too_long`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_over_hypers_limit_is_audited() {
+    let env = Env::new(Dialect::Zaif, |cfg| {
+        set(cfg, "server.max_header_bytes", 256 * 1024)
+    });
+    let s = utils::scenarios::setup_env(env, &[KeySpec::full(Dialect::Zaif)]).await;
+    let k = s.key().clone();
+    let shape = {
+        let before = audit_lines(&s).len();
+        expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+        audit_lines_after(&s, before).await.remove(0)
+    };
+    let target = format!("/tapi?{}", "a".repeat(70_000));
+    let raw = bytes_of(&s, &zaif::read(&k).target(&target));
+    let before = audit_lines(&s).len();
+    let origin_before = s.origin.count();
+    let resp = s.gw.send_bytes(OTHER_IP, &raw).await.expect("a response");
+    assert_eq!(resp.status, 414);
+    s.origin.assert_unchanged(origin_before, "a 70 KB target");
+    let lines = audit_lines_after(&s, before).await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_refusal_line(&lines[0], &shape, "uri_too_long", 414, OTHER_IP);
+}
+
+/// hyper's header read timeout closes the connection without an answer, both for a
+/// client stalled halfway through a head (audited, status 0) and for an idle keep-alive
+/// connection (not a refusal: no line). A client that sends part of a head and hangs up
+/// went away by itself: no line either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_is_audited_only_mid_request() {
+    let env = Env::new(Dialect::Zaif, |cfg| {
+        set(cfg, "server.header_read_timeout_ms", 500)
+    });
+    let s = utils::scenarios::setup_env(env, &[KeySpec::full(Dialect::Zaif)]).await;
+    let k = s.key().clone();
+    let shape = {
+        let before = audit_lines(&s).len();
+        expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
+        audit_lines_after(&s, before).await.remove(0)
+    };
+
+    // Slowloris: half a head, then nothing.
+    let src = Ipv4Addr::new(127, 0, 0, 9);
+    let before = audit_lines(&s).len();
+    let mut conn = connect_from(&s, src).await;
+    conn.write_all(b"POST /tapi HTTP/1.1\r\nHost: gw\r\nX-Slow: 1\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut conn).await;
+    assert!(answer.is_empty(), "hyper answers nothing: {answer:?}");
+    let lines = audit_lines_after(&s, before).await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_refusal_line(&lines[0], &shape, "header_timeout", 0, src);
+    let waited = lines[0]["latency_us"].as_u64().unwrap();
+    assert!((300_000..5_000_000).contains(&waited), "{waited} µs");
+
+    // Idle keep-alive connection after a request, and a connection that never sent a
+    // byte: the same timeout closes both, and only the request is logged.
+    let before = audit_lines(&s).len();
+    let mut used = connect_from(&s, ALLOWED_IP).await;
+    let mut silent = connect_from(&s, ALLOWED_IP).await;
+    used.write_all(&bytes_of(&s, &zaif::read(&k)))
+        .await
+        .expect("write");
+    assert_eq!(read_one_response(&mut used).await, 200);
+    assert!(read_until_closed(&mut used).await.is_empty());
+    assert!(read_until_closed(&mut silent).await.is_empty());
+    let lines = audit_lines_after(&s, before).await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["decision"], "allow", "{lines:#?}");
+
+    // Half a head, then the client hangs up.
+    let before = audit_lines(&s).len();
+    let mut conn = connect_from(&s, src).await;
+    conn.write_all(b"POST /tapi HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .expect("write");
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(audit_lines(&s).len(), before, "{:#?}", audit_lines(&s));
 }

@@ -12,6 +12,22 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Deny {
+    // --- accept: the HTTP/1 parser refused the request head (400 / 408 / 414 / 431) ---
+    // hyper answers these itself, before the pipeline runs: the audit log carries the
+    // code, the client gets hyper's bare response (or none, see each variant).
+    /// The request line or header section is not valid HTTP/1.1: NUL or bare CR in a
+    /// header value, obs-fold, conflicting `Content-Length`s, a malformed method, target
+    /// or version, an HTTP/2 preface on the HTTP/1 port.
+    MalformedRequest,
+    /// The request target is longer than the HTTP parser accepts (64 KiB); only reachable
+    /// when `server.max_header_bytes` is larger than that.
+    UriTooLong,
+    /// The request head is larger than `server.max_header_bytes`, or has too many headers.
+    HeadersTooLarge,
+    /// The request head did not arrive within the header read timeout (slowloris). The
+    /// connection is closed without a response.
+    HeaderTimeout,
+
     // --- strict parsing (400 / 405 / 413 / 415) ---
     /// The path is not in canonical form (dot segments, encoded separators, `//`, ...).
     InvalidPath,
@@ -109,6 +125,10 @@ impl Deny {
     /// The stable machine-readable code (`ip_not_allowed`, ...).
     pub const fn code(self) -> &'static str {
         match self {
+            Deny::MalformedRequest => "malformed_request",
+            Deny::UriTooLong => "uri_too_long",
+            Deny::HeadersTooLarge => "headers_too_large",
+            Deny::HeaderTimeout => "header_timeout",
             Deny::InvalidPath => "invalid_path",
             Deny::InvalidTarget => "invalid_target",
             Deny::InvalidHeader => "invalid_header",
@@ -154,6 +174,10 @@ impl Deny {
     /// The HTTP status this reason maps to.
     pub const fn status(self) -> u16 {
         match self {
+            Deny::MalformedRequest => 400,
+            Deny::UriTooLong => 414,
+            Deny::HeadersTooLarge => 431,
+            Deny::HeaderTimeout => 408,
             Deny::InvalidPath
             | Deny::InvalidTarget
             | Deny::InvalidHeader
@@ -199,6 +223,10 @@ impl Deny {
     /// A human explanation, safe to show to the client and the trader.
     pub const fn message(self) -> &'static str {
         match self {
+            Deny::MalformedRequest => "the request line or headers are not valid HTTP/1.1",
+            Deny::UriTooLong => "the request target is too long",
+            Deny::HeadersTooLarge => "the request headers are too large or too many",
+            Deny::HeaderTimeout => "the request headers did not arrive in time",
             Deny::InvalidPath => "the request path is not in canonical form",
             Deny::InvalidTarget => "the request target or Host header is not acceptable",
             Deny::InvalidHeader => "a request header is malformed, repeated or not allowed",
@@ -253,6 +281,10 @@ impl Deny {
 
     /// Every variant, for tests and documentation tables.
     pub const ALL: &'static [Deny] = &[
+        Deny::MalformedRequest,
+        Deny::UriTooLong,
+        Deny::HeadersTooLarge,
+        Deny::HeaderTimeout,
         Deny::InvalidPath,
         Deny::InvalidTarget,
         Deny::InvalidHeader,
