@@ -40,15 +40,16 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most client connections open at once.
     pub max_connections: usize,
-    /// Time allowed to receive the request head, in ms (slowloris).
+    /// Time allowed to receive the request head, in ms (slowloris). It also closes a
+    /// keep-alive connection left idle that long: hyper re-arms the same timer between
+    /// requests, so a separate, longer idle timeout could never take effect.
     pub header_read_timeout_ms: u64,
     /// Time allowed to receive the body once the head is in, in ms.
     pub body_read_timeout_ms: u64,
-    /// How long an idle keep-alive connection stays open, in ms.
-    pub idle_timeout_ms: u64,
     /// Time allowed to connect to the upstream, in ms.
     pub upstream_connect_timeout_ms: u64,
-    /// Time allowed for the upstream's response head, in ms.
+    /// Time allowed for the upstream's response head, and for each wait between pieces of
+    /// its body, in ms.
     pub upstream_response_timeout_ms: u64,
 }
 
@@ -178,7 +179,6 @@ pub(crate) struct RawServer {
     max_connections: Bounded<1, 1_000_000>,
     header_read_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
     body_read_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
-    idle_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
     upstream_connect_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
     upstream_response_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
 }
@@ -196,7 +196,6 @@ impl Default for RawServer {
             max_connections: Bounded(4096),
             header_read_timeout_ms: Bounded(5_000),
             body_read_timeout_ms: Bounded(10_000),
-            idle_timeout_ms: Bounded(60_000),
             upstream_connect_timeout_ms: Bounded(2_000),
             upstream_response_timeout_ms: Bounded(10_000),
         }
@@ -227,7 +226,6 @@ impl RawServer {
             max_connections: to_usize(self.max_connections.0),
             header_read_timeout_ms: self.header_read_timeout_ms.0,
             body_read_timeout_ms: self.body_read_timeout_ms.0,
-            idle_timeout_ms: self.idle_timeout_ms.0,
             upstream_connect_timeout_ms: self.upstream_connect_timeout_ms.0,
             upstream_response_timeout_ms: self.upstream_response_timeout_ms.0,
         })

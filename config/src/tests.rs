@@ -385,8 +385,8 @@ fn ranges_are_checked_where_written() {
     at(&e, 2, "assertion.ttl_secs");
     let e = err(&format!("[server]\nmax_body_bytes = 16777217\n{MINIMAL}"));
     at(&e, 2, "server.max_body_bytes");
-    let e = err(&format!("[server]\nidle_timeout_ms = -1\n{MINIMAL}"));
-    at(&e, 2, "server.idle_timeout_ms");
+    let e = err(&format!("[server]\nbody_read_timeout_ms = -1\n{MINIMAL}"));
+    at(&e, 2, "server.body_read_timeout_ms");
     let e = err(&format!("[secrets]\nmaster_key_env = \"1BAD\"\n{MINIMAL}"));
     at(&e, 2, "secrets.master_key_env");
     let e = err(&format!("[audit]\npath = \"\"\n{MINIMAL}"));
@@ -527,12 +527,8 @@ fn defaults() {
         (65536, 16384, 4096)
     );
     assert_eq!(
-        (
-            s.header_read_timeout_ms,
-            s.body_read_timeout_ms,
-            s.idle_timeout_ms
-        ),
-        (5000, 10_000, 60_000)
+        (s.header_read_timeout_ms, s.body_read_timeout_ms),
+        (5000, 10_000)
     );
     assert_eq!(
         (

@@ -28,6 +28,7 @@ use keyguard_policy::velocity::{
     EntryState, MemoryVelocity, Reservation, ReservationId, VelocityStore,
 };
 use keyguard_policy::{Action, Clock, Deny, KeyRecord, RouteTable};
+use tower_http::timeout::TimeoutBody;
 
 use crate::activity::Activity;
 use crate::alerts::{Alert, Alerts};
@@ -618,9 +619,13 @@ impl Gateway {
                 .headers
                 .insert(HeaderName::from_static("x-request-id"), id);
         }
+        // The response timeout also bounds each wait for the next piece of the body: an
+        // upstream that stalls mid-body would otherwise hold the client's connection open
+        // for as long as the client is willing to wait. hyper then aborts the connection,
+        // so the client sees a truncated response, never a complete-looking one.
         Ok(Response::from_parts(
             rparts,
-            rbody.map_err(Into::into).boxed(),
+            TimeoutBody::new(up.response_timeout, rbody).boxed(),
         ))
     }
 }

@@ -136,6 +136,40 @@ async fn upstream_that_never_answers_is_504() {
     task.abort();
 }
 
+/// An upstream that sends its response head and part of the body, then stalls: the
+/// gateway gives up after the response timeout and aborts the client's connection, so
+/// the client sees a truncated response instead of waiting for as long as it will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_stalling_mid_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Dialect::Kraken;
+    let env = Env::new(d, |cfg| {
+        set(cfg, "server.upstream_response_timeout_ms", 300)
+    });
+    let k = env.create_key(&KeySpec::full(d));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let origin = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"error\":[],")
+                .await;
+            held.push(s);
+        }
+    });
+    let gw = env.start(addr).await;
+    let got = gw.send(ALLOWED_IP, &read_req(d, &k)).await;
+    let e = got.expect_err("a truncated body must not read as a response");
+    assert_eq!(
+        e, "closed inside body",
+        "the gateway kept the connection open: {e}"
+    );
+    origin.abort();
+}
+
 /// Every request, allowed or denied, becomes one audit line with the documented fields,
 /// and no secret, signature or token is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
