@@ -40,6 +40,14 @@ impl From<RateLimited> for Refusal {
 /// crashes on an object instead of raising), so for that dialect the body is Kraken's
 /// shape — the closest native error first, so clients raise the right exception class,
 /// then `EKeyguard:<code>` — with our fields under `keyguard`.
+///
+/// For Binance and Zaif the design's shape is kept and the exchange's own error fields are
+/// added beside it for client refusals (4xx other than 408 and 429, which clients already
+/// read from the status): without them ccxt falls back to the HTTP status and raises
+/// `ExchangeNotAvailable` for a 403 or a 400, a network error that bots retry, so a denied
+/// withdrawal would be hammered instead of reported. Binance gets `code`/`msg` from its
+/// error table ([`binance_error`]); Zaif gets `"success": false`, which ccxt's zaif reads
+/// as a failed call (a real Zaif says `0`; loosely-typed clients treat both alike).
 /// A 429 also carries `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` headers
 /// (draft-ietf-httpapi-ratelimit-headers-10) naming the limit that was hit.
 pub fn deny_response(refusal: &Refusal, request_id: &str, dialect: DialectKind) -> Response<Body> {
@@ -49,11 +57,19 @@ pub fn deny_response(refusal: &Refusal, request_id: &str, dialect: DialectKind) 
         "message": deny.message(),
         "request_id": request_id,
     });
+    let client_refusal = (400..500).contains(&deny.status()) && !matches!(deny.status(), 408 | 429);
     let body = match dialect {
         DialectKind::Kraken => serde_json::json!({
             "error": [kraken_error(deny), format!("EKeyguard:{}", deny.code())],
             "keyguard": ours,
         }),
+        DialectKind::Binance if client_refusal => {
+            let (code, msg) = binance_error(deny);
+            serde_json::json!({ "error": ours, "code": code, "msg": msg })
+        }
+        DialectKind::Zaif if client_refusal => {
+            serde_json::json!({ "error": ours, "success": false })
+        }
         _ => serde_json::json!({ "error": ours }),
     };
     let status = StatusCode::from_u16(deny.status()).unwrap_or(StatusCode::FORBIDDEN);
@@ -107,6 +123,29 @@ fn kraken_error(deny: Deny) -> &'static str {
     }
 }
 
+/// Binance's own error code and message closest to `deny`, from its published error
+/// table, chosen so clients raise a non-retryable class (ccxt: `-1022`/`-2015` →
+/// `AuthenticationError`, `-1021` → `InvalidNonce`, `-1002` → `AuthenticationError`,
+/// `-1020`/`-1100` → `BadRequest`). Permission refusals use `-1002`, not Binance's usual
+/// `-2015`: ccxt turns `-2015` into a retryable `DDoSProtection` once a key has worked.
+fn binance_error(deny: Deny) -> (i32, &'static str) {
+    match deny {
+        Deny::MissingCredentials | Deny::UnknownKey => {
+            (-2015, "Invalid API-key, IP, or permissions for action.")
+        }
+        Deny::InvalidSignature => (-1022, "Signature for this request is not valid."),
+        Deny::InvalidNonce | Deny::StaleTimestamp | Deny::Replay => (
+            -1021,
+            "Timestamp for this request is outside of the recvWindow.",
+        ),
+        Deny::UnknownEndpoint | Deny::MethodNotAllowed => {
+            (-1020, "This operation is not supported.")
+        }
+        d if d.status() == 403 => (-1002, "You are not authorized to execute this request."),
+        _ => (-1100, "Illegal characters found in a parameter."),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +170,56 @@ mod tests {
         assert_eq!(v["error"][1], "EKeyguard:ip_not_allowed");
         assert_eq!(v["keyguard"]["code"], "ip_not_allowed");
         assert_eq!(v["keyguard"]["request_id"], "rid2");
+    }
+
+    #[tokio::test]
+    async fn native_fields_beside_the_design_shape_for_client_refusals_only() {
+        let r = deny_response(&Deny::IpNotAllowed.into(), "rid3", DialectKind::Binance);
+        assert_eq!(r.status(), 403);
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["code"], "ip_not_allowed");
+        assert_eq!(
+            (v["code"].as_i64(), v["msg"].is_string()),
+            (Some(-1002), true)
+        );
+        let v = body_json(deny_response(
+            &Deny::InvalidSignature.into(),
+            "r",
+            DialectKind::Binance,
+        ))
+        .await;
+        assert_eq!(v["code"], -1022);
+        let v = body_json(deny_response(
+            &Deny::Replay.into(),
+            "r",
+            DialectKind::Binance,
+        ))
+        .await;
+        assert_eq!(v["code"], -1021);
+
+        let v = body_json(deny_response(
+            &Deny::ScopeMissing.into(),
+            "r",
+            DialectKind::Zaif,
+        ))
+        .await;
+        assert_eq!(v["error"]["code"], "scope_missing");
+        assert_eq!(v["success"], false);
+
+        // Statuses clients already act on keep the plain design shape: a 429 must stay
+        // a rate limit and a 5xx a retryable outage, not a failed call.
+        for d in [
+            Deny::RateLimited,
+            Deny::StateUnavailable,
+            Deny::UpstreamTimeout,
+            Deny::BodyTimeout,
+        ] {
+            for dialect in [DialectKind::Zaif, DialectKind::Binance] {
+                let v = body_json(deny_response(&d.into(), "r", dialect)).await;
+                let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+                assert_eq!(keys, ["error"], "{d:?} {dialect:?}");
+            }
+        }
     }
 
     #[test]

@@ -128,12 +128,21 @@ class Run:
         return result
 
     def expect_denied(self, who, step, exchange, call, code):
-        """Runs `call`; it must raise a ccxt error whose response body names `code`."""
+        """Runs `call`; it must raise a ccxt error whose response body names `code`, and
+        not a NetworkError: bots retry those, so a refusal must not look like an outage."""
         exchange.last_http_response = None
         try:
             call()
         except ccxt.BaseError as e:
             body = exchange.last_http_response or ""
+            if isinstance(e, ccxt.NetworkError):
+                self.fail(
+                    who,
+                    step,
+                    f"raised {type(e).__name__}, a retryable network error, for a refusal: "
+                    f"{body or e}",
+                )
+                return
             if code not in body and code not in str(e):
                 self.fail(
                     who,
