@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the request path allocates many small, short-lived
+/// buffers across two worker threads, and the bench measured 8% less gateway CPU per
+/// request with it (70 vs 76 µs), for about 8 MiB more resident memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
