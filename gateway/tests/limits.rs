@@ -11,21 +11,11 @@
 
 mod utils;
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use utils::scenarios::{expect_denied_from, expect_passed_from, setup_env, Setup};
 use utils::*;
 
 /// How long state may take to reach a running gateway (the CLI contract is one second).
@@ -70,10 +60,24 @@ fn one_btc_an_hour(cfg: &mut toml::Table) {
         max_amount = "1"
         "#,
     );
+    no_withdraw_rate_limit(cfg);
+}
+
+/// Per-key withdraw rate limits high enough (1000 a second) never to refuse.
+fn no_withdraw_rate_limit(cfg: &mut toml::Table) {
     set(
         cfg,
         "limits.tiers.default.withdraw",
         inline(r#"{ count = 1000, per = "1s" }"#),
+    );
+}
+
+/// `read = { count = 1, per = "1m", burst = 2 }` per key.
+fn one_read_a_minute_burst_2(cfg: &mut toml::Table) {
+    set(
+        cfg,
+        "limits.tiers.default.read",
+        inline(r#"{ count = 1, per = "1m", burst = 2 }"#),
     );
 }
 
@@ -86,6 +90,9 @@ fn open_key(account: &str) -> KeySpec {
         withdraw_addresses: vec![],
     }
 }
+
+/// One satoshi, the smallest btc amount.
+const SAT: &str = "0.00000001";
 
 /// A Zaif withdrawal of `amount` btc to the key's registered address.
 fn withdraw(key: &TestKey, amount: &str) -> Req {
@@ -120,50 +127,16 @@ fn unknown_key() -> TestKey {
     }
 }
 
+/// A request to a public Zaif endpoint (no key at all).
+fn public_ticker() -> Req {
+    Req::new("GET", "/api/1/ticker/btc_jpy")
+}
+
 /// A Zaif read without `Key`/`Sign` headers.
 fn unsigned_read() -> Req {
     Req::new("POST", zaif::PATH)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(zaif::body("get_info2", &next_nonce().to_string(), &[]))
-}
-
-/// Anything that counts the requests it received.
-trait Upstream {
-    fn count(&self) -> usize;
-}
-
-impl Upstream for Origin {
-    fn count(&self) -> usize {
-        Origin::count(self)
-    }
-}
-
-/// Sends `req` from `src`, expects `status`/`code`, and that nothing reached `upstream`.
-async fn expect_denied(
-    gw: &Gateway,
-    upstream: &impl Upstream,
-    src: Ipv4Addr,
-    req: &Req,
-    status: u16,
-    code: &str,
-) -> Resp {
-    let before = upstream.count();
-    let resp = gw.request_from(src, req).await;
-    resp.assert_error(status, code);
-    assert_eq!(
-        upstream.count(),
-        before,
-        "{code}: the refused request reached the upstream"
-    );
-    resp
-}
-
-/// Sends `req` from `src`, expects the upstream's 200 and exactly one request upstream.
-async fn expect_forwarded(gw: &Gateway, upstream: &impl Upstream, src: Ipv4Addr, req: &Req) {
-    let before = upstream.count();
-    let resp = gw.request_from(src, req).await;
-    resp.assert_forwarded_ok();
-    assert_eq!(upstream.count(), before + 1, "exactly one request upstream");
 }
 
 /// Sends fresh requests from `make` until `done` holds for a response or [`PROPAGATE`]
@@ -207,9 +180,12 @@ fn audit_lines(env: &Env) -> Vec<Value> {
         .collect()
 }
 
-/// The first audit line matching `pred`, polled.
-async fn audit_line(env: &Env, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-    poll(|| audit_lines(env).into_iter().find(|l| pred(l))).await
+/// The first audit line matching `pred`, polled; panics naming `what` (and printing the
+/// log) if none has appeared within [`PROPAGATE`].
+async fn audit_line(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    poll(|| audit_lines(env).into_iter().find(|l| pred(l)))
+        .await
+        .unwrap_or_else(|| panic!("no audit line for {what}: {:#?}", audit_lines(env)))
 }
 
 fn is_admin(l: &Value) -> bool {
@@ -259,140 +235,8 @@ fn reserved_rows(env: &Env) -> i64 {
     .expect("count reserved rows")
 }
 
-/// A tiny HTTP/1.1 server on 127.0.0.1:0 that records every request and answers with
-/// `respond(&request)`: (status, JSON body).
-struct Recorder {
-    addr: SocketAddr,
-    records: Arc<Mutex<Vec<Recorded>>>,
-    task: JoinHandle<()>,
-}
-
-type Responder = Arc<dyn Fn(&Recorded) -> (u16, String) + Send + Sync>;
-
-impl Recorder {
-    async fn start(respond: Responder) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let records: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let recs = records.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let recs = recs.clone();
-                let respond = respond.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                        let recs = recs.clone();
-                        let respond = respond.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes().to_vec())
-                                .unwrap_or_default();
-                            let rec = Recorded {
-                                method: parts.method.to_string(),
-                                target: parts
-                                    .uri
-                                    .path_and_query()
-                                    .map(|p| p.as_str().to_owned())
-                                    .unwrap_or_default(),
-                                headers: parts
-                                    .headers
-                                    .iter()
-                                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-                                    .collect(),
-                                body,
-                            };
-                            let (status, body) = respond(&rec);
-                            recs.lock().unwrap().push(rec);
-                            let resp = hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .header("x-origin", "mock")
-                                .body(Full::new(Bytes::from(body)))
-                                .expect("response");
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Recorder {
-            addr,
-            records,
-            task,
-        }
-    }
-
-    fn records(&self) -> Vec<Recorded> {
-        self.records.lock().unwrap().clone()
-    }
-}
-
-impl Upstream for Recorder {
-    fn count(&self) -> usize {
-        self.records.lock().unwrap().len()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// An exchange whose answers are scripted: each queued status answers one request, then
-/// 200 `{"success":1,"return":{"origin":"mock"}}` as the harness origin does.
-struct ScriptedOrigin {
-    server: Recorder,
-    script: Arc<Mutex<VecDeque<u16>>>,
-}
-
-impl ScriptedOrigin {
-    async fn start() -> ScriptedOrigin {
-        let script: Arc<Mutex<VecDeque<u16>>> = Arc::default();
-        let s = script.clone();
-        let server = Recorder::start(Arc::new(move |_| match s.lock().unwrap().pop_front() {
-            Some(status) => (
-                status,
-                format!(r#"{{"success":0,"error":"scripted {status}"}}"#),
-            ),
-            None => (200, r#"{"success":1,"return":{"origin":"mock"}}"#.into()),
-        }))
-        .await;
-        ScriptedOrigin { server, script }
-    }
-
-    /// The next request is answered with `status`.
-    fn answer_next(&self, status: u16) {
-        self.script.lock().unwrap().push_back(status);
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.server.addr
-    }
-}
-
-impl Upstream for ScriptedOrigin {
-    fn count(&self) -> usize {
-        self.server.count()
-    }
-}
-
-/// The operator's webhook: answers 200 and keeps every JSON body.
-async fn webhook() -> Recorder {
-    Recorder::start(Arc::new(|_| (200, "{}".into()))).await
-}
-
 /// The alerts a webhook received, as JSON.
-fn alerts(hook: &Recorder) -> Vec<Value> {
+fn alerts(hook: &Origin) -> Vec<Value> {
     hook.records()
         .iter()
         .map(|r| {
@@ -410,6 +254,15 @@ fn alerts(hook: &Recorder) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// The first alert the webhook received with `event` (and `code`, if given), polled;
+/// panics if none has arrived within [`PROPAGATE`].
+async fn alert(hook: &Origin, event: &str, code: Option<&str>) -> Value {
+    let wanted = |a: &Value| a["event"] == event && code.is_none_or(|c| a["code"] == c);
+    poll(|| alerts(hook).into_iter().find(wanted))
+        .await
+        .unwrap_or_else(|| panic!("no {event} alert (code {code:?}): {:#?}", alerts(hook)))
 }
 
 /// Parses `"name";k1=v1;k2=v2` (one Structured Field List item with Integer params).
@@ -477,77 +330,39 @@ fn check_429_headers(resp: &Resp, name: &str, q: u64, w: u64) -> u64 {
 /// and is not forwarded; other action classes of the same key are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_read_limit_429_with_ratelimit_headers() {
-    let env = Env::new(Dialect::Zaif, |cfg| {
-        set(
-            cfg,
-            "limits.tiers.default.read",
-            inline(r#"{ count = 1, per = "1m", burst = 2 }"#),
-        );
-    });
+    let env = Env::new(Dialect::Zaif, one_read_a_minute_burst_2);
     let key = env.create_key(&KeySpec::scopes("read,trade"));
     let other = env.create_key(&KeySpec {
         account: "acct-other".into(),
         ..KeySpec::scopes("read")
     });
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
-    let resp = expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &zaif::read(&key),
-        429,
-        "rate_limited",
-    )
-    .await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
+    let resp = expect_denied_from(&s, ALLOWED_IP, &zaif::read(&key), 429, "rate_limited").await;
     let retry = check_429_headers(&resp, "read", 2, 120);
     assert!(
         retry <= 60,
         "one read per minute: the next is due within 60 s, Retry-After {retry}"
     );
     // Still limited; the refused read spent nothing upstream.
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &zaif::read(&key),
-        429,
-        "rate_limited",
-    )
-    .await;
+    expect_denied_from(&s, ALLOWED_IP, &zaif::read(&key), 429, "rate_limited").await;
     // The limit is per action class and per key.
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::trade(&key)).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&other)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::trade(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&other)).await;
 }
 
 /// The same per-key read limit in the Binance dialect: same 429 and headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_read_limit_429_binance() {
-    let env = Env::new(Dialect::Binance, |cfg| {
-        set(
-            cfg,
-            "limits.tiers.default.read",
-            inline(r#"{ count = 1, per = "1m", burst = 2 }"#),
-        );
-    });
+    let env = Env::new(Dialect::Binance, one_read_a_minute_burst_2);
     let key = env.create_key(&KeySpec::scopes("read"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &binance::read(&key)).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &binance::read(&key)).await;
-    let resp = expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &binance::read(&key),
-        429,
-        "rate_limited",
-    )
-    .await;
+    expect_passed_from(&s, ALLOWED_IP, &binance::read(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &binance::read(&key)).await;
+    let resp = expect_denied_from(&s, ALLOWED_IP, &binance::read(&key), 429, "rate_limited").await;
     check_429_headers(&resp, "read", 2, 120);
 }
 
@@ -570,77 +385,29 @@ async fn per_ip_limit_before_authentication() {
         allow_ips: vec![format!("{ALLOWED_IP}/32"), format!("{OTHER_IP}/32")],
         withdraw_addresses: vec![],
     });
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
     let flood = OTHER_IP;
 
-    expect_denied(
-        &gw,
-        &origin,
-        flood,
-        &zaif::read(&unknown_key()),
-        401,
-        "unknown_key",
-    )
-    .await;
-    expect_denied(
-        &gw,
-        &origin,
-        flood,
-        &unsigned_read(),
-        401,
-        "missing_credentials",
-    )
-    .await;
-    expect_denied(
-        &gw,
-        &origin,
-        flood,
-        &zaif::read(&unknown_key()),
-        401,
-        "unknown_key",
-    )
-    .await;
+    expect_denied_from(&s, flood, &zaif::read(&unknown_key()), 401, "unknown_key").await;
+    expect_denied_from(&s, flood, &unsigned_read(), 401, "missing_credentials").await;
+    expect_denied_from(&s, flood, &zaif::read(&unknown_key()), 401, "unknown_key").await;
     // Past the burst: refused before the key is even looked up.
-    let resp = expect_denied(
-        &gw,
-        &origin,
-        flood,
-        &zaif::read(&unknown_key()),
-        429,
-        "rate_limited",
-    )
-    .await;
+    let resp =
+        expect_denied_from(&s, flood, &zaif::read(&unknown_key()), 429, "rate_limited").await;
     let retry = check_429_headers(&resp, "ip", 3, 180);
     assert!(retry <= 60, "Retry-After {retry}");
-    let resp = expect_denied(&gw, &origin, flood, &unsigned_read(), 429, "rate_limited").await;
+    let resp = expect_denied_from(&s, flood, &unsigned_read(), 429, "rate_limited").await;
     check_429_headers(&resp, "ip", 3, 180);
     // Before signature work: a bad signature is not even checked, a good one not honoured.
-    let resp = expect_denied(
-        &gw,
-        &origin,
-        flood,
-        &badly_signed_read(&key),
-        429,
-        "rate_limited",
-    )
-    .await;
+    let resp = expect_denied_from(&s, flood, &badly_signed_read(&key), 429, "rate_limited").await;
     check_429_headers(&resp, "ip", 3, 180);
-    expect_denied(&gw, &origin, flood, &zaif::read(&key), 429, "rate_limited").await;
+    expect_denied_from(&s, flood, &zaif::read(&key), 429, "rate_limited").await;
     // Public endpoints are limited by this alone.
-    expect_denied(
-        &gw,
-        &origin,
-        flood,
-        &Req::new("GET", "/api/1/ticker/btc_jpy"),
-        429,
-        "rate_limited",
-    )
-    .await;
+    expect_denied_from(&s, flood, &public_ticker(), 429, "rate_limited").await;
 
     // Another IP has its own bucket.
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -662,57 +429,24 @@ async fn withdraw_velocity_window_survives_restart() {
         account: "acct-b".into(),
         ..KeySpec::full(Dialect::Zaif)
     });
-    let origin = ScriptedOrigin::start().await;
-    let mut gw = env.start(origin.addr()).await;
+    let mut s = setup_env(env, &[]).await;
 
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&a, "0.4")).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&a, "0.4")).await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&a, "0.4"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&a, "0.4")).await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&a, "0.4")).await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&a, "0.4"), 403, "withdraw_limit").await;
     // What is left (0.2) in small pieces, and not a satoshi more.
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&a, "0.1")).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&a, "0.1")).await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&a, "0.1"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&a, "0.00000001"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&a, "0.1")).await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&a, "0.1")).await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&a, "0.1"), 403, "withdraw_limit").await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&a, SAT), 403, "withdraw_limit").await;
 
     // Splitting from the start: ten 0.1 make the limit, the eleventh is refused.
     for _ in 0..10 {
-        expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&b, "0.1")).await;
+        expect_passed_from(&s, ALLOWED_IP, &withdraw(&b, "0.1")).await;
     }
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&b, "0.1"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
-    let forwarded = origin
-        .server
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&b, "0.1"), 403, "withdraw_limit").await;
+    let forwarded = s
+        .origin
         .records()
         .iter()
         .filter(|r| String::from_utf8_lossy(&r.body).contains("method=withdraw"))
@@ -720,37 +454,12 @@ async fn withdraw_velocity_window_survives_restart() {
     assert_eq!(forwarded, 14, "4 withdrawals of key a, 10 of key b");
 
     // Kill (no graceful shutdown) and start again on the same data dir.
-    gw.kill();
-    let gw = env.start(origin.addr()).await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&a, "0.4"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&a, "0.00000001"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&b, "0.1"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
+    s.restart().await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&a, "0.4"), 403, "withdraw_limit").await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&a, SAT), 403, "withdraw_limit").await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&b, "0.1"), 403, "withdraw_limit").await;
     // The restarted gateway serves everything else.
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&a)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&a)).await;
 }
 
 /// A withdrawal the exchange answers with a 4xx did not happen: its reservation is
@@ -764,15 +473,14 @@ async fn upstream_4xx_releases_the_reservation_5xx_does_not() {
         account: "acct-b".into(),
         ..KeySpec::full(Dialect::Zaif)
     });
-    let origin = ScriptedOrigin::start().await;
-    let mut gw = env.start(origin.addr()).await;
+    let mut s = setup_env(env, &[]).await;
 
     // Key a: 0.4 spent; 0.4 refused by the exchange (400) and released; so 0.4 more fits
     // (0.8), and 0.3 does not (1.1).
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&a, "0.4")).await;
-    origin.answer_next(400);
-    let before = origin.count();
-    let resp = gw.request(&withdraw(&a, "0.4")).await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&a, "0.4")).await;
+    s.origin.answer_next(400);
+    let before = s.origin.count();
+    let resp = s.gw.request(&withdraw(&a, "0.4")).await;
     assert_eq!(
         resp.status,
         400,
@@ -780,51 +488,34 @@ async fn upstream_4xx_releases_the_reservation_5xx_does_not() {
         resp.text()
     );
     assert_eq!(
-        origin.count(),
+        s.origin.count(),
         before + 1,
         "the 400 withdrawal was forwarded"
     );
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&a, "0.4")).await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&a, "0.3"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&a, "0.4")).await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&a, "0.3"), 403, "withdraw_limit").await;
 
     // Key b: a 500 may have moved the funds, so it counts: 0.4 + 0.4 (500) + 0.2 = 1.0.
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&b, "0.4")).await;
-    origin.answer_next(500);
-    let resp = gw.request(&withdraw(&b, "0.4")).await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&b, "0.4")).await;
+    s.origin.answer_next(500);
+    let resp = s.gw.request(&withdraw(&b, "0.4")).await;
     assert_eq!(
         resp.status,
         500,
         "the exchange's 500 is passed on: {}",
         resp.text()
     );
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&b, "0.4"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&b, "0.2")).await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&b, "0.4"), 403, "withdraw_limit").await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&b, "0.2")).await;
 
     // Give the settlements (written off the request path) time to reach the store, then
     // kill and restart on the same data dir.
-    poll(|| (reserved_rows(&env) == 0).then_some(())).await;
-    let rows = ledger_rows(&env);
-    gw.kill();
-    let gw = env.start(origin.addr()).await;
+    poll(|| (reserved_rows(&s.env) == 0).then_some(())).await;
+    let rows = ledger_rows(&s.env);
+    s.restart().await;
     // Key a spent 0.8: 0.2 is left after the restart as before it.
-    let before = origin.count();
-    let resp = gw.request(&withdraw(&a, "0.2")).await;
+    let before = s.origin.count();
+    let resp = s.gw.request(&withdraw(&a, "0.2")).await;
     assert_eq!(
         resp.status,
         200,
@@ -834,25 +525,9 @@ async fn upstream_4xx_releases_the_reservation_5xx_does_not() {
         resp.text()
     );
     resp.assert_forwarded_ok();
-    assert_eq!(origin.count(), before + 1);
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&a, "0.00000001"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &withdraw(&b, "0.00000001"),
-        403,
-        "withdraw_limit",
-    )
-    .await;
+    assert_eq!(s.origin.count(), before + 1);
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&a, SAT), 403, "withdraw_limit").await;
+    expect_denied_from(&s, ALLOWED_IP, &withdraw(&b, SAT), 403, "withdraw_limit").await;
 }
 
 /// Trades with no `order` velocity rule configured (only a withdraw rule) are not limited
@@ -861,12 +536,11 @@ async fn upstream_4xx_releases_the_reservation_5xx_does_not() {
 async fn trades_pass_when_no_velocity_rule_covers_them() {
     let env = Env::new(Dialect::Zaif, one_btc_an_hour);
     let key = env.create_key(&KeySpec::full(Dialect::Zaif));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&key, "0.1")).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::trade(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&key, "0.1")).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::trade(&key)).await;
 }
 
 /// A withdrawal of an asset no velocity rule names (rules for btc only) is forwarded.
@@ -897,16 +571,15 @@ async fn withdrawals_of_assets_without_a_velocity_rule_pass() {
         withdraw_addresses: vec![format!("btc:{WITHDRAW_ADDR}"), format!("eth:{ETH_ADDR}")],
         ..KeySpec::full(Dialect::Zaif)
     });
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &withdraw(&key, "0.1")).await;
+    expect_passed_from(&s, ALLOWED_IP, &withdraw(&key, "0.1")).await;
     let eth = zaif::call(
         &key,
         "withdraw",
         &[("currency", "eth"), ("address", ETH_ADDR), ("amount", "5")],
     );
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &eth).await;
+    expect_passed_from(&s, ALLOWED_IP, &eth).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -924,56 +597,32 @@ async fn dormant_key_reads_but_trades_only_after_reactivation() {
         ..KeySpec::scopes("read,trade")
     });
     backdate(&env, &key, 400);
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &zaif::trade(&key),
-        403,
-        "key_dormant",
-    )
-    .await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_denied_from(&s, ALLOWED_IP, &zaif::trade(&key), 403, "key_dormant").await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
     // The read did not make the key look used.
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &zaif::trade(&key),
-        403,
-        "key_dormant",
-    )
-    .await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
-    expect_denied(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &zaif::trade(&key),
-        403,
-        "key_dormant",
-    )
-    .await;
+    expect_denied_from(&s, ALLOWED_IP, &zaif::trade(&key), 403, "key_dormant").await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_denied_from(&s, ALLOWED_IP, &zaif::trade(&key), 403, "key_dormant").await;
     // A key created today is not dormant.
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::trade(&fresh)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::trade(&fresh)).await;
 
-    env.run_with_store(
-        &["keys", "reactivate"],
-        &[&key.key_id, "--reason", "owner asked", "--actor", "support"],
-    )
-    .ok();
-    let before = origin.count();
-    let resp = poll_request(&gw, ALLOWED_IP, || zaif::trade(&key), |r| r.status == 200).await;
+    s.env
+        .run_with_store(
+            &["keys", "reactivate"],
+            &[&key.key_id, "--reason", "owner asked", "--actor", "support"],
+        )
+        .ok();
+    let before = s.origin.count();
+    let resp = poll_request(&s.gw, ALLOWED_IP, || zaif::trade(&key), |r| r.status == 200).await;
     resp.assert_forwarded_ok();
     assert_eq!(
-        origin.count(),
+        s.origin.count(),
         before + 1,
         "only the trade that passed reached the upstream"
     );
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::trade(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::trade(&key)).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -986,34 +635,17 @@ async fn dormant_key_reads_but_trades_only_after_reactivation() {
 async fn new_ip_probation_for_keys_without_allowlist() {
     let env = Env::new(Dialect::Zaif, |_| {});
     let key = env.create_key(&open_key("acct-open"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_forwarded(&gw, &origin, IP_A, &zaif::trade(&key)).await;
-    expect_denied(
-        &gw,
-        &origin,
-        IP_B,
-        &zaif::trade(&key),
-        403,
-        "new_ip_probation",
-    )
-    .await;
-    expect_forwarded(&gw, &origin, IP_B, &zaif::read(&key)).await;
+    expect_passed_from(&s, IP_A, &zaif::trade(&key)).await;
+    expect_denied_from(&s, IP_B, &zaif::trade(&key), 403, "new_ip_probation").await;
+    expect_passed_from(&s, IP_B, &zaif::read(&key)).await;
     // Reading from it does not end the probation.
-    expect_denied(
-        &gw,
-        &origin,
-        IP_B,
-        &zaif::trade(&key),
-        403,
-        "new_ip_probation",
-    )
-    .await;
+    expect_denied_from(&s, IP_B, &zaif::trade(&key), 403, "new_ip_probation").await;
     // The owner's IP keeps working.
-    expect_forwarded(&gw, &origin, IP_A, &zaif::trade(&key)).await;
+    expect_passed_from(&s, IP_A, &zaif::trade(&key)).await;
     assert!(
-        origin
+        s.origin
             .records()
             .iter()
             .filter(|r| r.header("x-forwarded-for").as_deref() == Some("127.0.2.2"))
@@ -1028,36 +660,28 @@ async fn new_ip_probation_for_keys_without_allowlist() {
 async fn new_ip_probation_in_shadow_mode_forwards_and_audits_would_deny() {
     let env = Env::new(Dialect::Zaif, |cfg| set(cfg, "anomaly.new_ip.shadow", true));
     let key = env.create_key(&open_key("acct-open"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_forwarded(&gw, &origin, IP_A, &zaif::trade(&key)).await;
-    let before = origin.count();
-    let resp = gw.request_from(IP_B, &zaif::trade(&key)).await;
+    expect_passed_from(&s, IP_A, &zaif::trade(&key)).await;
+    let before = s.origin.count();
+    let resp = s.gw.request_from(IP_B, &zaif::trade(&key)).await;
     resp.assert_forwarded_ok();
-    let rec = origin.one_since(before);
+    let rec = s.origin.one_since(before);
     assert_eq!(rec.header("x-forwarded-for").as_deref(), Some("127.0.2.2"));
     assert!(String::from_utf8_lossy(&rec.body).contains("method=trade"));
 
-    let line = audit_line(&env, |l| {
+    let line = audit_line(&s.env, "the shadow trade", |l| {
         !is_admin(l) && l["client_ip"] == "127.0.2.2" && l["action"] == "trade"
     })
-    .await
-    .unwrap_or_else(|| {
-        panic!(
-            "no audit line for the shadow trade: {:#?}",
-            audit_lines(&env)
-        )
-    });
+    .await;
     assert_eq!(line["decision"], "would_deny", "{line}");
     assert_eq!(line["code"], "new_ip_probation", "{line}");
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["key_id"], key.key_id.as_str(), "{line}");
-    let first = audit_line(&env, |l| {
+    let first = audit_line(&s.env, "the first trade", |l| {
         !is_admin(l) && l["client_ip"] == "127.0.2.1" && l["action"] == "trade"
     })
-    .await
-    .expect("audit line of the first trade");
+    .await;
     assert_eq!(first["decision"], "allow", "{first}");
     assert!(first["code"].is_null(), "{first}");
 }
@@ -1074,10 +698,21 @@ fn many_ips_env(tweak: impl FnOnce(&mut toml::Table)) -> Env {
 }
 
 /// Reads from IP_A and IP_B pass; from IP_C the read is refused `too_many_ips`.
-async fn trip_many_ips(gw: &Gateway, origin: &Origin, key: &TestKey) {
-    expect_forwarded(gw, origin, IP_A, &zaif::read(key)).await;
-    expect_forwarded(gw, origin, IP_B, &zaif::read(key)).await;
-    expect_denied(gw, origin, IP_C, &zaif::read(key), 403, "too_many_ips").await;
+async fn trip_many_ips(s: &Setup, key: &TestKey) {
+    expect_passed_from(s, IP_A, &zaif::read(key)).await;
+    expect_passed_from(s, IP_B, &zaif::read(key)).await;
+    expect_denied_from(s, IP_C, &zaif::read(key), 403, "too_many_ips").await;
+}
+
+/// A gateway as [`many_ips_env`] sets it up, alerting to a recording webhook, with one
+/// no-allowlist key (`acct-open`): the webhook, the setup and the key.
+async fn many_ips_with_webhook() -> (Origin, Setup, TestKey) {
+    let hook = Origin::start().await;
+    let url = format!("http://{}/keyguard", hook.addr);
+    let env = many_ips_env(|cfg| set(cfg, "alerts.webhook_url", url));
+    let key = env.create_key(&open_key("acct-open"));
+    let s = setup_env(env, &[]).await;
+    (hook, s, key)
 }
 
 /// Polls `keys show` until the key is suspended; returns the last listing.
@@ -1100,45 +735,42 @@ async fn many_ips_suspends_the_key() {
     let env = many_ips_env(|_| {});
     let key = env.create_key(&open_key("acct-open"));
     let bystander = env.create_key(&open_key("acct-bystander"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    trip_many_ips(&gw, &origin, &key).await;
+    trip_many_ips(&s, &key).await;
 
-    let shown = wait_suspended(&env, &key).await;
+    let shown = wait_suspended(&s.env, &key).await;
     assert_eq!(shown["status_reason"], "too_many_ips", "{shown:#}");
-    let admin = audit_line(&env, |l| {
+    let admin = audit_line(&s.env, "the suspension (admin)", |l| {
         is_admin(l) && l["action"] == "key_suspend" && l["target"] == key.key_id.as_str()
     })
-    .await
-    .unwrap_or_else(|| panic!("no admin line for the suspension: {:#?}", audit_lines(&env)));
+    .await;
     assert_eq!(admin["actor"], "keyguard", "{admin}");
     assert_eq!(admin["reason"], "too_many_ips", "{admin}");
     assert!(
         admin["ts"].as_str().is_some_and(|t| !t.is_empty()),
         "{admin}"
     );
-    let deny = audit_line(&env, |l| {
+    let deny = audit_line(&s.env, "the refused read", |l| {
         !is_admin(l) && l["client_ip"] == "127.0.2.3" && l["decision"] == "deny"
     })
-    .await
-    .expect("audit line of the refused read");
+    .await;
     assert_eq!(deny["code"], "too_many_ips", "{deny}");
 
     // Other keys are unaffected, from any of those IPs.
-    expect_forwarded(&gw, &origin, IP_C, &zaif::read(&bystander)).await;
+    expect_passed_from(&s, IP_C, &zaif::read(&bystander)).await;
 
     // The suspended key explains itself to its owner (DESIGN.md §6).
-    let before = origin.count();
+    let before = s.origin.count();
     let resp = poll_request(
-        &gw,
+        &s.gw,
         IP_A,
         || zaif::read(&key),
         |r| r.code().as_deref() == Some("key_suspended"),
     )
     .await;
     resp.assert_error(403, "key_suspended");
-    origin.assert_unchanged(before, "key_suspended");
+    s.origin.assert_unchanged(before, "key_suspended");
 }
 
 /// The suspension is durable: after a restart (in-memory anomaly state gone) the key is
@@ -1147,19 +779,17 @@ async fn many_ips_suspends_the_key() {
 async fn many_ips_suspension_survives_restart_until_resumed() {
     let env = many_ips_env(|_| {});
     let key = env.create_key(&open_key("acct-open"));
-    let origin = Origin::start().await;
-    let mut gw = env.start(origin.addr).await;
+    let mut s = setup_env(env, &[]).await;
 
-    trip_many_ips(&gw, &origin, &key).await;
-    wait_suspended(&env, &key).await;
+    trip_many_ips(&s, &key).await;
+    wait_suspended(&s.env, &key).await;
 
-    gw.kill();
-    let gw = env.start(origin.addr).await;
-    expect_denied(&gw, &origin, IP_A, &zaif::read(&key), 403, "key_suspended").await;
-    expect_denied(&gw, &origin, IP_A, &zaif::trade(&key), 403, "key_suspended").await;
+    s.restart().await;
+    expect_denied_from(&s, IP_A, &zaif::read(&key), 403, "key_suspended").await;
+    expect_denied_from(&s, IP_A, &zaif::trade(&key), 403, "key_suspended").await;
 
-    env.set_key_status("resume", &key);
-    let resp = poll_request(&gw, IP_A, || zaif::read(&key), |r| r.status == 200).await;
+    s.env.set_key_status("resume", &key);
+    let resp = poll_request(&s.gw, IP_A, || zaif::read(&key), |r| r.status == 200).await;
     resp.assert_forwarded_ok();
 }
 
@@ -1169,15 +799,14 @@ async fn many_ips_suspension_survives_restart_until_resumed() {
 async fn resumed_key_is_usable_without_a_restart() {
     let env = many_ips_env(|_| {});
     let key = env.create_key(&open_key("acct-open"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    trip_many_ips(&gw, &origin, &key).await;
-    wait_suspended(&env, &key).await;
-    env.set_key_status("resume", &key);
-    assert_eq!(keys_show(&env, &key)["status"], "active");
+    trip_many_ips(&s, &key).await;
+    wait_suspended(&s.env, &key).await;
+    s.env.set_key_status("resume", &key);
+    assert_eq!(keys_show(&s.env, &key)["status"], "active");
 
-    let resp = poll_request(&gw, IP_A, || zaif::read(&key), |r| r.status == 200).await;
+    let resp = poll_request(&s.gw, IP_A, || zaif::read(&key), |r| r.status == 200).await;
     assert_eq!(
         resp.status,
         200,
@@ -1185,7 +814,7 @@ async fn resumed_key_is_usable_without_a_restart() {
         resp.text()
     );
     resp.assert_forwarded_ok();
-    let shown = keys_show(&env, &key);
+    let shown = keys_show(&s.env, &key);
     assert_eq!(shown["status"], "active", "suspended again: {shown:#}");
 }
 
@@ -1204,41 +833,24 @@ async fn shared_ip_presenting_many_keys_is_blocked() {
     let keys: Vec<TestKey> = (0..3)
         .map(|i| env.create_key(&open_key(&format!("acct-{i}"))))
         .collect();
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
     let shared = OTHER_IP;
 
-    expect_forwarded(&gw, &origin, shared, &zaif::read(&keys[0])).await;
-    expect_forwarded(&gw, &origin, shared, &zaif::read(&keys[1])).await;
-    expect_denied(
-        &gw,
-        &origin,
-        shared,
-        &zaif::read(&keys[2]),
-        403,
-        "ip_blocked",
-    )
-    .await;
+    expect_passed_from(&s, shared, &zaif::read(&keys[0])).await;
+    expect_passed_from(&s, shared, &zaif::read(&keys[1])).await;
+    expect_denied_from(&s, shared, &zaif::read(&keys[2]), 403, "ip_blocked").await;
     for k in &keys {
-        expect_denied(&gw, &origin, shared, &zaif::read(k), 403, "ip_blocked").await;
-        expect_denied(&gw, &origin, shared, &zaif::trade(k), 403, "ip_blocked").await;
+        expect_denied_from(&s, shared, &zaif::read(k), 403, "ip_blocked").await;
+        expect_denied_from(&s, shared, &zaif::trade(k), 403, "ip_blocked").await;
     }
     // Blocked before authentication: even an unknown key gets the block.
-    expect_denied(
-        &gw,
-        &origin,
-        shared,
-        &zaif::read(&unknown_key()),
-        403,
-        "ip_blocked",
-    )
-    .await;
+    expect_denied_from(&s, shared, &zaif::read(&unknown_key()), 403, "ip_blocked").await;
 
     // Other IPs are unaffected (each within the limit of 2 keys).
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&keys[0])).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&keys[1])).await;
-    expect_forwarded(&gw, &origin, IP_A, &zaif::read(&keys[2])).await;
-    expect_forwarded(&gw, &origin, IP_A, &zaif::trade(&keys[2])).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&keys[0])).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&keys[1])).await;
+    expect_passed_from(&s, IP_A, &zaif::read(&keys[2])).await;
+    expect_passed_from(&s, IP_A, &zaif::trade(&keys[2])).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1253,16 +865,14 @@ async fn repeated_bad_signatures_ban_the_ip() {
         set(cfg, "anomaly.auth_failures.max_failures", 3);
     });
     let key = env.create_key(&open_key("acct-open"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
     let attacker = OTHER_IP;
     // The owner's IP is the key's first (trusted) one.
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::trade(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::trade(&key)).await;
 
     for _ in 0..3 {
-        expect_denied(
-            &gw,
-            &origin,
+        expect_denied_from(
+            &s,
             attacker,
             &badly_signed_read(&key),
             401,
@@ -1271,40 +881,23 @@ async fn repeated_bad_signatures_ban_the_ip() {
         .await;
     }
     // At the threshold, not past it: still served.
-    expect_forwarded(&gw, &origin, attacker, &zaif::read(&key)).await;
+    expect_passed_from(&s, attacker, &zaif::read(&key)).await;
     // One more failure (an unknown key counts too) bans the IP; that request is refused
     // for its own reason.
-    expect_denied(
-        &gw,
-        &origin,
+    expect_denied_from(
+        &s,
         attacker,
         &zaif::read(&unknown_key()),
         401,
         "unknown_key",
     )
     .await;
-    expect_denied(&gw, &origin, attacker, &zaif::read(&key), 403, "ip_banned").await;
-    expect_denied(
-        &gw,
-        &origin,
-        attacker,
-        &badly_signed_read(&key),
-        403,
-        "ip_banned",
-    )
-    .await;
-    expect_denied(
-        &gw,
-        &origin,
-        attacker,
-        &Req::new("GET", "/api/1/ticker/btc_jpy"),
-        403,
-        "ip_banned",
-    )
-    .await;
+    expect_denied_from(&s, attacker, &zaif::read(&key), 403, "ip_banned").await;
+    expect_denied_from(&s, attacker, &badly_signed_read(&key), 403, "ip_banned").await;
+    expect_denied_from(&s, attacker, &public_ticker(), 403, "ip_banned").await;
 
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::trade(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::trade(&key)).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1314,21 +907,10 @@ async fn repeated_bad_signatures_ban_the_ip() {
 /// A many-IPs suspension and `keyguard freeze --asset btc` each reach the webhook as JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_for_suspension_and_freeze_reach_the_webhook() {
-    let hook = webhook().await;
-    let url = format!("http://{}/keyguard", hook.addr);
-    let env = many_ips_env(|cfg| set(cfg, "alerts.webhook_url", url));
-    let key = env.create_key(&open_key("acct-open"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let (hook, s, key) = many_ips_with_webhook().await;
 
-    trip_many_ips(&gw, &origin, &key).await;
-    let suspended = poll(|| {
-        alerts(&hook)
-            .into_iter()
-            .find(|a| a["event"] == "key_suspended" && a["code"] == "too_many_ips")
-    })
-    .await
-    .unwrap_or_else(|| panic!("no key_suspended alert: {:#?}", alerts(&hook)));
+    trip_many_ips(&s, &key).await;
+    let suspended = alert(&hook, "key_suspended", Some("too_many_ips")).await;
     assert_eq!(suspended["key_id"], key.key_id.as_str(), "{suspended}");
     assert_eq!(suspended["account"], "acct-open", "{suspended}");
     assert_eq!(suspended["client_ip"], "127.0.2.3", "{suspended}");
@@ -1338,13 +920,7 @@ async fn alerts_for_suspension_and_freeze_reach_the_webhook() {
     );
     assert!(suspended["detail"].is_string(), "{suspended}");
     // The durable suspension (an admin event by `keyguard`) is alerted as well.
-    let admin = poll(|| {
-        alerts(&hook)
-            .into_iter()
-            .find(|a| a["event"] == "key_suspended" && a["code"] == "key_suspend")
-    })
-    .await
-    .unwrap_or_else(|| panic!("no key_suspend alert: {:#?}", alerts(&hook)));
+    let admin = alert(&hook, "key_suspended", Some("key_suspend")).await;
     assert_eq!(admin["key_id"], key.key_id.as_str(), "{admin}");
     let detail = admin["detail"].as_str().unwrap_or_default();
     assert!(
@@ -1352,18 +928,13 @@ async fn alerts_for_suspension_and_freeze_reach_the_webhook() {
         "{admin}"
     );
 
-    env.run_with_store(
-        &["freeze"],
-        &["--asset", "btc", "--reason", "drill", "--actor", "ops"],
-    )
-    .ok();
-    let frozen = poll(|| {
-        alerts(&hook)
-            .into_iter()
-            .find(|a| a["event"] == "withdrawals_frozen")
-    })
-    .await
-    .unwrap_or_else(|| panic!("no withdrawals_frozen alert: {:#?}", alerts(&hook)));
+    s.env
+        .run_with_store(
+            &["freeze"],
+            &["--asset", "btc", "--reason", "drill", "--actor", "ops"],
+        )
+        .ok();
+    let frozen = alert(&hook, "withdrawals_frozen", None).await;
     assert_eq!(frozen["code"], "freeze", "{frozen}");
     assert!(frozen["key_id"].is_null(), "{frozen}");
     let detail = frozen["detail"].as_str().unwrap_or_default();
@@ -1383,47 +954,17 @@ async fn alerts_for_suspension_and_freeze_reach_the_webhook() {
 /// many-IPs refusal even though the same request also raises `key_suspended`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_anomaly_deny_is_alerted() {
-    let hook = webhook().await;
-    let url = format!("http://{}/keyguard", hook.addr);
-    let env = many_ips_env(|cfg| set(cfg, "alerts.webhook_url", url));
-    let key = env.create_key(&open_key("acct-open"));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let (hook, s, key) = many_ips_with_webhook().await;
 
-    expect_forwarded(&gw, &origin, IP_A, &zaif::trade(&key)).await;
-    expect_denied(
-        &gw,
-        &origin,
-        IP_B,
-        &zaif::trade(&key),
-        403,
-        "new_ip_probation",
-    )
-    .await;
-    let probation = poll(|| {
-        alerts(&hook)
-            .into_iter()
-            .find(|a| a["event"] == "anomaly_deny" && a["code"] == "new_ip_probation")
-    })
-    .await
-    .unwrap_or_else(|| panic!("no new_ip_probation alert: {:#?}", alerts(&hook)));
+    expect_passed_from(&s, IP_A, &zaif::trade(&key)).await;
+    expect_denied_from(&s, IP_B, &zaif::trade(&key), 403, "new_ip_probation").await;
+    let probation = alert(&hook, "anomaly_deny", Some("new_ip_probation")).await;
     assert_eq!(probation["key_id"], key.key_id.as_str(), "{probation}");
     assert_eq!(probation["account"], "acct-open", "{probation}");
     assert_eq!(probation["client_ip"], "127.0.2.2", "{probation}");
 
-    expect_denied(&gw, &origin, IP_C, &zaif::read(&key), 403, "too_many_ips").await;
-    let denied = poll(|| {
-        alerts(&hook)
-            .into_iter()
-            .find(|a| a["event"] == "anomaly_deny" && a["code"] == "too_many_ips")
-    })
-    .await
-    .unwrap_or_else(|| {
-        panic!(
-            "no anomaly_deny alert for the too_many_ips refusal: {:#?}",
-            alerts(&hook)
-        )
-    });
+    expect_denied_from(&s, IP_C, &zaif::read(&key), 403, "too_many_ips").await;
+    let denied = alert(&hook, "anomaly_deny", Some("too_many_ips")).await;
     assert_eq!(denied["key_id"], key.key_id.as_str(), "{denied}");
     assert_eq!(denied["client_ip"], "127.0.2.3", "{denied}");
 }
@@ -1441,27 +982,18 @@ async fn a_dead_webhook_does_not_affect_requests() {
             set(cfg, "alerts.queue", 1);
         });
         let key = env.create_key(&open_key("acct-open"));
-        let origin = Origin::start().await;
-        let gw = env.start(origin.addr).await;
+        let s = setup_env(env, &[]).await;
 
-        expect_forwarded(&gw, &origin, IP_A, &zaif::trade(&key)).await;
+        expect_passed_from(&s, IP_A, &zaif::trade(&key)).await;
         // Every probation refusal is an alert; each from its own IP, so none is coalesced
         // (3 new IPs: the key stays within the many-IPs rule's 5).
         for i in 1..=3u8 {
             let ip = Ipv4Addr::new(127, 0, 3, i);
-            expect_denied(
-                &gw,
-                &origin,
-                ip,
-                &zaif::trade(&key),
-                403,
-                "new_ip_probation",
-            )
-            .await;
+            expect_denied_from(&s, ip, &zaif::trade(&key), 403, "new_ip_probation").await;
         }
         for _ in 0..5 {
-            expect_forwarded(&gw, &origin, IP_A, &zaif::read(&key)).await;
-            expect_forwarded(&gw, &origin, IP_A, &zaif::trade(&key)).await;
+            expect_passed_from(&s, IP_A, &zaif::read(&key)).await;
+            expect_passed_from(&s, IP_A, &zaif::trade(&key)).await;
         }
     }
     assert!(
@@ -1480,11 +1012,7 @@ async fn a_dead_webhook_does_not_affect_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_freeze_and_unfreeze_on_a_running_gateway() {
     let env = Env::new(Dialect::Zaif, |cfg| {
-        set(
-            cfg,
-            "limits.tiers.default.withdraw",
-            inline(r#"{ count = 1000, per = "1s" }"#),
-        );
+        no_withdraw_rate_limit(cfg);
         velocity_rules(
             cfg,
             r#"
@@ -1505,50 +1033,44 @@ async fn global_freeze_and_unfreeze_on_a_running_gateway() {
         );
     });
     let key = env.create_key(&KeySpec::full(Dialect::Zaif));
-    let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let s = setup_env(env, &[]).await;
 
-    expect_forwarded(
-        &gw,
-        &origin,
-        ALLOWED_IP,
-        &zaif::withdraw(&key, WITHDRAW_ADDR),
-    )
-    .await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::withdraw(&key, WITHDRAW_ADDR)).await;
 
-    env.run_with_store(
-        &["freeze"],
-        &["--global", "--reason", "incident 42", "--actor", "oncall"],
-    )
-    .ok();
+    s.env
+        .run_with_store(
+            &["freeze"],
+            &["--global", "--reason", "incident 42", "--actor", "oncall"],
+        )
+        .ok();
     let resp = poll_request(
-        &gw,
+        &s.gw,
         ALLOWED_IP,
         || zaif::withdraw(&key, WITHDRAW_ADDR),
         |r| r.status != 200,
     )
     .await;
     resp.assert_error(403, "withdrawals_frozen");
-    expect_denied(
-        &gw,
-        &origin,
+    expect_denied_from(
+        &s,
         ALLOWED_IP,
         &zaif::withdraw(&key, WITHDRAW_ADDR),
         403,
         "withdrawals_frozen",
     )
     .await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::read(&key)).await;
-    expect_forwarded(&gw, &origin, ALLOWED_IP, &zaif::trade(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::read(&key)).await;
+    expect_passed_from(&s, ALLOWED_IP, &zaif::trade(&key)).await;
 
-    env.run_with_store(
-        &["unfreeze"],
-        &["--global", "--reason", "all clear", "--actor", "lead"],
-    )
-    .ok();
-    let before = origin.count();
+    s.env
+        .run_with_store(
+            &["unfreeze"],
+            &["--global", "--reason", "all clear", "--actor", "lead"],
+        )
+        .ok();
+    let before = s.origin.count();
     let resp = poll_request(
-        &gw,
+        &s.gw,
         ALLOWED_IP,
         || zaif::withdraw(&key, WITHDRAW_ADDR),
         |r| r.status == 200,
@@ -1556,28 +1078,29 @@ async fn global_freeze_and_unfreeze_on_a_running_gateway() {
     .await;
     resp.assert_forwarded_ok();
     assert_eq!(
-        origin.count(),
+        s.origin.count(),
         before + 1,
         "only the withdrawal that passed"
     );
 
-    let freeze = audit_line(&env, |l| is_admin(l) && l["action"] == "freeze")
-        .await
-        .unwrap_or_else(|| panic!("no admin freeze line: {:#?}", audit_lines(&env)));
+    let freeze = audit_line(&s.env, "the freeze (admin)", |l| {
+        is_admin(l) && l["action"] == "freeze"
+    })
+    .await;
     assert_eq!(freeze["actor"], "oncall", "{freeze}");
     assert_eq!(freeze["reason"], "incident 42", "{freeze}");
     assert_eq!(freeze["target"], "global:*", "{freeze}");
-    let unfreeze = audit_line(&env, |l| is_admin(l) && l["action"] == "unfreeze")
-        .await
-        .unwrap_or_else(|| panic!("no admin unfreeze line: {:#?}", audit_lines(&env)));
+    let unfreeze = audit_line(&s.env, "the unfreeze (admin)", |l| {
+        is_admin(l) && l["action"] == "unfreeze"
+    })
+    .await;
     assert_eq!(unfreeze["actor"], "lead", "{unfreeze}");
     assert_eq!(unfreeze["reason"], "all clear", "{unfreeze}");
     // The frozen withdrawals are audited as denies with the freeze's code.
-    let denied = audit_line(&env, |l| {
+    let denied = audit_line(&s.env, "a frozen withdrawal", |l| {
         !is_admin(l) && l["action"] == "withdraw" && l["decision"] == "deny"
     })
-    .await
-    .expect("audit line of a frozen withdrawal");
+    .await;
     assert_eq!(denied["code"], "withdrawals_frozen", "{denied}");
     assert_eq!(denied["status"], 403, "{denied}");
 }

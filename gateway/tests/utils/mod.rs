@@ -5,7 +5,8 @@
 //!   (`keys create`, `suspend`, `assertion-key`, ...) run against it.
 //! - [`Gateway`]: a running `keyguard serve` child process, killed on drop.
 //! - [`Origin`]: a mock upstream on `127.0.0.1:0` that records every request it receives
-//!   and answers `200` JSON; [`silent_origin`] never answers; [`dead_origin`] refuses.
+//!   and answers `200` JSON, or a status scripted per request ([`Origin::answer_next`]);
+//!   [`silent_origin`] never answers; [`dead_origin`] refuses.
 //! - [`Req`] / [`Resp`]: a hand-written HTTP/1.1 client over a TCP socket bound to a
 //!   chosen source address (`127.0.0.2` allowed, `127.0.0.3` not), so malformed requests
 //!   are sent byte for byte.
@@ -20,6 +21,7 @@
 
 pub mod scenarios;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -580,11 +582,28 @@ impl Recorded {
     }
 }
 
-/// A recording upstream answering `200 {"success":1,...}`.
+/// A recording upstream answering `200 {"success":1,...}`, or a status scripted with
+/// [`Origin::answer_next`].
 pub struct Origin {
     pub addr: SocketAddr,
     records: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<VecDeque<u16>>>,
     task: JoinHandle<()>,
+}
+
+/// The origin's answer to one request: the next scripted status with
+/// `{"success":0,"error":"scripted <status>"}`, or `200 {"success":1,...}`.
+fn origin_answer(script: &Mutex<VecDeque<u16>>) -> (u16, Bytes) {
+    match script.lock().unwrap().pop_front() {
+        Some(status) => (
+            status,
+            Bytes::from(format!(r#"{{"success":0,"error":"scripted {status}"}}"#)),
+        ),
+        None => (
+            200,
+            Bytes::from_static(br#"{"success":1,"return":{"origin":"mock"}}"#),
+        ),
+    }
 }
 
 impl Origin {
@@ -592,16 +611,17 @@ impl Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let records: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let recs = records.clone();
+        let script: Arc<Mutex<VecDeque<u16>>> = Arc::default();
+        let (recs, scr) = (records.clone(), script.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let recs = recs.clone();
+                let (recs, scr) = (recs.clone(), scr.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                        let recs = recs.clone();
+                        let (recs, scr) = (recs.clone(), scr.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -624,17 +644,16 @@ impl Origin {
                                 body,
                             };
                             recs.lock().unwrap().push(rec);
+                            let (status, body) = origin_answer(&scr);
                             let resp = hyper::Response::builder()
-                                .status(200)
+                                .status(status)
                                 .header("content-type", "application/json")
                                 // A hop-by-hop header nominated by the origin: the gateway
                                 // must not pass it on to the client.
                                 .header("connection", "x-origin-hop")
                                 .header("x-origin-hop", "1")
                                 .header("x-origin", "mock")
-                                .body(Full::new(Bytes::from_static(
-                                    br#"{"success":1,"return":{"origin":"mock"}}"#,
-                                )))
+                                .body(Full::new(body))
                                 .expect("response");
                             Ok::<_, Infallible>(resp)
                         }
@@ -648,8 +667,16 @@ impl Origin {
         Origin {
             addr,
             records,
+            script,
             task,
         }
+    }
+
+    /// The next request not answered by an earlier scripted status is answered with
+    /// `status` (body `{"success":0,"error":"scripted <status>"}`); requests with no
+    /// scripted status left get the usual 200.
+    pub fn answer_next(&self, status: u16) {
+        self.script.lock().unwrap().push_back(status);
     }
 
     /// Everything received so far.

@@ -20,6 +20,13 @@ impl Setup {
     pub fn key(&self) -> &TestKey {
         &self.keys[0]
     }
+
+    /// Kills the gateway (SIGKILL, no graceful shutdown) and starts a new one on the same
+    /// config and data directory, in front of the same origin.
+    pub async fn restart(&mut self) {
+        self.gw.kill();
+        self.gw = self.env.start(self.origin.addr).await;
+    }
 }
 
 /// Provisions `specs` (before start), starts origin and gateway.
@@ -74,6 +81,17 @@ pub async fn expect_forwarded(s: &Setup, req: &Req, key: &TestKey, action: &str)
         "Host names the upstream, not the gateway"
     );
     rec
+}
+
+/// Sends `req` from `src`, expects the origin's answer, and returns the one request the
+/// origin recorded for it. Unlike [`expect_forwarded`] it checks neither the assertion nor
+/// the forwarded bytes: for tests about whether a request passes at all (limits, anomaly
+/// rules), from any client address.
+pub async fn expect_passed_from(s: &Setup, src: std::net::Ipv4Addr, req: &Req) -> Recorded {
+    let before = s.origin.count();
+    let resp = s.gw.request_from(src, req).await;
+    resp.assert_forwarded_ok();
+    s.origin.one_since(before)
 }
 
 /// Sends `req` from `src`, expects the error `status`/`code`, and that nothing reached the
