@@ -5,70 +5,13 @@ mod utils;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use utils::scenarios::{self, expect_denied, expect_forwarded, setup};
+use utils::scenarios::{expect_denied, expect_forwarded, setup, setup_env};
 use utils::*;
 
 const D: Dialect = Dialect::Binance;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_trade_withdraw_forwarded_with_assertion() {
-    scenarios::allowed_actions_forwarded(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scope_missing_not_forwarded() {
-    scenarios::scope_missing(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ip_not_allowed_not_forwarded() {
-    scenarios::ip_not_allowed(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_signature_not_forwarded() {
-    scenarios::bad_signature(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_key_not_forwarded() {
-    scenarios::unknown_key(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_endpoint_not_forwarded() {
-    scenarios::unknown_endpoint(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_address_not_allowed() {
-    scenarios::address_not_allowed(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_address_cooldown_with_default_config() {
-    scenarios::address_cooldown(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suspend_resume_revoke_via_cli_while_running() {
-    scenarios::suspend_resume_revoke(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_endpoint_forwarded_without_assertion() {
-    scenarios::public_forwarded(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_credentials_not_forwarded() {
-    scenarios::missing_credentials(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_facts_checked() {
-    scenarios::withdraw_facts_checked(D).await;
-}
+// The scenarios every dialect must pass (utils/scenarios.rs), one test each.
+dialect_scenarios!(D);
 
 const DOC_SECRET: &str = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j";
 
@@ -89,12 +32,10 @@ fn known_answer_signature() {
         "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
     );
 
-    let key = TestKey {
-        key_id: "kg_kat".into(),
-        api_key: "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A".into(),
-        secret: DOC_SECRET.into(),
-        account: "kat".into(),
-    };
+    let key = TestKey::kat(
+        "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A",
+        DOC_SECRET,
+    );
     let req = policy_signed(
         D,
         &key,
@@ -128,11 +69,10 @@ fn known_answer_signature() {
 async fn independently_signed_requests_forwarded() {
     let s = setup(D, &[KeySpec::full(D)]).await;
     let k = s.key().clone();
-    let key_hdr = |r: Req| r.header("X-MBX-APIKEY", &k.api_key);
 
     // GET, timestamp last like Binance's own documentation.
     let q = binance::sign_query(&k, &format!("recvWindow=5000&timestamp={}", now_ms()), "");
-    let get = key_hdr(Req::new("GET", &format!("{}?{q}", binance::READ_PATH)));
+    let get = binance::keyed(&k, "GET", &format!("{}?{q}", binance::READ_PATH));
     expect_forwarded(&s, &get, &k, "read").await;
 
     // POST, everything in the body.
@@ -141,7 +81,7 @@ async fn independently_signed_requests_forwarded() {
         &format!("symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.5&price=31000&timestamp={}", now_ms()),
         "",
     );
-    let post = key_hdr(Req::new("POST", binance::TRADE_PATH))
+    let post = binance::keyed(&k, "POST", binance::TRADE_PATH)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(body);
     expect_forwarded(&s, &post, &k, "trade").await;
@@ -152,13 +92,7 @@ async fn independently_signed_requests_forwarded() {
         "timeInForce=GTC&quantity=0.2&price=29000&timestamp={}",
         now_ms()
     );
-    let sig = sign::binance(&k.secret, query, &body_unsigned);
-    let split = key_hdr(Req::new(
-        "POST",
-        &format!("{}?{query}", binance::TRADE_PATH),
-    ))
-    .header("Content-Type", "application/x-www-form-urlencoded")
-    .body(format!("{body_unsigned}&signature={sig}"));
+    let split = binance::signed_split(&k, binance::TRADE_PATH, query, &body_unsigned);
     let rec = expect_forwarded(&s, &split, &k, "trade").await;
     assert_eq!(rec.query(), Some(query));
 
@@ -168,7 +102,7 @@ async fn independently_signed_requests_forwarded() {
         &format!("symbol=BTCUSDT&orderId=42&timestamp={}", now_ms()),
         "",
     );
-    let del = key_hdr(Req::new("DELETE", &format!("{}?{q}", binance::TRADE_PATH)));
+    let del = binance::keyed(&k, "DELETE", &format!("{}?{q}", binance::TRADE_PATH));
     expect_forwarded(&s, &del, &k, "trade").await;
 }
 
@@ -200,15 +134,8 @@ async fn replayed_signature_refused() {
     // The signed bytes moved from the body to the query: still the same signature.
     let t = binance::trade(&k);
     expect_forwarded(&s, &t, &k, "trade").await;
-    let moved = Req::new(
-        "POST",
-        &format!(
-            "{}?{}",
-            binance::TRADE_PATH,
-            String::from_utf8_lossy(&t.body)
-        ),
-    )
-    .header("X-MBX-APIKEY", &k.api_key);
+    let signed = String::from_utf8_lossy(&t.body);
+    let moved = binance::keyed(&k, "POST", &format!("{}?{signed}", binance::TRADE_PATH));
     expect_denied(&s, &moved, 401, "replay").await;
 }
 
@@ -220,19 +147,13 @@ async fn stale_and_future_timestamps_refused() {
     let k = s.key().clone();
     let now = now_ms();
     // Default window 5000 ms.
-    let old = binance::call(&k, "GET", binance::READ_PATH, &[], now - 30_000);
+    let old = binance::read_at(&k, &[], now - 30_000);
     expect_denied(&s, &old, 401, "stale_timestamp").await;
     // Outside an explicit window too.
-    let old = binance::call(
-        &k,
-        "GET",
-        binance::READ_PATH,
-        &[("recvWindow", "10000")],
-        now - 30_000,
-    );
+    let old = binance::read_at(&k, &[("recvWindow", "10000")], now - 30_000);
     expect_denied(&s, &old, 401, "stale_timestamp").await;
     // Ahead of the gateway's clock by more than the 1 s tolerance.
-    let ahead = binance::call(&k, "GET", binance::READ_PATH, &[], now_ms() + 10_000);
+    let ahead = binance::read_at(&k, &[], now_ms() + 10_000);
     expect_denied(&s, &ahead, 401, "stale_timestamp").await;
     let ahead = binance::call(
         &k,
@@ -249,20 +170,13 @@ async fn stale_and_future_timestamps_refused() {
     expect_denied(&s, &ahead, 401, "stale_timestamp").await;
     // No timestamp at all.
     let q = binance::sign_query(&k, "recvWindow=5000", "");
-    let none =
-        Req::new("GET", &format!("{}?{q}", binance::READ_PATH)).header("X-MBX-APIKEY", &k.api_key);
+    let none = binance::keyed(&k, "GET", &format!("{}?{q}", binance::READ_PATH));
     expect_denied(&s, &none, 401, "stale_timestamp").await;
     // A window larger than Binance's maximum is a malformed parameter.
-    let wide = binance::call(
-        &k,
-        "GET",
-        binance::READ_PATH,
-        &[("recvWindow", "600000")],
-        now_ms(),
-    );
+    let wide = binance::read_at(&k, &[("recvWindow", "600000")], now_ms());
     expect_denied(&s, &wide, 400, "invalid_parameter").await;
     // Control: slightly ahead is tolerated.
-    let ok = binance::call(&k, "GET", binance::READ_PATH, &[], now_ms() + 300);
+    let ok = binance::read_at(&k, &[], now_ms() + 300);
     expect_forwarded(&s, &ok, &k, "read").await;
 
     // A larger window admits an older timestamp. The gateway refuses timestamps from
@@ -272,15 +186,9 @@ async fn stale_and_future_timestamps_refused() {
     while now_ms() < ts + 5_500 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let default_window = binance::call(&k, "GET", binance::READ_PATH, &[], ts);
+    let default_window = binance::read_at(&k, &[], ts);
     expect_denied(&s, &default_window, 401, "stale_timestamp").await;
-    let wide = binance::call(
-        &k,
-        "GET",
-        binance::READ_PATH,
-        &[("recvWindow", "10000")],
-        ts,
-    );
+    let wide = binance::read_at(&k, &[("recvWindow", "10000")], ts);
     expect_forwarded(&s, &wide, &k, "read").await;
 }
 
@@ -292,14 +200,8 @@ async fn timestamps_from_before_start_refused() {
     let env = Env::new(D, |_| {});
     let k = env.create_key(&KeySpec::full(D));
     let before_start = now_ms();
-    let early = binance::call(
-        &k,
-        "GET",
-        binance::READ_PATH,
-        &[("recvWindow", "60000")],
-        before_start,
-    );
-    let s = scenarios::setup_env(env, &[]).await;
+    let early = binance::read_at(&k, &[("recvWindow", "60000")], before_start);
+    let s = setup_env(env, &[]).await;
     expect_denied(&s, &early, 401, "stale_timestamp").await;
 }
 
@@ -340,7 +242,7 @@ async fn ed25519_key_forwarded() {
         v["secret"].is_null(),
         "no shared secret for an Ed25519 key: {v}"
     );
-    let s = scenarios::setup_env(env, &[]).await;
+    let s = setup_env(env, &[]).await;
     let ck = ClientKey::Ed25519 {
         api_key: &key.api_key,
         pkcs8: pkcs8.as_ref(),

@@ -3,70 +3,13 @@
 
 mod utils;
 
-use utils::scenarios::{self, expect_denied, expect_forwarded, setup};
+use utils::scenarios::{expect_denied, expect_forwarded, setup};
 use utils::*;
 
 const D: Dialect = Dialect::Kraken;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_trade_withdraw_forwarded_with_assertion() {
-    scenarios::allowed_actions_forwarded(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scope_missing_not_forwarded() {
-    scenarios::scope_missing(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ip_not_allowed_not_forwarded() {
-    scenarios::ip_not_allowed(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_signature_not_forwarded() {
-    scenarios::bad_signature(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_key_not_forwarded() {
-    scenarios::unknown_key(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_endpoint_not_forwarded() {
-    scenarios::unknown_endpoint(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_address_not_allowed() {
-    scenarios::address_not_allowed(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_address_cooldown_with_default_config() {
-    scenarios::address_cooldown(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suspend_resume_revoke_via_cli_while_running() {
-    scenarios::suspend_resume_revoke(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_endpoint_forwarded_without_assertion() {
-    scenarios::public_forwarded(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_credentials_not_forwarded() {
-    scenarios::missing_credentials(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_facts_checked() {
-    scenarios::withdraw_facts_checked(D).await;
-}
+// The scenarios every dialect must pass (utils/scenarios.rs), one test each.
+dialect_scenarios!(D);
 
 const DOC_SECRET: &str =
     "kQH5HW/8p1uGOVjbgWA7FunAmGO8lsSUXNsu3eow76sz84Q18fWxnyRzBHCd3pd5nE9qa99HAZtuZuj6F1huXg==";
@@ -87,12 +30,7 @@ fn known_answer_signature() {
         ),
         DOC_SIGN
     );
-    let key = TestKey {
-        key_id: "kg_kat".into(),
-        api_key: "kat-api-key".into(),
-        secret: DOC_SECRET.into(),
-        account: "kat".into(),
-    };
+    let key = TestKey::kat("kat-api-key", DOC_SECRET);
     let req = policy_signed(
         D,
         &key,

@@ -298,21 +298,21 @@ async fn duplicate_form_keys() {
 async fn duplicate_query_keys_and_query_body_twins() {
     let s = full(Dialect::Binance).await;
     let k = s.key().clone();
-    let key_hdr = |r: Req| r.header("X-MBX-APIKEY", &k.api_key);
     let q = binance::sign_query(
         &k,
         &format!("symbol=BTCUSDT&symbol=ETHUSDT&timestamp={}", now_ms()),
         "",
     );
-    let req = key_hdr(Req::new("GET", &format!("/api/v3/openOrders?{q}")));
+    let req = binance::keyed(&k, "GET", &format!("/api/v3/openOrders?{q}"));
     expect_denied(&s, &req, 400, "duplicate_parameter").await;
     // The signature twice.
     let q = binance::sign_query(&k, &format!("timestamp={}", now_ms()), "");
     let sig = q.rsplit_once("signature=").unwrap().1.to_owned();
-    let req = key_hdr(Req::new(
+    let req = binance::keyed(
+        &k,
         "GET",
         &format!("{}?{q}&signature={sig}", binance::READ_PATH),
-    ));
+    );
     expect_denied(&s, &req, 400, "duplicate_parameter").await;
     // The same parameter in the query and in the body.
     let query = "symbol=BTCUSDT";
@@ -320,13 +320,7 @@ async fn duplicate_query_keys_and_query_body_twins() {
         "symbol=ETHUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=1&timestamp={}",
         now_ms()
     );
-    let sig = sign::binance(&k.secret, query, &body);
-    let req = key_hdr(Req::new(
-        "POST",
-        &format!("{}?{query}", binance::TRADE_PATH),
-    ))
-    .header("Content-Type", "application/x-www-form-urlencoded")
-    .body(format!("{body}&signature={sig}"));
+    let req = binance::signed_split(&k, binance::TRADE_PATH, query, &body);
     expect_denied(&s, &req, 400, "duplicate_parameter").await;
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
 }
@@ -340,8 +334,7 @@ async fn semicolon_as_parameter_separator() {
         &format!("symbol=BTCUSDT;recvWindow=60000&timestamp={}", now_ms()),
         "",
     );
-    let req =
-        Req::new("GET", &format!("/api/v3/openOrders?{q}")).header("X-MBX-APIKEY", &k.api_key);
+    let req = binance::keyed(&k, "GET", &format!("/api/v3/openOrders?{q}"));
     expect_denied(&s, &req, 400, "invalid_parameter").await;
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);
@@ -576,13 +569,7 @@ async fn method_parameter() {
 
     let s = full(Dialect::Binance).await;
     let k = s.key().clone();
-    let req = binance::call(
-        &k,
-        "GET",
-        binance::READ_PATH,
-        &[("_method", "POST")],
-        now_ms(),
-    );
+    let req = binance::read_at(&k, &[("_method", "POST")], now_ms());
     expect_denied(&s, &req, 400, "method_override").await;
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);

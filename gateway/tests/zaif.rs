@@ -2,70 +2,13 @@
 
 mod utils;
 
-use utils::scenarios::{self, expect_denied, expect_forwarded, setup};
+use utils::scenarios::{expect_denied, expect_denied_from, expect_forwarded, setup};
 use utils::*;
 
 const D: Dialect = Dialect::Zaif;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_trade_withdraw_forwarded_with_assertion() {
-    scenarios::allowed_actions_forwarded(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scope_missing_not_forwarded() {
-    scenarios::scope_missing(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ip_not_allowed_not_forwarded() {
-    scenarios::ip_not_allowed(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_signature_not_forwarded() {
-    scenarios::bad_signature(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_key_not_forwarded() {
-    scenarios::unknown_key(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_endpoint_not_forwarded() {
-    scenarios::unknown_endpoint(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_address_not_allowed() {
-    scenarios::address_not_allowed(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_address_cooldown_with_default_config() {
-    scenarios::address_cooldown(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suspend_resume_revoke_via_cli_while_running() {
-    scenarios::suspend_resume_revoke(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_endpoint_forwarded_without_assertion() {
-    scenarios::public_forwarded(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_credentials_not_forwarded() {
-    scenarios::missing_credentials(D).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_facts_checked() {
-    scenarios::withdraw_facts_checked(D).await;
-}
+// The scenarios every dialect must pass (utils/scenarios.rs), one test each.
+dialect_scenarios!(D);
 
 /// Pins both signers to a value computed outside Rust:
 /// `printf %s 'method=get_info2&nonce=1700000000.123' | openssl dgst -sha512 -hmac keyguard-test-secret-zaif`.
@@ -75,12 +18,7 @@ fn known_answer_signature() {
     const BODY: &str = "method=get_info2&nonce=1700000000.123";
     const SIGN: &str = "7fec9840c44102aae78d05c1ee22898a81ed04b173019ee5b744abdfed71fca3cca52558f2833e66e7664171420ff3cb5e7c0cf6b9cb672a9ec4369edcc012e2";
     assert_eq!(sign::zaif(SECRET, BODY.as_bytes()), SIGN);
-    let key = TestKey {
-        key_id: "kg_kat".into(),
-        api_key: "kat-api-key".into(),
-        secret: SECRET.into(),
-        account: "kat".into(),
-    };
+    let key = TestKey::kat("kat-api-key", SECRET);
     let req = policy_signed(
         D,
         &key,
@@ -156,6 +94,6 @@ async fn refused_request_does_not_burn_nonce() {
     let s = setup(D, &[KeySpec::full(D)]).await;
     let k = s.key().clone();
     let req = zaif::read(&k);
-    scenarios::expect_denied_from(&s, OTHER_IP, &req, 403, "ip_not_allowed").await;
+    expect_denied_from(&s, OTHER_IP, &req, 403, "ip_not_allowed").await;
     expect_forwarded(&s, &req, &k, "read").await;
 }

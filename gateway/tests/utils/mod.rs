@@ -146,6 +146,19 @@ pub struct TestKey {
     pub account: String,
 }
 
+impl TestKey {
+    /// A key the gateway never sees (`kg_kat`, account `kat`), for the signers'
+    /// known-answer tests.
+    pub fn kat(api_key: &str, secret: &str) -> TestKey {
+        TestKey {
+            key_id: "kg_kat".into(),
+            api_key: api_key.into(),
+            secret: secret.into(),
+            account: "kat".into(),
+        }
+    }
+}
+
 /// What to provision.
 #[derive(Debug, Clone)]
 pub struct KeySpec {
@@ -1280,6 +1293,21 @@ pub mod binance {
         )
     }
 
+    /// `method target` with the API key header and nothing else, for hand-made requests
+    /// that carry their signature (or none) in `target` or a body added later.
+    pub fn keyed(key: &TestKey, method: &str, target: &str) -> Req {
+        Req::new(method, target).header("X-MBX-APIKEY", &key.api_key)
+    }
+
+    /// A POST of the form `body` to `path?query`, with `&signature=` over `query ‖ body`
+    /// appended to the body (independent signer).
+    pub fn signed_split(key: &TestKey, path: &str, query: &str, body: &str) -> Req {
+        let sig = sign::binance(&key.secret, query, body);
+        keyed(key, "POST", &format!("{path}?{query}"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("{body}&signature={sig}"))
+    }
+
     /// `query` with `&signature=` over `query ‖ body` appended (independent signer).
     pub fn sign_query(key: &TestKey, query: &str, body: &str) -> String {
         format!(
@@ -1289,7 +1317,12 @@ pub mod binance {
     }
 
     pub fn read(key: &TestKey) -> Req {
-        call(key, "GET", READ_PATH, &[], now_ms())
+        read_at(key, &[], now_ms())
+    }
+
+    /// A read (`GET` [`READ_PATH`]) with `params` and the timestamp `ts`.
+    pub fn read_at(key: &TestKey, params: &[(&str, &str)], ts: u64) -> Req {
+        call(key, "GET", READ_PATH, params, ts)
     }
 
     pub fn trade(key: &TestKey) -> Req {

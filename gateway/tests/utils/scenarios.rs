@@ -49,6 +49,38 @@ pub async fn setup(dialect: Dialect, specs: &[KeySpec]) -> Setup {
     setup_env(Env::new(dialect, |_| {}), specs).await
 }
 
+/// Defines, in a dialect's test file, one test per scenario below for the dialect `$d`:
+/// `dialect_scenarios!(Dialect::Zaif);`. The test names are the ones `zaif.rs`,
+/// `binance.rs` and `kraken.rs` have always used, so every dialect runs the same list.
+#[macro_export]
+macro_rules! dialect_scenarios {
+    ($d:expr) => {
+        $crate::dialect_scenarios! {
+            @tests $d;
+            read_trade_withdraw_forwarded_with_assertion => allowed_actions_forwarded,
+            scope_missing_not_forwarded => scope_missing,
+            ip_not_allowed_not_forwarded => ip_not_allowed,
+            bad_signature_not_forwarded => bad_signature,
+            unknown_key_not_forwarded => unknown_key,
+            unknown_endpoint_not_forwarded => unknown_endpoint,
+            withdraw_address_not_allowed => address_not_allowed,
+            withdraw_address_cooldown_with_default_config => address_cooldown,
+            suspend_resume_revoke_via_cli_while_running => suspend_resume_revoke,
+            public_endpoint_forwarded_without_assertion => public_forwarded,
+            missing_credentials_not_forwarded => missing_credentials,
+            withdraw_facts_checked => withdraw_facts_checked,
+        }
+    };
+    (@tests $d:expr; $($test:ident => $scenario:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                $crate::utils::scenarios::$scenario($d).await;
+            }
+        )*
+    };
+}
+
 /// Sends `req` from the allowed IP, expects the origin's answer, and returns the one
 /// request the origin recorded for it, checked against `key` and `action`.
 pub async fn expect_forwarded(s: &Setup, req: &Req, key: &TestKey, action: &str) -> Recorded {
