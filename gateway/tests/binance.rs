@@ -71,8 +71,8 @@ async fn independently_signed_requests_forwarded() {
     let k = s.key().clone();
 
     // GET, timestamp last like Binance's own documentation.
-    let q = binance::sign_query(&k, &format!("recvWindow=5000&timestamp={}", now_ms()), "");
-    let get = binance::keyed(&k, "GET", &format!("{}?{q}", binance::READ_PATH));
+    let query = format!("recvWindow=5000&timestamp={}", now_ms());
+    let get = binance::signed_in_query(&k, "GET", binance::READ_PATH, &query);
     expect_forwarded(&s, &get, &k, "read").await;
 
     // POST, everything in the body.
@@ -97,12 +97,8 @@ async fn independently_signed_requests_forwarded() {
     assert_eq!(rec.query(), Some(query));
 
     // DELETE with a query string.
-    let q = binance::sign_query(
-        &k,
-        &format!("symbol=BTCUSDT&orderId=42&timestamp={}", now_ms()),
-        "",
-    );
-    let del = binance::keyed(&k, "DELETE", &format!("{}?{q}", binance::TRADE_PATH));
+    let query = format!("symbol=BTCUSDT&orderId=42&timestamp={}", now_ms());
+    let del = binance::signed_in_query(&k, "DELETE", binance::TRADE_PATH, &query);
     expect_forwarded(&s, &del, &k, "trade").await;
 }
 
@@ -169,8 +165,7 @@ async fn stale_and_future_timestamps_refused() {
     );
     expect_denied(&s, &ahead, 401, "stale_timestamp").await;
     // No timestamp at all.
-    let q = binance::sign_query(&k, "recvWindow=5000", "");
-    let none = binance::keyed(&k, "GET", &format!("{}?{q}", binance::READ_PATH));
+    let none = binance::signed_in_query(&k, "GET", binance::READ_PATH, "recvWindow=5000");
     expect_denied(&s, &none, 401, "stale_timestamp").await;
     // A window larger than Binance's maximum is a malformed parameter.
     let wide = binance::read_at(&k, &[("recvWindow", "600000")], now_ms());

@@ -285,12 +285,8 @@ async fn duplicate_form_keys() {
 async fn duplicate_query_keys_and_query_body_twins() {
     let s = full(Dialect::Binance).await;
     let k = s.key().clone();
-    let q = binance::sign_query(
-        &k,
-        &format!("symbol=BTCUSDT&symbol=ETHUSDT&timestamp={}", now_ms()),
-        "",
-    );
-    let req = binance::keyed(&k, "GET", &format!("/api/v3/openOrders?{q}"));
+    let query = format!("symbol=BTCUSDT&symbol=ETHUSDT&timestamp={}", now_ms());
+    let req = binance::signed_in_query(&k, "GET", "/api/v3/openOrders", &query);
     expect_denied(&s, &req, 400, "duplicate_parameter").await;
     // The signature twice.
     let q = binance::sign_query(&k, &format!("timestamp={}", now_ms()), "");
@@ -316,12 +312,8 @@ async fn duplicate_query_keys_and_query_body_twins() {
 async fn semicolon_as_parameter_separator() {
     let s = full(Dialect::Binance).await;
     let k = s.key().clone();
-    let q = binance::sign_query(
-        &k,
-        &format!("symbol=BTCUSDT;recvWindow=60000&timestamp={}", now_ms()),
-        "",
-    );
-    let req = binance::keyed(&k, "GET", &format!("/api/v3/openOrders?{q}"));
+    let query = format!("symbol=BTCUSDT;recvWindow=60000&timestamp={}", now_ms());
+    let req = binance::signed_in_query(&k, "GET", "/api/v3/openOrders", &query);
     expect_denied(&s, &req, 400, "invalid_parameter").await;
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);

@@ -1299,6 +1299,16 @@ pub mod binance {
         Req::new(method, target).header("X-MBX-APIKEY", &key.api_key)
     }
 
+    /// `method path?query&signature=…` (over `query`, independent signer) with the key
+    /// header and no body.
+    pub fn signed_in_query(key: &TestKey, method: &str, path: &str, query: &str) -> Req {
+        keyed(
+            key,
+            method,
+            &format!("{path}?{}", sign_query(key, query, "")),
+        )
+    }
+
     /// A POST of the form `body` to `path?query`, with `&signature=` over `query ‖ body`
     /// appended to the body (independent signer).
     pub fn signed_split(key: &TestKey, path: &str, query: &str, body: &str) -> Req {
