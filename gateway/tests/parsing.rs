@@ -27,13 +27,18 @@ use tokio::net::{TcpSocket, TcpStream};
 use utils::scenarios::{expect_denied, expect_forwarded, setup, setup_env, Setup};
 use utils::*;
 
-async fn full(d: Dialect) -> Setup {
-    setup(d, &[KeySpec::full(d)]).await
+/// A gateway for `d` with one read,trade,withdraw key, and that key.
+async fn full(d: Dialect) -> (Setup, TestKey) {
+    let s = setup(d, &[KeySpec::full(d)]).await;
+    let k = s.key().clone();
+    (s, k)
 }
 
 /// [`full`] with `tweak` applied to the config.
-async fn full_with(d: Dialect, tweak: impl FnOnce(&mut toml::Table)) -> Setup {
-    setup_env(Env::new(d, tweak), &[KeySpec::full(d)]).await
+async fn full_with(d: Dialect, tweak: impl FnOnce(&mut toml::Table)) -> (Setup, TestKey) {
+    let s = setup_env(Env::new(d, tweak), &[KeySpec::full(d)]).await;
+    let k = s.key().clone();
+    (s, k)
 }
 
 /// Sends exact bytes and asserts the request was refused (an error status, or the
@@ -85,7 +90,7 @@ async fn paths_refused(s: &Setup, targets: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_plain_and_encoded() {
-    let s = full(Dialect::Zaif).await;
+    let (s, _) = full(Dialect::Zaif).await;
     paths_refused(
         &s,
         &[
@@ -106,7 +111,7 @@ async fn dot_segments_plain_and_encoded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_slash_backslash_semicolon_nul() {
-    let s = full(Dialect::Zaif).await;
+    let (s, _) = full(Dialect::Zaif).await;
     paths_refused(
         &s,
         &[
@@ -126,8 +131,7 @@ async fn encoded_slash_backslash_semicolon_nul() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_slash_in_binance_and_kraken_paths() {
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     for path in [
         "/api%2fv3/account",
         "/api/v3%2Faccount",
@@ -139,8 +143,7 @@ async fn encoded_slash_in_binance_and_kraken_paths() {
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     // Signed over the odd path, so only the path rule can refuse it.
     for path in ["/0/private%2FBalance", "/0/private/%2e%2e/private/Balance"] {
         let req = kraken::call(&k, path, &[]);
@@ -151,7 +154,7 @@ async fn encoded_slash_in_binance_and_kraken_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_encoding() {
-    let s = full(Dialect::Zaif).await;
+    let (s, _) = full(Dialect::Zaif).await;
     paths_refused(
         &s,
         &[
@@ -166,7 +169,7 @@ async fn double_encoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_segments() {
-    let s = full(Dialect::Zaif).await;
+    let (s, _) = full(Dialect::Zaif).await;
     paths_refused(&s, &["//tapi", "/tapi//", "///tapi"]).await;
     // A public path too.
     let public = Req::new("GET", "/api/1//ticker/btc_jpy");
@@ -175,7 +178,7 @@ async fn empty_segments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_parameters() {
-    let s = full(Dialect::Zaif).await;
+    let (s, _) = full(Dialect::Zaif).await;
     paths_refused(&s, &["/tapi;x=y", "/tapi;", "/;/tapi"]).await;
     let public = Req::new("GET", "/api/1/ticker/btc_jpy;jsessionid=1");
     expect_denied(&s, &public, 400, "invalid_path").await;
@@ -183,8 +186,7 @@ async fn path_parameters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_paths() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     paths_refused(
         &s,
         &[
@@ -211,8 +213,7 @@ async fn non_utf8_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_authority_must_match_host() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let gw = s.gw.addr.to_string();
     for target in [
         "http://evil.example/tapi".to_owned(),
@@ -240,8 +241,7 @@ async fn expect_forwarded_any_target(s: &Setup, req: &Req, k: &TestKey) -> Recor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_host() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let gw = s.gw.addr.to_string();
     for host in [gw.as_str(), "evil.example"] {
         let req = zaif::read(&k).header("Host", host);
@@ -256,8 +256,7 @@ async fn duplicate_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_form_keys() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let n = next_nonce();
     for body in [
         format!("method=get_info2&nonce={n}&nonce={}", n + 1),
@@ -272,8 +271,7 @@ async fn duplicate_form_keys() {
     expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     let n = next_nonce().to_string();
     let body = format!("nonce={n}&asset=XBT&amount=0.001&amount=100&key=w&address={WITHDRAW_ADDR}");
     let req = kraken::signed_form(&k, kraken::WITHDRAW_PATH, &n, &body);
@@ -283,8 +281,7 @@ async fn duplicate_form_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_query_keys_and_query_body_twins() {
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let query = format!("symbol=BTCUSDT&symbol=ETHUSDT&timestamp={}", now_ms());
     let req = binance::signed_in_query(&k, "GET", "/api/v3/openOrders", &query);
     expect_denied(&s, &req, 400, "duplicate_parameter").await;
@@ -310,16 +307,14 @@ async fn duplicate_query_keys_and_query_body_twins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn semicolon_as_parameter_separator() {
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let query = format!("symbol=BTCUSDT;recvWindow=60000&timestamp={}", now_ms());
     let req = binance::signed_in_query(&k, "GET", "/api/v3/openOrders", &query);
     expect_denied(&s, &req, 400, "invalid_parameter").await;
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let n = next_nonce();
     for body in [
         format!("method=get_info2;method=withdraw&nonce={n}"),
@@ -332,8 +327,7 @@ async fn semicolon_as_parameter_separator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_and_body_where_the_dialect_has_no_query() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     for target in ["/tapi?method=withdraw", "/tapi?", "/tapi?x=1"] {
         let req = zaif::read(&k).target(target);
         expect_denied(&s, &req, 400, "invalid_parameter").await;
@@ -341,8 +335,7 @@ async fn query_and_body_where_the_dialect_has_no_query() {
     expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     for target in ["/0/private/Balance?nonce=1", "/0/private/Balance?"] {
         let req = kraken::read(&k).target(target);
         expect_denied(&s, &req, 400, "invalid_parameter").await;
@@ -375,8 +368,7 @@ async fn kraken_json_refused(s: &Setup, path: &str, bodies: &[String], status: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_json_keys_including_after_unescaping() {
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     let n = next_nonce();
     let m = n + 1;
     kraken_json_refused(
@@ -397,8 +389,7 @@ async fn duplicate_json_keys_including_after_unescaping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_standard_json_numbers() {
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     let bodies: Vec<String> = ["NaN", "Infinity", "-Infinity", "0x10", "+1", "01", ".5", "1.", "1e", "--1"]
         .iter()
         .map(|v| {
@@ -430,8 +421,7 @@ fn kraken_json_with(fields: &[(&str, &str)], field: &str, v: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_json_type_for_a_policy_field() {
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     let trade = |field: &str, v: &str| {
         let fields = [
             ("ordertype", r#""limit""#),
@@ -483,8 +473,7 @@ async fn wrong_json_type_for_a_policy_field() {
     drop(s);
 
     // Form values that are not exact decimals where the policy reads an amount.
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     for amount in ["abc", "-1", "0x10", "1,5", "NaN", " 1"] {
         let req = zaif::call(
             &k,
@@ -506,8 +495,7 @@ async fn wrong_json_type_for_a_policy_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_override_headers() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     for name in [
         "X-HTTP-Method-Override",
         "X-HTTP-Method",
@@ -521,8 +509,7 @@ async fn method_override_headers() {
     expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let req = binance::read(&k).header("X-HTTP-Method-Override", "POST");
     expect_denied(&s, &req, 400, "method_override").await;
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
@@ -530,8 +517,7 @@ async fn method_override_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_parameter() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     for name in ["_method", "_METHOD"] {
         let req = zaif::call(&k, "get_info2", &[(name, "DELETE")]);
         expect_denied(&s, &req, 400, "method_override").await;
@@ -539,15 +525,13 @@ async fn method_parameter() {
     expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let req = binance::read_at(&k, &[("_method", "POST")], now_ms());
     expect_denied(&s, &req, 400, "method_override").await;
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     let req = kraken::call_with(&k, kraken::READ_PATH, &[("_method", "GET")], true);
     expect_denied(&s, &req, 400, "method_override").await;
     let req = kraken::call(&k, kraken::READ_PATH, &[("_Method", "GET")]);
@@ -557,8 +541,7 @@ async fn method_parameter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_or_comma_joined_auth_headers() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let r = zaif::read(&k);
     let key = k.api_key.clone();
     let sign = r.header_value("Sign").unwrap();
@@ -574,8 +557,7 @@ async fn repeated_or_comma_joined_auth_headers() {
     expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let r = binance::read(&k);
     for req in [
         r.clone().header("X-MBX-APIKEY", &k.api_key),
@@ -588,8 +570,7 @@ async fn repeated_or_comma_joined_auth_headers() {
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     let r = kraken::read(&k);
     let sign = r.header_value("API-Sign").unwrap();
     for req in [
@@ -603,8 +584,7 @@ async fn repeated_or_comma_joined_auth_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn underscore_twins_of_auth_headers() {
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let r = binance::read(&k);
     for req in [
         r.clone().header("X_MBX_APIKEY", &k.api_key),
@@ -619,8 +599,7 @@ async fn underscore_twins_of_auth_headers() {
     expect_forwarded(&s, &binance::read(&k), &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     let r = kraken::read(&k);
     let sign = r.header_value("API-Sign").unwrap();
     for req in [
@@ -641,8 +620,7 @@ async fn underscore_twins_of_auth_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_types_the_dialect_does_not_use() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     for ct in [
         "text/plain",
         "multipart/form-data; boundary=xyz",
@@ -671,8 +649,7 @@ async fn content_types_the_dialect_does_not_use() {
     expect_forwarded(&s, &req, &k, "read").await;
     drop(s);
 
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let req = binance::trade(&k).replace_header("Content-Type", "application/json");
     expect_denied(&s, &req, 415, "unsupported_media_type").await;
     let req = binance::trade(&k).replace_header("Content-Type", "text/plain");
@@ -680,8 +657,7 @@ async fn content_types_the_dialect_does_not_use() {
     expect_forwarded(&s, &binance::trade(&k), &k, "trade").await;
     drop(s);
 
-    let s = full(Dialect::Kraken).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Kraken).await;
     for ct in [
         "text/plain",
         "multipart/form-data; boundary=a",
@@ -695,8 +671,7 @@ async fn content_types_the_dialect_does_not_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_max_body_bytes() {
-    let s = full_with(Dialect::Zaif, |cfg| set(cfg, "server.max_body_bytes", 1024)).await;
-    let k = s.key().clone();
+    let (s, k) = full_with(Dialect::Zaif, |cfg| set(cfg, "server.max_body_bytes", 1024)).await;
     let big = "a".repeat(2000);
     let req = zaif::call(&k, "get_info2", &[("comment", &big)]);
     expect_denied(&s, &req, 413, "body_too_large").await;
@@ -751,8 +726,7 @@ fn chunked(s: &Setup, req: &Req, size: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cr_lf_nul_in_header_values() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     // Refused by hyper's parser: the gateway never sees them.
     for (what, value) in [
         ("NUL", &b"a\x00b"[..]),
@@ -800,8 +774,7 @@ fn cl_and_te(s: &Setup, req: &Req) -> Vec<u8> {
 /// Conflicting `Content-Length`s: hyper refuses them (400) before the gateway runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_content_lengths() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let raw = bytes_of(&s, &zaif::read(&k).header("Content-Length", "1"));
     refused_raw(&s, &raw, "two different Content-Lengths").await;
     expect_forwarded(&s, &zaif::read(&k), &k, "read").await;
@@ -815,8 +788,7 @@ async fn conflicting_content_lengths() {
 /// a request pipelined behind it on the same connection is never processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let first = zaif::read(&k);
     let mut raw = cl_and_te(&s, &first);
     // A second, valid request smuggled behind the first on the same connection.
@@ -856,8 +828,7 @@ async fn content_length_with_transfer_encoding() {
 /// what must hold: the upstream sees one `Content-Length` that matches the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_identical_content_length() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let req = zaif::read(&k);
     let raw = bytes_of(
         &s,
@@ -895,8 +866,7 @@ async fn repeated_identical_content_length() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameter_name_twins_of_policy_fields() {
     for d in [Dialect::Kraken, Dialect::Zaif] {
-        let s = full(d).await;
-        let k = s.key().clone();
+        let (s, k) = full(d).await;
         let twins: &[(&str, &str)] = &[
             ("+address", OTHER_ADDR),
             ("%20address", OTHER_ADDR),
@@ -941,8 +911,7 @@ async fn parameter_name_twins_of_policy_fields() {
 /// channel to the exchange.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_on_get_or_delete() {
-    let s = full(Dialect::Binance).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Binance).await;
     let req = binance::read(&k)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body("symbol=BTCUSDT");
@@ -962,8 +931,7 @@ async fn body_on_get_or_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_outside_the_route_table() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let mut patch = zaif::read(&k);
     patch.method = "PATCH".into();
     expect_denied(&s, &patch, 405, "method_not_allowed").await;
@@ -1089,8 +1057,7 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 /// and never forwarded; a keep-alive connection the client closes adds no line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_refusals_are_audited_once() {
-    let s = full(Dialect::Zaif).await;
-    let k = s.key().clone();
+    let (s, k) = full(Dialect::Zaif).await;
     let shape = request_line_shape(&s, &k).await;
     let with_note = |v: &[u8]| bytes_of(&s, &zaif::read(&k).header("X-Note", v));
     let oversized = bytes_of(&s, &zaif::read(&k).header("X-Pad", "a".repeat(20_000)));
@@ -1195,11 +1162,10 @@ async fn hyper_refusals_are_audited_once() {
 /// head limit above it) is answered 414 by hyper and audited as `uri_too_long`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uri_over_hypers_limit_is_audited() {
-    let s = full_with(Dialect::Zaif, |cfg| {
+    let (s, k) = full_with(Dialect::Zaif, |cfg| {
         set(cfg, "server.max_header_bytes", 256 * 1024)
     })
     .await;
-    let k = s.key().clone();
     let shape = request_line_shape(&s, &k).await;
     let target = format!("/tapi?{}", "a".repeat(70_000));
     let raw = bytes_of(&s, &zaif::read(&k).target(&target));
@@ -1219,11 +1185,10 @@ async fn uri_over_hypers_limit_is_audited() {
 /// went away by itself: no line either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_timeout_is_audited_only_mid_request() {
-    let s = full_with(Dialect::Zaif, |cfg| {
+    let (s, k) = full_with(Dialect::Zaif, |cfg| {
         set(cfg, "server.header_read_timeout_ms", 500)
     })
     .await;
-    let k = s.key().clone();
     let shape = request_line_shape(&s, &k).await;
 
     // Slowloris: half a head, then nothing.
