@@ -46,6 +46,10 @@ struct Nonces {
     journal: NonceJournal,
     /// Accepted since the last checkpoint: in the journal, not yet in SQLite.
     unsaved: HashMap<String, Decimal>,
+    /// A checkpoint that failed closed the journal files up to this number; the next one
+    /// retries without closing another, so an unavailable store does not add a file a
+    /// second.
+    retry_through: Option<u64>,
 }
 
 impl ReplayGuard {
@@ -68,6 +72,7 @@ impl ReplayGuard {
             // What the journal holds is not known to be in SQLite: the first checkpoint
             // saves it and only then deletes the old files.
             unsaved: journaled,
+            retry_through: None,
         }));
         let weak = Arc::downgrade(&nonces);
         let dir = data_dir.to_owned();
@@ -145,10 +150,11 @@ fn checkpoint_loop(nonces: &Weak<Mutex<Nonces>>, writer: &StoreWriter, dir: &Pat
 fn checkpoint(nonces: &Mutex<Nonces>, writer: &StoreWriter, dir: &Path) -> anyhow::Result<()> {
     let (batch, closed) = {
         let mut n = nonces.lock();
-        if n.unsaved.is_empty() {
-            return Ok(());
-        }
-        let closed = n.journal.rotate()?;
+        let closed = match n.retry_through {
+            Some(closed) => closed,
+            None if n.unsaved.is_empty() => return Ok(()),
+            None => n.journal.rotate()?,
+        };
         (std::mem::take(&mut n.unsaved), closed)
     };
     let commits: Vec<_> = batch
@@ -170,9 +176,13 @@ fn checkpoint(nonces: &Mutex<Nonces>, writer: &StoreWriter, dir: &Path) -> anyho
         for (key_id, nonce) in batch {
             raise(&mut n.unsaved, &key_id, nonce);
         }
+        n.retry_through = Some(closed);
         anyhow::bail!("the store did not commit the nonces");
     }
-    NonceJournal::remove_through(dir, closed)
+    NonceJournal::remove_through(dir, closed)?;
+    // Only now: had the removal failed, the next checkpoint would retry it.
+    nonces.lock().retry_through = None;
+    Ok(())
 }
 
 /// Signatures seen while their window is open, with expiry.
@@ -300,20 +310,36 @@ mod tests {
         let g = ReplayGuard::open(dir.path(), HashMap::new(), writer.clone(), 0).unwrap();
         let n = |s: &str| Replay::Nonce(parse_decimal(s).unwrap());
         assert_eq!(g.accept("k", &n("3"), 0).await, Ok(()));
-        let (nonces, path) = (g.nonces.clone(), dir.path().to_owned());
-        let failed = tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path))
-            .await
-            .unwrap();
-        assert!(failed.is_err());
+        let run = |g: &ReplayGuard| {
+            let (nonces, path, writer) = (g.nonces.clone(), dir.path().to_owned(), writer.clone());
+            tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path))
+        };
+        assert!(run(&g).await.unwrap().is_err());
         assert_eq!(journal_files(dir.path()), 2, "the closed file is kept");
         assert_eq!(
             g.nonces.lock().unsaved.len(),
             1,
             "and its nonces stay unsaved"
         );
+        // Retries close no further file while the store stays down.
+        assert_eq!(g.accept("k", &n("4"), 0).await, Ok(()));
+        assert!(run(&g).await.unwrap().is_err());
+        assert_eq!(journal_files(dir.path()), 2);
+        // A restart in this state knows both nonces.
+        let (_, journaled) = NonceJournal::open(dir.path()).unwrap();
+        assert_eq!(journaled["k"], parse_decimal("4").unwrap());
+        // Once the store is back, one checkpoint saves everything and drops the old files.
+        store
+            .connect()
+            .unwrap()
+            .execute_batch("CREATE TABLE nonces (key_id TEXT PRIMARY KEY, nonce TEXT NOT NULL)")
+            .unwrap();
+        run(&g).await.unwrap().unwrap();
+        assert_eq!(stored(dir.path())["k"], parse_decimal("4").unwrap());
+        assert!(g.nonces.lock().retry_through.is_none());
         drop(g);
         let (_, journaled) = NonceJournal::open(dir.path()).unwrap();
-        assert_eq!(journaled["k"], parse_decimal("3").unwrap());
+        assert_eq!(journaled.get("k"), Some(&parse_decimal("4").unwrap()));
     }
 
     #[tokio::test]

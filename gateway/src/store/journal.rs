@@ -26,6 +26,11 @@ pub struct NonceJournal {
     dir: PathBuf,
     file: File,
     seq: u64,
+    /// Bytes of whole lines in `file`: where a failed append is cut back to.
+    len: u64,
+    /// A failed append could not be cut back; nothing more may be appended to this file
+    /// (a fragment would merge with the next line) until [`NonceJournal::rotate`].
+    broken: bool,
     line: Vec<u8>,
 }
 
@@ -47,12 +52,19 @@ impl NonceJournal {
                 }
             }
         }
+        if newest.is_empty() {
+            // Only empty files (or a torn, never-acknowledged line): nothing to keep, and
+            // leaving them would add one file per start.
+            NonceJournal::remove_through(dir, last_seq)?;
+        }
         let seq = last_seq + 1;
         let file = create(dir, seq)?;
         let journal = NonceJournal {
             dir: dir.to_owned(),
             file,
             seq,
+            len: 0,
+            broken: false,
             line: Vec::with_capacity(96),
         };
         Ok((journal, newest))
@@ -67,10 +79,27 @@ impl NonceJournal {
                 "key id with whitespace",
             ));
         }
+        if self.broken {
+            return Err(io::Error::other("nonce journal needs a new file"));
+        }
         self.line.clear();
         writeln!(self.line, "{key_id} {nonce}")?;
         // One write call: a crash leaves the line whole or absent.
-        (&self.file).write_all(&self.line)
+        match (&self.file).write_all(&self.line) {
+            Ok(()) => {
+                self.len += self.line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // A short write (disk full, file size limit) leaves a fragment that the next
+                // line would complete into a line for another key. Cut it off; if that
+                // fails too, stop using the file.
+                if self.file.set_len(self.len).is_err() {
+                    self.broken = true;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Starts a new file and returns the sequence number of the one it closed: every line
@@ -80,6 +109,8 @@ impl NonceJournal {
             create(&self.dir, self.seq + 1).map_err(|e| io::Error::other(format!("{e:#}")))?;
         self.file = file;
         self.seq += 1;
+        self.len = 0;
+        self.broken = false;
         Ok(self.seq - 1)
     }
 
@@ -187,6 +218,47 @@ mod tests {
         NonceJournal::remove_through(dir.path(), closed).unwrap();
         assert_eq!(journal_files(dir.path()).unwrap().len(), 1);
         assert!(NonceJournal::open(dir.path()).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn starting_over_empty_files_does_not_pile_them_up() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..3 {
+            drop(NonceJournal::open(dir.path()).unwrap());
+        }
+        assert_eq!(journal_files(dir.path()).unwrap().len(), 1);
+    }
+
+    /// A write that fails halfway must not leave a fragment the next line completes into
+    /// an entry for another key (`kg_akg_a 3`), which would let `kg_a`'s nonce 3 be
+    /// replayed after a restart. The test re-runs itself in a child under a 512-byte file
+    /// size limit (`ulimit -f 1`, SIGXFSZ ignored), so the kernel really cuts a write short.
+    #[test]
+    fn a_short_write_is_cut_off() {
+        const CHILD: &str = "KEYGUARD_JOURNAL_SHORT_WRITE_DIR";
+        if let Ok(dir) = std::env::var(CHILD) {
+            let (mut j, _) = NonceJournal::open(Path::new(&dir)).unwrap();
+            for i in 1..1000u64 {
+                if j.append("kg_aaaa", &Decimal::from(i)).is_err() {
+                    let on_disk = j.file.metadata().unwrap().len();
+                    assert_eq!(on_disk, j.len, "a fragment was left behind");
+                    assert!(j.len > 400, "failed early, not at the size limit");
+                    return;
+                }
+            }
+            panic!("the file size limit never applied");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" store::journal::tests::a_short_write_is_cut_off --exact --test-threads=1 --quiet")
+            .arg(std::env::current_exe().unwrap())
+            .env(CHILD, dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "child: {status}");
+        let (_, found) = NonceJournal::open(dir.path()).unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["kg_aaaa"]);
     }
 
     #[test]
