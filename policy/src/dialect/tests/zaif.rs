@@ -172,6 +172,12 @@ fn missing_pieces() {
         "method=get_info&nonce=abc",
         "method=get_info&nonce=-1",
         "method=get_info&nonce=1.",
+        "method=get_info&nonce=.5",
+        "method=get_info&nonce=%2B1",
+        "method=get_info&nonce=1e28",
+        "method=get_info&nonce=1E5",
+        "method=get_info&nonce=123456789012345678901",
+        "method=get_info&nonce=1.123456789",
     ] {
         let mut r = req.clone();
         r.body = body.as_bytes().to_vec();
@@ -205,6 +211,22 @@ fn integer_and_decimal_nonces_compare_exactly() {
             .credentials
             .unwrap();
         assert_eq!(creds.replay, Replay::Nonce(parse_decimal(want).unwrap()));
+    }
+}
+
+/// What the journal writes (the nonce's text) must parse back to the same nonce, at the
+/// widest shapes `parse_nonce` accepts.
+#[test]
+fn accepted_nonces_round_trip_through_their_text() {
+    for text in [
+        "0",
+        "18446744073709551615",
+        "99999999999999999999.99999999",
+        "00000000000000000001.00000001",
+        "1763812345.12300000",
+    ] {
+        let n = crate::dialect::zaif::parse_nonce(text).unwrap();
+        assert_eq!(parse_decimal(&n.to_string()), Ok(n), "{text}");
     }
 }
 
