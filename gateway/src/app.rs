@@ -27,6 +27,7 @@ use keyguard_policy::velocity::MemoryVelocity;
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let s = &cfg.server;
     let store = Store::open(&s.data_dir)?;
+    let _serving = lock_data_dir(&s.data_dir)?;
     let master = Arc::new(MasterKey::load_or_create(
         &cfg.secrets.master_key_env,
         cfg.secrets.master_key_file.path(),
@@ -141,6 +142,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || audit_handle.join()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Claims `data_dir` for this process until the returned file is dropped (the kernel
+/// releases the lock when the process dies, however it dies). Two gateways on one data
+/// dir would each trust their own in-memory nonces and delete each other's nonce journal
+/// files, so a replay could pass; the second one refuses to start instead.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another keyguard serve is using the data dir {} (it holds {})",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 /// Copies operator changes recorded by the CLI into the audit log, so the log has one

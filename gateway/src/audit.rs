@@ -290,14 +290,19 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let status = std::process::Command::new("sh")
+        let child = std::process::Command::new("sh")
             .arg("-c")
             .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" audit::tests::a_short_write_leaves_no_fragment --exact --test-threads=1 --quiet")
             .arg(std::env::current_exe().unwrap())
             .env(CHILD, &path)
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "child: {status}");
+        assert!(
+            child.status.success(),
+            "child: {}\n{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.len() > 200 && text.len() <= 512,

@@ -564,3 +564,35 @@ async fn audit_lines_of_answered_requests_survive_sigkill() {
     }
     assert_eq!(logged.len(), answered.len());
 }
+
+/// Two gateways on one data dir would each trust their own nonces and delete each other's
+/// nonce journal, so the second refuses to start; the lock dies with the first process,
+/// however it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_data_dir_refuses_to_start() {
+    let d = Dialect::Zaif;
+    let env = Env::new(d, |_| {});
+    let k = env.create_key(&KeySpec::full(d));
+    let origin = Origin::start().await;
+    let mut gw = env.start(origin.addr).await;
+    let upstream = format!("http://{}", origin.addr);
+    let second = env.run_with_store(
+        &["serve"],
+        &["--listen", "127.0.0.1:0", "--upstream", &upstream],
+    );
+    assert!(
+        !second.status.success(),
+        "second gateway started: {second:?}"
+    );
+    assert!(
+        second
+            .stderr
+            .contains("another keyguard serve is using the data dir"),
+        "{}",
+        second.stderr
+    );
+    gw.request(&read_req(d, &k)).await.assert_forwarded_ok();
+    gw.kill();
+    let gw = env.start(origin.addr).await;
+    gw.request(&read_req(d, &k)).await.assert_forwarded_ok();
+}

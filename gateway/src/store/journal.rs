@@ -249,14 +249,19 @@ mod tests {
             panic!("the file size limit never applied");
         }
         let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("sh")
+        let child = std::process::Command::new("sh")
             .arg("-c")
             .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" store::journal::tests::a_short_write_is_cut_off --exact --test-threads=1 --quiet")
             .arg(std::env::current_exe().unwrap())
             .env(CHILD, dir.path())
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "child: {status}");
+        assert!(
+            child.status.success(),
+            "child: {}\n{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
         let (_, found) = NonceJournal::open(dir.path()).unwrap();
         assert_eq!(found.keys().collect::<Vec<_>>(), ["kg_aaaa"]);
     }
