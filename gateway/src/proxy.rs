@@ -165,6 +165,8 @@ struct RequestCtx {
     would_deny: Option<Deny>,
     /// The upstream connection failed before the request was sent.
     not_sent: bool,
+    /// The request declares a body that has not been read (yet).
+    body_unread: bool,
 }
 
 impl Gateway {
@@ -186,14 +188,27 @@ impl Gateway {
             forwarded: false,
             would_deny: None,
             not_sent: false,
+            body_unread: req.headers().contains_key(header::TRANSFER_ENCODING)
+                || req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0"),
         };
         let outcome = self.process(&mut ctx, peer, req).await;
         let (resp, code) = match outcome {
             Ok(resp) => (resp, ctx.would_deny.map(Deny::code)),
-            Err(refusal) => (
-                deny_response(&refusal, &ctx.request_id, self.dialect.kind),
-                Some(refusal.deny.code()),
-            ),
+            Err(refusal) => {
+                let mut resp = deny_response(&refusal, &ctx.request_id, self.dialect.kind);
+                if ctx.body_unread {
+                    // Refused before its body was read (pre-auth limits, oversized or slow
+                    // bodies): close rather than let hyper drain a body nobody wants, which
+                    // a flooder could make arbitrarily long, and which would look like the
+                    // start of a new request to the accept stage's stall detection.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                (resp, Some(refusal.deny.code()))
+            }
         };
         let decision = match (ctx.forwarded, ctx.would_deny) {
             (true, Some(_)) => "would_deny",
@@ -272,6 +287,7 @@ impl Gateway {
         // exact bytes verified are the bytes forwarded.
         let (parts, body) = req.into_parts();
         let body = self.read_body(&parts, body).await?;
+        ctx.body_unread = false;
 
         // Strict parsing: anything ambiguous is refused before it can be misread.
         let parsed = dialect::parse(&self.dialect, &parts, &body)?;

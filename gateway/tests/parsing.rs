@@ -1221,6 +1221,26 @@ async fn header_timeout_is_audited_only_mid_request() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["decision"], "allow", "{lines:#?}");
 
+    // Refused before its body was read (413 after 64 KiB of 200 KB), then idle: the rest
+    // of the body the server reads after answering is not a new request, and must not
+    // turn the idle timeout into a `header_timeout` line.
+    let before = audit_lines(&s).len();
+    let mut big = connect_from(&s, ALLOWED_IP).await;
+    let body = format!("method=get_info2&nonce=1&pad={}", "a".repeat(200_000));
+    let head = format!(
+        "POST /tapi HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    big.write_all(head.as_bytes()).await.expect("write");
+    let _ = big.write_all(body.as_bytes()).await;
+    assert_eq!(read_one_response(&mut big).await, 413);
+    let _ = read_until_closed(&mut big).await;
+    let lines = audit_lines_after(&s, before).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let lines_later = audit_lines(&s).len() - before;
+    assert_eq!((lines.len(), lines_later), (1, 1), "{:#?}", audit_lines(&s));
+    assert_eq!(lines[0]["code"], "body_too_large", "{lines:#?}");
+
     // Half a head, then the client hangs up.
     let before = audit_lines(&s).len();
     let mut conn = connect_from(&s, src).await;
@@ -1230,4 +1250,19 @@ async fn header_timeout_is_audited_only_mid_request() {
     drop(conn);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(audit_lines(&s).len(), before, "{:#?}", audit_lines(&s));
+}
+
+/// A refusal that leaves the request body unread closes the connection (no draining a
+/// body nobody wants); one decided after reading the body keeps it open for the next
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_is_read_close_the_connection() {
+    let (s, k) = full(Dialect::Zaif).await;
+    let oversized = zaif::read(&k).body(format!("method=get_info2&pad={}", "a".repeat(70_000)));
+    let r = expect_denied(&s, &oversized, 413, "body_too_large").await;
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+
+    let bad_sign = zaif::read(&k).replace_header("Sign", "00".repeat(64));
+    let r = expect_denied(&s, &bad_sign, 401, "invalid_signature").await;
+    assert_eq!(r.header("connection"), None, "{:?}", r.headers);
 }
