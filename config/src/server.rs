@@ -181,6 +181,8 @@ pub(crate) struct RawServer {
     body_read_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
     upstream_connect_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
     upstream_response_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
+    /// Removed (it never applied); kept only to explain that, see [`RawServer::resolve`].
+    idle_timeout_ms: Option<Spanned<toml::Value>>,
 }
 
 impl Default for RawServer {
@@ -198,6 +200,7 @@ impl Default for RawServer {
             body_read_timeout_ms: Bounded(10_000),
             upstream_connect_timeout_ms: Bounded(2_000),
             upstream_response_timeout_ms: Bounded(10_000),
+            idle_timeout_ms: None,
         }
     }
 }
@@ -209,6 +212,16 @@ impl RawServer {
         src: &Source<'_>,
         config_dir: &Path,
     ) -> Result<ServerConfig, ConfigError> {
+        if let Some(idle) = &self.idle_timeout_ms {
+            return Err(src.error_at(
+                idle.span(),
+                "server.idle_timeout_ms",
+                "no longer exists: it never applied, because the header read timer also runs \
+                 between keep-alive requests; idle connections close after \
+                 header_read_timeout_ms. Delete this line."
+                    .to_owned(),
+            ));
+        }
         let listen = self.listen.0;
         if let Some(admin) = &self.admin_listen {
             if let Some(msg) = listeners_clash(listen, admin.get_ref().0) {

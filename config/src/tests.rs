@@ -387,6 +387,11 @@ fn ranges_are_checked_where_written() {
     at(&e, 2, "server.max_body_bytes");
     let e = err(&format!("[server]\nbody_read_timeout_ms = -1\n{MINIMAL}"));
     at(&e, 2, "server.body_read_timeout_ms");
+    let e = err(&format!("[server]\nidle_timeout_ms = 60000\n{MINIMAL}"));
+    assert!(
+        at(&e, 2, "server.idle_timeout_ms").contains("header_read_timeout_ms"),
+        "{e}"
+    );
     let e = err(&format!("[secrets]\nmaster_key_env = \"1BAD\"\n{MINIMAL}"));
     at(&e, 2, "secrets.master_key_env");
     let e = err(&format!("[audit]\npath = \"\"\n{MINIMAL}"));
