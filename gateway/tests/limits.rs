@@ -510,8 +510,12 @@ async fn upstream_4xx_releases_the_reservation_5xx_does_not() {
 
     // Give the settlements (written off the request path) time to reach the store, then
     // kill and restart on the same data dir.
-    poll(|| (reserved_rows(&s.env) == 0).then_some(())).await;
+    let settled = poll(|| (reserved_rows(&s.env) == 0).then_some(())).await;
     let rows = ledger_rows(&s.env);
+    assert!(
+        settled.is_some(),
+        "settlements never reached the store: {rows:?}"
+    );
     s.restart().await;
     // Key a spent 0.8: 0.2 is left after the restart as before it.
     let before = s.origin.count();

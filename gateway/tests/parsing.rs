@@ -58,8 +58,8 @@ async fn refused_raw(s: &Setup, raw: &[u8], what: &str) -> Option<Resp> {
     r.ok()
 }
 
-/// `req` rendered for the gateway with `edit` applied to the bytes (for byte-level
-/// malformations the request builder cannot express).
+/// `req` rendered as the exact bytes sent to the gateway (for byte-level malformations
+/// the request builder cannot express, applied to these bytes afterwards).
 fn bytes_of(s: &Setup, req: &Req) -> Vec<u8> {
     req.to_bytes(&s.gw.addr.to_string())
 }
