@@ -158,7 +158,11 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{cmd:?} did not finish within {timeout:?}");
+            bail!(
+                "{cmd:?} did not finish within {timeout:?}:\n{}\n{}",
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
         }
         thread::sleep(Duration::from_millis(5));
     };

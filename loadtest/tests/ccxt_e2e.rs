@@ -15,16 +15,18 @@
 //! gateway's sources.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use keyguard_loadtest::harness::{self, workspace_root, ChildGuard, Output};
 use keyguard_loadtest::{Ledger, LedgerEntry, Stats};
+use keyguard_policy::DialectKind;
 use serde_json::json;
 
 /// The account both test keys belong to.
@@ -383,81 +385,19 @@ fn table<'a>(doc: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
     }
 }
 
-/// A child process killed (and reaped) when the guard drops, so a failing assertion
-/// never leaves a gateway or mock running.
-struct ChildGuard {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildGuard {
-    fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> ChildGuard {
-        let log = dir.join(format!("{name}.log"));
-        let file = File::create(&log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        ChildGuard { child, log }
-    }
-
-    /// The child's stderr so far (the last 20 000 bytes).
-    fn log(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(20_000);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        text[start..].to_owned()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the mock on a port of its choosing and reads the address it prints.
+/// Starts the mock (the same helper `keyguard-loadtest` uses) with the gateway's
+/// assertion key and a ledger.
 fn start_mock(dialect: &str, pem: &Path, ledger: &Path, dir: &Path) -> (ChildGuard, SocketAddr) {
-    let mut mock = ChildGuard::spawn(
-        "mock",
-        Command::new(env!("CARGO_BIN_EXE_keyguard-loadtest"))
-            .args(["upstream", "--dialect", dialect, "--listen", "127.0.0.1:0"])
-            .arg("--assertion-key")
-            .arg(pem)
-            .arg("--ledger")
-            .arg(ledger)
-            .stdout(Stdio::piped()),
+    let kind: DialectKind = dialect.parse().expect("dialect name");
+    harness::start_mock(
+        Path::new(env!("CARGO_BIN_EXE_keyguard-loadtest")),
+        kind,
+        Some(pem),
+        Some(ledger),
         dir,
-    );
-    let stdout = mock.child.stdout.take().expect("mock stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(STARTUP_TIMEOUT)
-        .unwrap_or_else(|_| panic!("the mock printed no address:\n{}", mock.log()));
-    let addr = line
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in the mock's first line: {line:?}"));
-    (mock, addr)
+        "mock",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Starts `keyguard serve` on a free port and waits until it accepts connections. The
@@ -471,7 +411,7 @@ fn start_gateway(
 ) -> (ChildGuard, SocketAddr) {
     let mut last_log = String::new();
     for _attempt in 0..3 {
-        let listen = free_port();
+        let listen = harness::free_addr().expect("free port");
         write_config(dialect, kg.config, kg.data_dir, listen, upstream);
         let mut cmd = kg.command(&["serve"]);
         cmd.arg("--listen")
@@ -479,7 +419,7 @@ fn start_gateway(
             .arg("--upstream")
             .arg(upstream)
             .stdout(Stdio::null());
-        let mut gateway = ChildGuard::spawn("gateway", &mut cmd, dir);
+        let mut gateway = ChildGuard::spawn("gateway", &mut cmd, dir).expect("spawn gateway");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(status) = gateway.exited() {
@@ -523,68 +463,9 @@ fn mock_stats(addr: SocketAddr) -> Stats {
 
 /// A port that was free a moment ago. The gateway binds it right after; a collision
 /// shows up as a clear startup failure, not a wrong result.
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cmd` to completion within `timeout`, killing it if it overruns.
+/// [`harness::run_with_timeout`], failing the test on a timeout or spawn error.
 fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    // Drain both pipes on threads: a child blocked on a full pipe would never exit.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {timeout:?}:\n{}\n{}",
-                stdout.join().unwrap_or_default(),
-                stderr.join().unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    }
+    harness::run_with_timeout(cmd, timeout).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// What every dialect's run needs, prepared once per test process.
@@ -604,13 +485,6 @@ fn tools() -> &'static Tools {
         Ok(tools) => tools,
         Err(e) => panic!("{e}"),
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
 }
 
 /// The `keyguard` binary next to this crate's binary, built when missing or stale.
