@@ -13,12 +13,14 @@ use crate::alerts::{Alert, AlertSettings, Alerts};
 use crate::assertion::AssertionSigner;
 use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSink};
 use crate::keys::KeyCache;
-use crate::proxy::{BodyLimits, Gateway, RequestIds, Upstream};
+use crate::proxy::{BodyLimits, Gateway, RequestIds};
 use crate::replay::ReplayGuard;
 use crate::secrets::MasterKey;
-use crate::server::{serve, ConnLimits};
+use crate::server::{bind_workers, serve, ConnLimits};
 use crate::store::writer::StoreWriter;
 use crate::store::{self, Store};
+use crate::upstream::pool::Pool;
+use crate::upstream::Upstream;
 use keyguard_policy::anomaly::{Anomaly, MemoryIpHistory};
 use keyguard_policy::limits::RateLimits;
 use keyguard_policy::velocity::MemoryVelocity;
@@ -71,15 +73,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_retries: cfg.alerts.max_retries,
         queue: cfg.alerts.queue,
     });
-    let signer =
-        AssertionSigner::load_or_create(cfg.assertion.key_file.path(), cfg.assertion.ttl_secs)?;
+    let signer = AssertionSigner::load_or_create(
+        cfg.assertion.alg,
+        cfg.assertion.key_file.path(),
+        cfg.assertion.ttl_secs,
+    )?;
     let (audit, audit_handle) = AuditSink::start(cfg.audit.path.path())?;
     let upstream_uri = cfg.require_upstream()?.uri();
-    let upstream = Upstream::new(
+    let upstream = Arc::new(Upstream::new(
         &upstream_uri,
         Duration::from_millis(s.upstream_connect_timeout_ms),
         Duration::from_millis(s.upstream_response_timeout_ms),
-    )?;
+        s.upstream_max_idle_per_worker,
+    )?);
     let gateway = Arc::new(Gateway {
         dialect: cfg.dialect.clone(),
         routes: cfg.routes.clone(),
@@ -100,7 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         alerts,
         signer,
         audit,
-        upstream,
+        upstream: upstream.clone(),
         clock,
         ids: RequestIds::new()?,
     });
@@ -120,14 +126,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .spawn(move || admin_audit_loop(store, weak))?;
     }
     tokio::spawn(sweep_loop(Arc::downgrade(&gateway)));
+    tokio::spawn(assertion_key_loop(Arc::downgrade(&gateway)));
 
-    let listener = TcpListener::bind(s.listen)
-        .await
-        .with_context(|| format!("binding {}", s.listen))?;
+    let workers = s
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let listeners =
+        bind_workers(s.listen, workers).with_context(|| format!("binding {}", s.listen))?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %listeners[0].local_addr()?,
         upstream = %upstream_uri,
         dialect = cfg.dialect.kind.as_str(),
+        assertion = cfg.assertion.alg.as_str(),
+        workers,
         keys = keys.snapshot().len(),
         "keyguard serving"
     );
@@ -137,8 +148,54 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_header_bytes: s.max_header_bytes,
         drain_timeout: crate::cli::DRAIN_TIMEOUT,
     };
-    serve(listener, gateway.clone(), limits, shutdown_signal()).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let permits = Arc::new(tokio::sync::Semaphore::new(s.max_connections));
+    let mut threads = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (gateway, upstream, permits) = (gateway.clone(), upstream.clone(), permits.clone());
+        let mut stopped = stopped.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("keyguard-w{i}"))
+                .spawn(move || -> anyhow::Result<()> {
+                    // One single-threaded runtime per worker: a request is accepted,
+                    // checked, forwarded and answered on this thread, with no hand-off
+                    // to another core (shared state is shared through locks instead).
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        let shutdown = async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        };
+                        serve(
+                            listener,
+                            gateway,
+                            Pool::new(upstream),
+                            permits,
+                            limits,
+                            shutdown,
+                        )
+                        .await
+                    })
+                })?,
+        );
+    }
     drop(gateway);
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining connections");
+    let _ = stop.send(true);
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "worker failed"),
+                Err(_) => tracing::error!("worker panicked"),
+            }
+        }
+    })
+    .await?;
     tokio::task::spawn_blocking(move || audit_handle.join()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -246,6 +303,19 @@ async fn sweep_loop(gateway: std::sync::Weak<Gateway>) {
         gw.limits.sweep();
         gw.velocity.sweep(now);
         gw.anomaly.sweep(now);
+    }
+}
+
+/// Picks up a rotated assertion key (`keyguard assertion-key --rotate`) within half a
+/// second: one `stat` of the key file per tick.
+async fn assertion_key_loop(gateway: std::sync::Weak<Gateway>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        ticker.tick().await;
+        let Some(gw) = gateway.upgrade() else { return };
+        if let Err(e) = gw.signer.reload_if_changed() {
+            tracing::error!(error = %format!("{e:#}"), "assertion key file changed but cannot be read; still signing with the old key");
+        }
     }
 }
 

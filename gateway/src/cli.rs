@@ -12,7 +12,7 @@ use keyguard_config::Config;
 use keyguard_policy::key::parse_allow_ip;
 use keyguard_policy::{DialectKind, KeyStatus, Scope, Scopes};
 
-use crate::assertion::AssertionSigner;
+use crate::assertion::{self, SigningKey};
 use crate::secrets::{random_bytes, MasterKey};
 use crate::store::{self, NewCredential, NewKey, Store};
 
@@ -33,12 +33,33 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Print the public key upstreams use to verify `X-Keyguard-Assertion` (SPKI PEM).
-    AssertionKey(StoreArgs),
+    /// Print what upstreams need to verify `X-Keyguard-Assertion`: a JWKS (RFC 7517) with
+    /// the current key and, for one TTL after a rotation, the previous one. For HS256 the
+    /// JWKS holds the shared secret: hand it to the exchange over a private channel.
+    AssertionKey(AssertionKeyArgs),
     /// Freeze withdrawals (globally, for an asset or for an account) at once.
     Freeze(FreezeArgs),
     /// Lift a withdrawal freeze.
     Unfreeze(FreezeArgs),
+}
+
+#[derive(Debug, Args)]
+struct AssertionKeyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Make a new key; the old one stays in the JWKS for one TTL. A running gateway
+    /// signs with the new key within a second.
+    #[arg(long)]
+    rotate: bool,
+    /// Print the Ed25519 public key as SPKI PEM instead (`alg = "EdDSA"` only).
+    #[arg(long)]
+    pem: bool,
+    /// Why (recorded in the audit log with a rotation).
+    #[arg(long, default_value = "assertion key rotation")]
+    reason: String,
+    /// Who (recorded in the audit log; defaults to $USER).
+    #[arg(long)]
+    actor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -182,15 +203,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::AssertionKey(args) => {
-            let cfg = load(&args)?;
-            let signer = AssertionSigner::load_or_create(
-                cfg.assertion.key_file.path(),
-                cfg.assertion.ttl_secs,
-            )?;
-            print!("{}", signer.public_key_pem());
-            Ok(())
-        }
+        Command::AssertionKey(args) => assertion_key(args),
         Command::Keys(cmd) => keys(cmd),
         Command::Freeze(args) => freeze(args, true),
         Command::Unfreeze(args) => freeze(args, false),
@@ -202,6 +215,43 @@ fn actor(given: Option<String>) -> String {
         .or_else(|| std::env::var("USER").ok())
         .filter(|a| !a.trim().is_empty())
         .unwrap_or_else(|| "operator".to_string())
+}
+
+fn assertion_key(args: AssertionKeyArgs) -> anyhow::Result<()> {
+    let cfg = load(&args.store)?;
+    let (alg, path) = (cfg.assertion.alg, cfg.assertion.key_file.path());
+    if args.rotate {
+        let old = SigningKey::load_or_create(alg, path)?;
+        let new = assertion::rotate(alg, path)?;
+        let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+        store::record_admin_event(
+            &conn,
+            &actor(args.actor),
+            "assertion_key_rotate",
+            &format!("{} -> {}", old.kid(), new.kid()),
+            &args.reason,
+        )?;
+        eprintln!(
+            "assertion key rotated: {} -> {} (the old key stays in the JWKS for {} s)",
+            old.kid(),
+            new.kid(),
+            cfg.assertion.ttl_secs
+        );
+    }
+    if args.pem {
+        let key = SigningKey::load_or_create(alg, path)?;
+        let Some(pem) = key.public_key_pem() else {
+            bail!(
+                "--pem needs [assertion] alg = \"EdDSA\": an HS256 key is a shared secret \
+                 with no public half (the JWKS carries it)"
+            );
+        };
+        print!("{pem}");
+        return Ok(());
+    }
+    let set = assertion::jwks(alg, path, cfg.assertion.ttl_secs)?;
+    println!("{}", serde_json::to_string_pretty(&set)?);
+    Ok(())
 }
 
 fn freeze(args: FreezeArgs, frozen: bool) -> anyhow::Result<()> {
@@ -254,7 +304,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.set_upstream(&u)
             .map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This runtime runs only the background work (key refresh, sweeps, alerts, signals);
+    // requests are served by the worker runtimes that `app::run` starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("keyguard")
         .build()?;

@@ -8,8 +8,10 @@
 //! - [`app`]: wiring a validated config into a running gateway.
 //! - [`server`]: accepting connections with limits and graceful shutdown.
 //! - [`proxy`]: the request pipeline ([`proxy::Gateway::process`]) and forwarding.
+//! - [`upstream`]: each worker's own connections to the exchange, and header hygiene.
 //! - [`respond`]: the one place a `Deny` becomes an HTTP response.
 //! - [`assertion`]: the `X-Keyguard-Assertion` JWT for the upstream.
+//! - [`json`]: the small JSON writer for the per-request audit line and claims.
 //! - [`keys`]: the in-memory key snapshot and its refresher.
 //! - [`replay`]: nonce and seen-signature state.
 //! - [`store`]: the embedded SQLite store and its group-commit writer.
@@ -24,6 +26,7 @@ pub mod app;
 pub mod assertion;
 pub mod audit;
 pub mod cli;
+pub mod json;
 pub mod keys;
 pub mod proxy;
 pub mod replay;
@@ -31,3 +34,4 @@ pub mod respond;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod upstream;

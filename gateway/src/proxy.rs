@@ -9,14 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{request, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use keyguard_policy::anomaly::{Anomaly, AnomalyRequest, Verdict};
 use keyguard_policy::authorize::{authorize, key_usable, AccessRequest, AuthorizeConfig};
@@ -32,74 +29,20 @@ use tower_http::timeout::TimeoutBody;
 
 use crate::activity::Activity;
 use crate::alerts::{Alert, Alerts};
-use crate::assertion::{sha256_b64url, AssertionSigner, Claims};
+use crate::assertion::{AssertionSigner, Claims};
 use crate::audit::{timestamp, AuditEvent, AuditSink};
 use crate::keys::KeyCache;
 use crate::replay::ReplayGuard;
 use crate::respond::{deny_response, Refusal};
 use crate::store::writer::{StoreWriter, WriteOp};
+use crate::upstream::pool::{Pool, SendError};
+use crate::upstream::{copy_end_to_end, strip_hop_by_hop, Upstream};
 
 /// Response body type of the gateway: upstream bodies are streamed, errors are complete.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The header that carries the identity assertion to the upstream.
 pub const ASSERTION_HEADER: &str = "x-keyguard-assertion";
-
-/// Headers that describe one hop, never the request (RFC 9110 §7.6.1), plus the
-/// non-standard ones proxies still see.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Where and how requests are forwarded.
-pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
-    response_timeout: Duration,
-}
-
-impl Upstream {
-    /// A pooled keep-alive client for `base` (`http://host:port`).
-    pub fn new(
-        base: &Uri,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> anyhow::Result<Upstream> {
-        let scheme = base
-            .scheme()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("upstream {base} has no scheme"))?;
-        if scheme != http::uri::Scheme::HTTP {
-            anyhow::bail!("upstream {base}: only http:// is supported so far");
-        }
-        let authority = base
-            .authority()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("upstream {base} has no host"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Ok(Upstream {
-            client,
-            scheme,
-            authority,
-            response_timeout,
-        })
-    }
-}
 
 /// Limits of the request-reading stage.
 #[derive(Debug, Clone, Copy)]
@@ -130,8 +73,8 @@ pub struct Gateway {
     pub signer: AssertionSigner,
     /// Audit log.
     pub audit: AuditSink,
-    /// The exchange.
-    pub upstream: Upstream,
+    /// The exchange (each worker has its own connections to it).
+    pub upstream: Arc<Upstream>,
     /// Rate limits (GCRA per IP, key, account and action).
     pub limits: RateLimits,
     /// Velocity windows (withdrawal and order amounts and counts).
@@ -173,6 +116,7 @@ impl Gateway {
     /// Serves one request: decide, forward or refuse, audit.
     pub async fn handle(
         self: Arc<Self>,
+        pool: Arc<Pool>,
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
@@ -194,7 +138,7 @@ impl Gateway {
                     .get(header::CONTENT_LENGTH)
                     .is_some_and(|v| v.as_bytes() != b"0"),
         };
-        let outcome = self.process(&mut ctx, peer, req).await;
+        let outcome = self.process(&mut ctx, &pool, peer, req).await;
         let (resp, code) = match outcome {
             Ok(resp) => (resp, ctx.would_deny.map(Deny::code)),
             Err(refusal) => {
@@ -271,6 +215,7 @@ impl Gateway {
     async fn process(
         &self,
         ctx: &mut RequestCtx,
+        pool: &Arc<Pool>,
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Refusal> {
@@ -297,7 +242,7 @@ impl Gateway {
         ctx.action = Some(classified.action);
         if classified.action == Action::Public {
             ctx.forwarded = true;
-            return self.forward(ctx, &parts, body, None).await;
+            return self.forward(ctx, pool, &parts, body, None).await;
         }
 
         // Authentication: the key exists and signed these exact bytes, freshly. Failures
@@ -373,7 +318,7 @@ impl Gateway {
         // Forward with an assertion of what was allowed.
         let assertion = self.assertion(ctx, &key, classified.action, &parts, &body, now);
         ctx.forwarded = true;
-        let result = self.forward(ctx, &parts, body, Some(assertion)).await;
+        let result = self.forward(ctx, pool, &parts, body, Some(assertion)).await;
         if let Some(id) = reservation {
             self.settle(ctx, id, &result);
         }
@@ -562,20 +507,17 @@ impl Gateway {
         body: &[u8],
         now_ms: u64,
     ) -> String {
-        let iat = now_ms / 1000;
         self.signer.sign(&Claims {
-            iss: "keyguard",
             sub: &key.account,
             kid: &key.key_id,
-            scp: key.scopes.names(),
+            scp: key.scopes,
             act: action.as_str(),
-            cip: ctx.client_ip.to_string(),
+            cip: &ctx.client_ip.to_string(),
             mth: parts.method.as_str(),
             pth: parts.uri.path(),
-            bsh: sha256_b64url(body),
-            qsh: parts.uri.query().map(|q| sha256_b64url(q.as_bytes())),
-            iat,
-            exp: iat + self.signer.ttl_secs(),
+            body,
+            query: parts.uri.query(),
+            iat: now_ms / 1000,
             jti: &ctx.request_id,
         })
     }
@@ -583,22 +525,19 @@ impl Gateway {
     async fn forward(
         &self,
         ctx: &mut RequestCtx,
+        pool: &Arc<Pool>,
         parts: &request::Parts,
         body: Bytes,
         assertion: Option<String>,
     ) -> Result<Response<Body>, Refusal> {
         let up = &self.upstream;
+        // Origin-form: the connection already names the host.
         let path_and_query = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = Uri::builder()
-            .scheme(up.scheme.clone())
-            .authority(up.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Deny::InvalidTarget)?;
+        let uri = Uri::try_from(path_and_query).map_err(|_| Deny::InvalidTarget)?;
         let mut out = Request::builder()
             .method(parts.method.clone())
             .uri(uri)
@@ -606,6 +545,7 @@ impl Gateway {
             .map_err(|_| Deny::InvalidTarget)?;
         let headers = out.headers_mut();
         copy_end_to_end(&parts.headers, headers, self.dialect.kind.auth_headers());
+        headers.insert(header::HOST, up.host.clone());
         if let Ok(ip) = HeaderValue::from_str(&ctx.client_ip.to_string()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
         }
@@ -617,14 +557,18 @@ impl Gateway {
             headers.insert(HeaderName::from_static(ASSERTION_HEADER), v);
         }
 
-        let resp = match tokio::time::timeout(up.response_timeout, up.client.request(out)).await {
-            Err(_) => return Err(Deny::UpstreamTimeout.into()),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, request_id = %ctx.request_id, "upstream request failed");
-                ctx.not_sent = e.is_connect();
+        let resp = match pool.send(out).await {
+            Ok(resp) => resp,
+            Err(SendError::Timeout) => return Err(Deny::UpstreamTimeout.into()),
+            Err(SendError::NotSent(e)) => {
+                tracing::warn!(error = %e, request_id = %ctx.request_id, "upstream request not sent");
+                ctx.not_sent = true;
                 return Err(Deny::UpstreamUnavailable.into());
             }
-            Ok(Ok(resp)) => resp,
+            Err(SendError::Failed(e)) => {
+                tracing::warn!(error = %e, request_id = %ctx.request_id, "upstream request failed");
+                return Err(Deny::UpstreamUnavailable.into());
+            }
         };
         let (mut rparts, rbody) = resp.into_parts();
         // The client spoke to us, not to the upstream: answer in the client's version.
@@ -644,53 +588,6 @@ impl Gateway {
             TimeoutBody::new(up.response_timeout, rbody).boxed(),
         ))
     }
-}
-
-/// Copies the headers that describe the request itself. Dropped: hop-by-hop headers and
-/// any the client nominated in `Connection` (else `Connection: x-keyguard-assertion`
-/// could make a proxy strip ours), the client's credentials (the exchange trusts the
-/// assertion, not them), anything claiming to come from us, forwarding headers (we set
-/// our own), and Host/Content-Length (recomputed for the upstream request).
-fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, auth_headers: &[&str]) {
-    let nominated = nominated(from);
-    for (name, value) in from {
-        let n = name.as_str();
-        let dropped = HOP_BY_HOP.contains(&n)
-            || nominated.iter().any(|x| x == name)
-            || auth_headers.contains(&n)
-            || n.starts_with("x-keyguard-")
-            || n == "host"
-            || n == "content-length"
-            || n == "forwarded"
-            || n == "x-forwarded-for"
-            || n == "x-forwarded-host"
-            || n == "x-forwarded-proto"
-            || n == "x-real-ip"
-            || n == "x-request-id";
-        if !dropped {
-            to.append(name.clone(), value.clone());
-        }
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for n in nominated(headers) {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
-    }
-}
-
-/// The headers a `Connection` header names as hop-by-hop (RFC 9110 §7.6.1).
-fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
-        .collect()
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -731,29 +628,6 @@ impl RequestIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn end_to_end_headers_only() {
-        let mut from = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret-hop"),
-            ("x-secret-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("key", "apikey"),
-            ("sign", "deadbeef"),
-            ("x-keyguard-assertion", "forged"),
-            ("x-forwarded-for", "6.6.6.6"),
-            ("host", "exchange.example"),
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("user-agent", "ccxt"),
-        ] {
-            from.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        let mut to = HeaderMap::new();
-        copy_end_to_end(&from, &mut to, &["key", "sign"]);
-        let names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["content-type", "user-agent"]);
-    }
 
     #[test]
     fn request_ids_unique() {

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::proxy::Gateway;
+use crate::upstream::pool::Pool;
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
@@ -39,14 +41,46 @@ pub struct ConnLimits {
     pub drain_timeout: Duration,
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains.
+/// Binds `n` listening sockets to `addr` with `SO_REUSEPORT`, one per worker, so the
+/// kernel spreads new connections over the workers and each accepts on its own thread.
+///
+/// `SO_REUSEPORT` would also let a second process of the same user bind the same port and
+/// take a share of the connections, silently; so the address is first bound without it,
+/// which fails if anyone already listens there. With port 0 the first socket's port is
+/// used for the others.
+pub fn bind_workers(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let probe = std::net::TcpListener::bind(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..n.max(1))
+        .map(|_| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// Serves `listener` on the current worker's runtime until `shutdown` resolves, then
+/// drains. Every request of every connection accepted here is handled on this thread,
+/// and forwarded over this worker's own upstream connections (`pool`). `permits` is the
+/// connection cap, shared by all workers.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    pool: Arc<Pool>,
+    permits: Arc<Semaphore>,
     limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -74,8 +108,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
-        let svc = service_fn(move |req| gw.clone().handle(peer, req));
+        let (gw, pool) = (gateway.clone(), pool.clone());
+        let svc = service_fn(move |req| gw.clone().handle(pool.clone(), peer, req));
         let (io, watch) = Watched::new(stream);
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc));
         let gw = gateway.clone();
@@ -91,7 +125,6 @@ pub async fn serve(
             drop(permit);
         });
     }
-    tracing::info!("shutting down: draining connections");
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
         .await
         .is_err()

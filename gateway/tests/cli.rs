@@ -193,19 +193,74 @@ fn keys_list_and_show_never_print_secrets() {
 }
 
 #[test]
-fn assertion_key_is_a_stable_ed25519_spki_pem() {
+fn assertion_key_is_a_stable_jwks_and_ed25519_keys_print_as_pem() {
     let env = Env::new(Dialect::Zaif, |_| {});
-    let pem = env.assertion_pem();
-    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
-    jsonwebtoken::DecodingKey::from_ed_pem(pem.as_bytes()).expect("jsonwebtoken reads it");
+    let jwks = env.assertion_jwks();
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks).expect("a JWKS");
+    assert_eq!(set.keys.len(), 1, "{jwks}");
+    let jwk = &set.keys[0];
     assert_eq!(
-        env.assertion_pem(),
-        pem,
+        jwk.common.key_algorithm,
+        Some(jsonwebtoken::jwk::KeyAlgorithm::HS256),
+        "HS256 by default: {jwks}"
+    );
+    assert!(jwk
+        .common
+        .key_id
+        .as_deref()
+        .is_some_and(|k| k.starts_with("hs-")));
+    jsonwebtoken::DecodingKey::from_jwk(jwk).expect("jsonwebtoken reads it");
+    assert_eq!(
+        env.assertion_jwks(),
+        jwks,
         "the key is generated once and kept"
     );
-    // Never the private key.
-    assert!(!pem.contains("PRIVATE"), "{pem}");
-    // Another data dir has another key.
     let other = Env::new(Dialect::Zaif, |_| {});
-    assert_ne!(other.assertion_pem(), pem);
+    assert_ne!(
+        other.assertion_jwks(),
+        jwks,
+        "another data dir has another key"
+    );
+    // --pem is only for Ed25519: an HMAC key has no public half.
+    let run = env.run_with_store(&["assertion-key"], &["--pem"]);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(run.stderr.contains("EdDSA"), "{run:?}");
+
+    let ed = Env::new(Dialect::Zaif, |doc| {
+        utils::set(doc, "assertion.alg", "EdDSA")
+    });
+    let pem = ed
+        .run_with_store(&["assertion-key"], &["--pem"])
+        .ok()
+        .stdout;
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    assert!(!pem.contains("PRIVATE"), "{pem}");
+    jsonwebtoken::DecodingKey::from_ed_pem(pem.as_bytes()).expect("jsonwebtoken reads it");
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&ed.assertion_jwks()).expect("a JWKS");
+    assert_eq!(
+        set.keys[0].common.key_algorithm,
+        Some(jsonwebtoken::jwk::KeyAlgorithm::EdDSA)
+    );
+}
+
+#[test]
+fn assertion_key_rotation_keeps_the_old_key_published_and_is_audited() {
+    let env = Env::new(Dialect::Zaif, |_| {});
+    let before: serde_json::Value = serde_json::from_str(&env.assertion_jwks()).unwrap();
+    let old_kid = before["keys"][0]["kid"].as_str().unwrap().to_owned();
+    let run = env
+        .run_with_store(&["assertion-key"], &["--rotate", "--reason", "yearly"])
+        .ok();
+    let after: serde_json::Value = serde_json::from_str(&run.stdout).expect("prints the JWKS");
+    let kids: Vec<&str> = after["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2, "{after}");
+    assert_ne!(kids[0], old_kid, "a new current key");
+    assert_eq!(kids[1], old_kid, "the previous key stays for one TTL");
+    assert!(run.stderr.contains("rotated"), "{run:?}");
 }

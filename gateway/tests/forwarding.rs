@@ -81,7 +81,7 @@ async fn forged_identity_headers_not_forwarded() {
         resp.assert_forwarded_ok();
         let rec = s.origin.one_since(before);
         // check_forwarded verifies the single assertion with the gateway's public key.
-        let claims = check_forwarded(d, &s.pem, &rec, &k, "withdraw");
+        let claims = check_forwarded(d, &s.jwks, &rec, &k, "withdraw");
         let sent = rec.header_all("x-keyguard-assertion");
         assert!(
             !sent
@@ -278,7 +278,7 @@ async fn client_ip_through_a_trusted_proxy() {
     let resp = s.gw.request_from(OTHER_IP, &req).await;
     resp.assert_forwarded_ok();
     let rec = s.origin.one_since(before);
-    let claims = check_forwarded(d, &s.pem, &rec, &k, "read");
+    let claims = check_forwarded(d, &s.jwks, &rec, &k, "read");
     assert_eq!(claims["cip"], "127.0.0.2");
     assert_eq!(rec.header_all("x-forwarded-for"), ["127.0.0.2"]);
     // A client prepending the allowed IP itself: the rightmost untrusted hop decides.
@@ -595,4 +595,55 @@ async fn a_second_gateway_on_the_same_data_dir_refuses_to_start() {
     gw.kill();
     let gw = env.start(origin.addr).await;
     gw.request(&read_req(d, &k)).await.assert_forwarded_ok();
+}
+
+/// `alg = "EdDSA"`: the same checks pass with Ed25519 assertions, verified from the JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_assertions_verify_from_the_jwks() {
+    for d in [Dialect::Zaif, Dialect::Binance, Dialect::Kraken] {
+        let env = Env::new(d, |doc| set(doc, "assertion.alg", "EdDSA"));
+        let s = setup_env(env, &[KeySpec::full(d)]).await;
+        assert!(s.jwks.contains("\"OKP\""), "{}", s.jwks);
+        let k = s.key().clone();
+        let rec = expect_forwarded(&s, &read_req(d, &k), &k, "read").await;
+        let token = &rec.header_all("x-keyguard-assertion")[0];
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    }
+}
+
+/// `assertion-key --rotate` on a running gateway: within a second it signs with the new
+/// key, and the JWKS printed then verifies tokens of both the old and the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_assertion_key_is_used_within_a_second() {
+    let d = Dialect::Binance;
+    let s = setup(d, &[KeySpec::full(d)]).await;
+    let k = s.key().clone();
+    let kid_of = |rec: &Recorded| {
+        let token = &rec.header_all("x-keyguard-assertion")[0];
+        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+    };
+    let before = expect_forwarded(&s, &read_req(d, &k), &k, "read").await;
+    let old_kid = kid_of(&before);
+    let rotated = s
+        .env
+        .run_with_store(&["assertion-key"], &["--rotate"])
+        .ok()
+        .stdout;
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    let after = loop {
+        let n = s.origin.count();
+        s.gw.request(&read_req(d, &k)).await.assert_forwarded_ok();
+        let rec = s.origin.one_since(n);
+        if kid_of(&rec) != old_kid {
+            break rec;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still signing with {old_kid} 1.5 s after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    verify_assertion(&rotated, &after);
+    verify_assertion(&rotated, &before);
 }

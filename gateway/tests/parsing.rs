@@ -235,7 +235,7 @@ async fn expect_forwarded_any_target(s: &Setup, req: &Req, k: &TestKey) -> Recor
     let resp = s.gw.request(req).await;
     resp.assert_forwarded_ok();
     let rec = s.origin.one_since(before);
-    check_forwarded(s.env.dialect, &s.pem, &rec, k, "read");
+    check_forwarded(s.env.dialect, &s.jwks, &rec, k, "read");
     rec
 }
 

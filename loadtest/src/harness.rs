@@ -337,13 +337,13 @@ impl KeyguardCli {
         Ok(out.stdout)
     }
 
-    /// `keyguard assertion-key` (SPKI PEM).
-    pub fn assertion_pem(&self) -> anyhow::Result<String> {
-        let pem = self.run(&["assertion-key"])?;
-        if !pem.contains("BEGIN PUBLIC KEY") {
-            bail!("`keyguard assertion-key` printed no PEM:\n{pem}");
+    /// `keyguard assertion-key`: the JWKS the exchange verifies assertions with.
+    pub fn assertion_jwks(&self) -> anyhow::Result<String> {
+        let jwks = self.run(&["assertion-key"])?;
+        if !jwks.contains("\"keys\"") {
+            bail!("`keyguard assertion-key` printed no JWKS:\n{jwks}");
         }
-        Ok(pem)
+        Ok(jwks)
     }
 
     /// `keys create --json` for each spec, in order; `index` of each key is its position
@@ -574,9 +574,9 @@ impl Stack {
             "http://127.0.0.1:9",
             &|_| {},
         )?;
-        let pem = cli.assertion_pem()?;
-        let pem_path = dir.path().join("assertion.pem");
-        fs::write(&pem_path, pem)?;
+        let jwks = cli.assertion_jwks()?;
+        let pem_path = dir.path().join("assertion.jwks");
+        fs::write(&pem_path, jwks)?;
         let ledger = dir.path().join("ledger.jsonl");
         let (mock, mock_addr) = start_mock(
             &tools.loadtest,

@@ -43,7 +43,9 @@ enum Command {
         /// Address to listen on; port 0 picks a free port (printed on stdout).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// The gateway's assertion public key (SPKI PEM, from `keyguard assertion-key`).
+        /// The gateway's assertion keys: the JWKS printed by `keyguard assertion-key` (re-read
+        /// when a token names an unknown key, so rotations are followed), or an Ed25519 SPKI
+        /// PEM from `keyguard assertion-key --pem`.
         #[arg(long, required_unless_present = "bench")]
         assertion_key: Option<PathBuf>,
         /// JSON Lines file that receives one line per executed request (appended).
@@ -271,11 +273,7 @@ async fn upstream(
         let (Some(assertion_key), Some(ledger)) = (assertion_key, ledger) else {
             anyhow::bail!("--assertion-key and --ledger are required (or --bench)");
         };
-        let pem = std::fs::read(&assertion_key)
-            .with_context(|| format!("reading assertion key {}", assertion_key.display()))?;
-        let verifier = AssertionVerifier::from_pem(&pem).with_context(|| {
-            format!("{} is not an Ed25519 SPKI PEM key", assertion_key.display())
-        })?;
+        let verifier = AssertionVerifier::from_file(&assertion_key).map_err(anyhow::Error::msg)?;
         let ledger = Ledger::open(&ledger)
             .with_context(|| format!("opening ledger {}", ledger.display()))?;
         MockExchange::new(dialect, verifier, ledger)

@@ -161,13 +161,13 @@ fn run_dialect(expect: &Expectation) {
         "127.0.0.1:9".parse().expect("addr"),
         "http://127.0.0.1:9",
     );
-    let pem = kg.run(&["assertion-key"]);
+    let jwks = kg.run(&["assertion-key"]);
     assert!(
-        pem.contains("-----BEGIN PUBLIC KEY-----"),
-        "`keyguard assertion-key` printed no SPKI PEM:\n{pem}"
+        jwks.contains("\"keys\""),
+        "`keyguard assertion-key` printed no JWKS:\n{jwks}"
     );
-    let pem_path = dir.path().join("assertion.pem");
-    fs::write(&pem_path, &pem).expect("write pem");
+    let pem_path = dir.path().join("assertion.jwks");
+    fs::write(&pem_path, &jwks).expect("write jwks");
 
     let (mock, mock_addr) = start_mock(expect.dialect, &pem_path, &ledger_path, dir.path());
     let upstream = format!("http://{mock_addr}");

@@ -387,7 +387,8 @@ pub struct AdminEvent {
     pub reason: String,
 }
 
-pub(crate) fn record_admin_event(
+/// Records an operator's change; the running gateway copies it into the audit log.
+pub fn record_admin_event(
     conn: &Connection,
     actor: &str,
     action: &str,

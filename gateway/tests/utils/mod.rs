@@ -240,6 +240,12 @@ impl Env {
         // Quick failures in tests: a never-answering upstream must not hold a test for 10 s.
         set(&mut cfg, "server.upstream_connect_timeout_ms", 2_000);
         set(&mut cfg, "server.upstream_response_timeout_ms", 5_000);
+        // `.ci/run` runs the suite once with the default (a worker per core) and once with
+        // KEYGUARD_TEST_WORKERS=1; the concurrency tests must hold either way.
+        if let Ok(n) = std::env::var("KEYGUARD_TEST_WORKERS") {
+            let n: i64 = n.parse().expect("KEYGUARD_TEST_WORKERS is a number");
+            set(&mut cfg, "server.workers", n);
+        }
         tweak(&mut cfg);
         let config = dir.path().join("keyguard.toml");
         std::fs::write(&config, toml::to_string(&cfg).expect("serialize config"))
@@ -371,12 +377,12 @@ impl Env {
         self.run_with_store(&["keys", verb], &[&key.key_id]).ok();
     }
 
-    /// `keyguard assertion-key` (SPKI PEM).
+    /// `keyguard assertion-key`: the JWKS the upstream verifies assertions with.
     #[track_caller]
-    pub fn assertion_pem(&self) -> String {
+    pub fn assertion_jwks(&self) -> String {
         let run = self.run_with_store(&["assertion-key"], &[]).ok();
         assert!(
-            run.stdout.contains("BEGIN PUBLIC KEY"),
+            run.stdout.contains("\"keys\""),
             "assertion-key printed {:?}",
             run.stdout
         );
@@ -1472,17 +1478,28 @@ pub fn sha256_b64url(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, data))
 }
 
-/// Verifies the `X-Keyguard-Assertion` the upstream received with `pem`, checks it is
-/// bound to the forwarded method, path and body, and returns its claims.
+/// Verifies the `X-Keyguard-Assertion` the upstream received with `jwks` (the key its
+/// header's `kid` names, under the algorithm that key declares), checks it is bound to the
+/// forwarded method, path and body, and returns its claims.
 #[track_caller]
-pub fn verify_assertion(pem: &str, rec: &Recorded) -> Value {
-    use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+pub fn verify_assertion(jwks: &str, rec: &Recorded) -> Value {
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
     let all = rec.header_all("x-keyguard-assertion");
     assert_eq!(all.len(), 1, "exactly one assertion upstream, got {all:?}");
     let token = &all[0];
-    let key =
-        DecodingKey::from_ed_pem(pem.as_bytes()).expect("assertion-key prints an Ed25519 PEM");
-    let mut v = Validation::new(Algorithm::EdDSA);
+    let set: JwkSet = serde_json::from_str(jwks).expect("assertion-key prints a JWKS");
+    let header = decode_header(token).expect("a JWT header");
+    let jwk = set
+        .find(header.kid.as_deref().expect("the header names its key"))
+        .unwrap_or_else(|| panic!("no key {:?} in {jwks}", header.kid));
+    assert_eq!(
+        jwk.common.key_algorithm.map(|a| format!("{a:?}")),
+        Some(format!("{:?}", header.alg)),
+        "the token's alg is the key's"
+    );
+    let key = DecodingKey::from_jwk(jwk).expect("a usable JWK");
+    let mut v = Validation::new(header.alg);
     v.set_issuer(&["keyguard"]);
     v.set_required_spec_claims(&["exp", "iss", "sub"]);
     let data = decode::<Value>(token, &key, &v)
@@ -1513,7 +1530,7 @@ pub fn verify_assertion(pem: &str, rec: &Recorded) -> Value {
 #[track_caller]
 pub fn check_forwarded(
     dialect: Dialect,
-    pem: &str,
+    jwks: &str,
     rec: &Recorded,
     key: &TestKey,
     action: &str,
@@ -1524,7 +1541,7 @@ pub fn check_forwarded(
             "client auth header {h} forwarded: {rec:#?}"
         );
     }
-    let c = verify_assertion(pem, rec);
+    let c = verify_assertion(jwks, rec);
     assert_eq!(c["sub"], key.account.as_str(), "sub: {c}");
     assert_eq!(c["kid"], key.key_id.as_str(), "kid: {c}");
     assert_eq!(c["act"], action, "act: {c}");

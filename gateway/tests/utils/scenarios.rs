@@ -12,7 +12,7 @@ pub struct Setup {
     pub gw: Gateway,
     pub origin: Origin,
     pub env: Env,
-    pub pem: String,
+    pub jwks: String,
     pub keys: Vec<TestKey>,
 }
 
@@ -34,12 +34,12 @@ pub async fn setup_env(env: Env, specs: &[KeySpec]) -> Setup {
     let keys = specs.iter().map(|s| env.create_key(s)).collect();
     let origin = Origin::start().await;
     let gw = env.start(origin.addr).await;
-    let pem = env.assertion_pem();
+    let jwks = env.assertion_jwks();
     Setup {
         env,
         origin,
         gw,
-        pem,
+        jwks,
         keys,
     }
 }
@@ -88,7 +88,7 @@ pub async fn expect_forwarded(s: &Setup, req: &Req, key: &TestKey, action: &str)
     let resp = s.gw.request(req).await;
     resp.assert_forwarded_ok();
     let rec = s.origin.one_since(before);
-    check_forwarded(s.env.dialect, &s.pem, &rec, key, action);
+    check_forwarded(s.env.dialect, &s.jwks, &rec, key, action);
     // The exact bytes signed are the bytes forwarded.
     assert_eq!(rec.method, req.method);
     assert_eq!(rec.target, req.target, "path and query forwarded unchanged");
@@ -154,7 +154,7 @@ pub async fn allowed_actions_forwarded(d: Dialect) {
     expect_forwarded(&s, &read_req(d, &k), &k, "read").await;
     expect_forwarded(&s, &trade_req(d, &k), &k, "trade").await;
     let rec = expect_forwarded(&s, &withdraw_req(d, &k, WITHDRAW_ADDR), &k, "withdraw").await;
-    let claims = verify_assertion(&s.pem, &rec);
+    let claims = verify_assertion(&s.jwks, &rec);
     let scp: Vec<&str> = claims["scp"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())

@@ -7,12 +7,14 @@
 //! an assertion lifted from one request cannot be replayed or attached to another.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 /// The issuer every assertion must name.
@@ -72,12 +74,16 @@ pub enum AssertionError {
     /// The request carried no assertion header (or a non-text one).
     #[error("no identity assertion")]
     Missing,
-    /// The token is not a well-formed EdDSA JWT with the expected claims.
+    /// The token is not a well-formed JWT with the expected claims.
     #[error("malformed assertion: {0}")]
     Malformed(String),
-    /// The signature does not verify under the configured public key.
+    /// The signature does not verify under the configured key (or the header's `alg` is
+    /// not the one the key is for).
     #[error("assertion signature does not verify")]
     BadSignature,
+    /// The header's `kid` names no key in the JWKS.
+    #[error("assertion signed by an unknown key")]
+    UnknownKey,
     /// `iss` is not `keyguard`.
     #[error("assertion issuer is not keyguard")]
     WrongIssuer,
@@ -122,6 +128,7 @@ impl AssertionError {
             AssertionError::Missing => "assertion_missing",
             AssertionError::Malformed(_) => "assertion_malformed",
             AssertionError::BadSignature => "assertion_bad_signature",
+            AssertionError::UnknownKey => "assertion_unknown_key",
             AssertionError::WrongIssuer => "assertion_wrong_issuer",
             AssertionError::Expired => "assertion_expired",
             AssertionError::IssuedInFuture => "assertion_issued_in_future",
@@ -142,10 +149,20 @@ pub fn body_hash(body: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
-/// Verifies assertions against one Ed25519 public key and remembers used `jti`s.
+/// Verifies assertions against the gateway's keys and remembers used `jti`s.
+///
+/// Keys come from a JWKS (what `keyguard assertion-key` prints: HS256 `oct` keys and
+/// Ed25519 `OKP` keys, each with its `kid`), or from one Ed25519 SPKI PEM. A token is
+/// checked only with the key its header's `kid` names and only under the algorithm that
+/// key declares, so an HS256 token can never be checked against an Ed25519 public key
+/// taken as an HMAC secret (the classic algorithm-confusion forgery). With a JWKS file,
+/// an unknown `kid` makes the verifier re-read the file once, which is how it follows a
+/// key rotation, like an exchange re-fetching a JWKS URL.
 pub struct AssertionVerifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: RwLock<HashMap<String, (Algorithm, DecodingKey)>>,
+    /// The one key of [`AssertionVerifier::from_pem`], used whatever the `kid`.
+    pem: Option<DecodingKey>,
+    jwks_file: Option<PathBuf>,
     seen: Mutex<SeenIds>,
 }
 
@@ -155,22 +172,82 @@ impl std::fmt::Debug for AssertionVerifier {
     }
 }
 
+/// The keys of a JWKS document, by `kid`, with the algorithm each declares.
+fn parse_jwks(json: &[u8]) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone().ok_or("a JWK without kid")?;
+        let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::OctetKey(_), Some(KeyAlgorithm::HS256)) => Algorithm::HS256,
+            (AlgorithmParameters::OctetKeyPair(_), Some(KeyAlgorithm::EdDSA)) => Algorithm::EdDSA,
+            (_, alg) => return Err(format!("JWK {kid}: unsupported key type or alg {alg:?}")),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK {kid}: {e}"))?;
+        keys.insert(kid, (alg, key));
+    }
+    if keys.is_empty() {
+        return Err("the JWKS has no keys".into());
+    }
+    Ok(keys)
+}
+
 impl AssertionVerifier {
-    /// Builds a verifier from an SPKI PEM public key (`-----BEGIN PUBLIC KEY-----`), as
-    /// printed by `keyguard assertion-key`.
+    /// Builds a verifier from an Ed25519 SPKI PEM public key (`keyguard assertion-key
+    /// --pem`).
     pub fn from_pem(pem: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
-        let key = DecodingKey::from_ed_pem(pem)?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
+        Ok(AssertionVerifier {
+            keys: RwLock::new(HashMap::new()),
+            pem: Some(DecodingKey::from_ed_pem(pem)?),
+            jwks_file: None,
+            seen: Mutex::new(SeenIds::default()),
+        })
+    }
+
+    /// Builds a verifier from a JWKS document.
+    pub fn from_jwks(json: &[u8]) -> Result<Self, String> {
+        Ok(AssertionVerifier {
+            keys: RwLock::new(parse_jwks(json)?),
+            pem: None,
+            jwks_file: None,
+            seen: Mutex::new(SeenIds::default()),
+        })
+    }
+
+    /// Builds a verifier from a JWKS file, or a PEM file (told apart by content), that
+    /// is re-read when a token names a key it does not know.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if bytes.starts_with(b"-----BEGIN") {
+            return AssertionVerifier::from_pem(&bytes)
+                .map_err(|e| format!("{}: not an Ed25519 SPKI PEM key: {e}", path.display()));
+        }
+        let mut v =
+            AssertionVerifier::from_jwks(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        v.jwks_file = Some(path.to_owned());
+        Ok(v)
+    }
+
+    fn validation(alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
         validation.set_issuer(&[ISSUER]);
         // Time is checked below against an injected clock, so tests can be exact and
         // the lifetime cap (which jsonwebtoken has no notion of) sits next to it.
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
-        Ok(AssertionVerifier {
-            key,
-            validation,
-            seen: Mutex::new(SeenIds::default()),
-        })
+        validation
+    }
+
+    /// The key and algorithm for `kid`, re-reading the JWKS file once if it is unknown.
+    fn key_for(&self, kid: &str) -> Option<(Algorithm, DecodingKey)> {
+        if let Some(k) = self.keys.read().get(kid) {
+            return Some(k.clone());
+        }
+        let path = self.jwks_file.as_ref()?;
+        let fresh = parse_jwks(&std::fs::read(path).ok()?).ok()?;
+        let found = fresh.get(kid).cloned();
+        *self.keys.write() = fresh;
+        found
     }
 
     /// Verifies `token` for `request` at `now` (Unix seconds) and, if it is valid, marks
@@ -182,7 +259,22 @@ impl AssertionVerifier {
         request: BoundRequest<'_>,
         now: u64,
     ) -> Result<AssertionClaims, AssertionError> {
-        let claims = jsonwebtoken::decode::<AssertionClaims>(token, &self.key, &self.validation)
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AssertionError::Malformed(format!("{:?}", e.kind())))?;
+        let (alg, key) = match &self.pem {
+            Some(key) => (Algorithm::EdDSA, key.clone()),
+            None => {
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| AssertionError::Malformed("no kid in the header".into()))?;
+                self.key_for(kid).ok_or(AssertionError::UnknownKey)?
+            }
+        };
+        if header.alg != alg {
+            return Err(AssertionError::BadSignature);
+        }
+        let claims = jsonwebtoken::decode::<AssertionClaims>(token, &key, &Self::validation(alg))
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => AssertionError::BadSignature,
                 ErrorKind::InvalidIssuer => AssertionError::WrongIssuer,

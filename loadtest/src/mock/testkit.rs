@@ -37,8 +37,11 @@ impl TestSigner {
     }
 
     pub(crate) fn sign(&self, claims: &AssertionClaims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.encoding)
-            .expect("sign assertion")
+        self.sign_with_header(Header::new(Algorithm::EdDSA), claims)
+    }
+
+    pub(crate) fn sign_with_header(&self, header: Header, claims: &AssertionClaims) -> String {
+        jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign assertion")
     }
 }
 
