@@ -10,44 +10,68 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::json::Object;
+
 /// How often appended lines are forced to disk (what a power loss could take).
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
-/// One request's outcome.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent {
-    /// RFC 3339 time the request arrived.
-    pub ts: String,
+/// One request's outcome. Borrowed from the request's context: it is written straight
+/// into the log line, never kept.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEvent<'a> {
+    /// When the request arrived (written as RFC 3339 with milliseconds, UTC).
+    pub ts: SystemTime,
     /// Request id (also in the error body and the assertion's `jti`).
-    pub request_id: String,
+    pub request_id: &'a str,
     /// Key id, once the key is known.
-    pub key_id: Option<String>,
+    pub key_id: Option<&'a str>,
     /// Account, once the key is known.
-    pub account: Option<String>,
+    pub account: Option<&'a str>,
     /// Client IP.
-    pub client_ip: String,
+    pub client_ip: &'a str,
     /// Dialect name.
     pub dialect: &'static str,
     /// Classified action, once known.
     pub action: Option<&'static str>,
-    /// `allow` or `deny`.
+    /// `allow`, `deny` or `would_deny`.
     pub decision: &'static str,
     /// The deny code, or for allowed requests `null`.
     pub code: Option<&'static str>,
-    /// HTTP status returned to the client.
+    /// HTTP status returned to the client (0: none was).
     pub status: u16,
     /// Time from arrival to response headers (µs).
     pub latency_us: u64,
     /// HTTP method.
-    pub method: String,
+    pub method: &'a str,
     /// Request path (truncated to 256 bytes; never the query, which may hold signatures).
-    pub path: String,
+    pub path: &'a str,
+}
+
+impl AuditEvent<'_> {
+    /// Appends the event as one JSON object (no newline).
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        let mut o = Object::new(buf);
+        o.raw_with("ts", |b| push_timestamp(b, self.ts))
+            .str("request_id", self.request_id)
+            .opt_str("key_id", self.key_id)
+            .opt_str("account", self.account)
+            .str("client_ip", self.client_ip)
+            .str("dialect", self.dialect)
+            .opt_str("action", self.action)
+            .str("decision", self.decision)
+            .opt_str("code", self.code)
+            .u64("status", u64::from(self.status))
+            .u64("latency_us", self.latency_us)
+            .str("method", self.method)
+            .str("path", self.path);
+        o.end();
+    }
 }
 
 /// A change made by an operator (freeze, key suspension, ...), with who and why.
@@ -68,11 +92,10 @@ pub struct AdminAudit {
 }
 
 /// One line of the audit log.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum AuditLine {
+#[derive(Debug, Clone)]
+pub enum AuditLine<'a> {
     /// A request's outcome.
-    Request(AuditEvent),
+    Request(AuditEvent<'a>),
     /// An operator's change.
     Admin(AdminAudit),
 }
@@ -80,6 +103,35 @@ pub enum AuditLine {
 /// RFC 3339 with milliseconds, UTC.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+thread_local! {
+    /// The formatted second of the last timestamp written on this thread: requests in the
+    /// same second share everything up to the milliseconds.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// Appends `t` as a JSON string, RFC 3339 with milliseconds, UTC, exactly as
+/// [`timestamp`] formats it.
+pub fn push_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let full = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string();
+            // "YYYY-MM-DDTHH:MM:SSZ": keep all but the zone.
+            text.copy_from_slice(&full.as_bytes()[..19]);
+            *cached = secs;
+        }
+        buf.push(b'"');
+        buf.extend_from_slice(&text[..]);
+        buf.push(b'.');
+        buf.push(b'0' + (millis / 100) as u8);
+        buf.push(b'0' + (millis / 10 % 10) as u8);
+        buf.push(b'0' + (millis % 10) as u8);
+        buf.extend_from_slice(b"Z\"");
+    });
 }
 
 /// Appends lines to the audit log. Cheap to clone.
@@ -154,17 +206,22 @@ impl AuditSink {
     }
 
     /// Appends a request event.
-    pub fn record(&self, event: AuditEvent) {
+    pub fn record(&self, event: AuditEvent<'_>) {
         self.record_line(&AuditLine::Request(event))
     }
 
     /// Appends any line. Returns once the line is in the kernel (it survives a crash of
     /// the gateway; the syncer bounds what a power loss could take to about a second).
-    pub fn record_line(&self, line: &AuditLine) {
+    pub fn record_line(&self, line: &AuditLine<'_>) {
         LINE.with_borrow_mut(|buf| {
             buf.clear();
-            // Serializing strings, integers and options into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *buf, line);
+            match line {
+                AuditLine::Request(event) => event.write_json(buf),
+                // Serializing strings into a Vec cannot fail.
+                AuditLine::Admin(admin) => {
+                    let _ = serde_json::to_writer(&mut *buf, admin);
+                }
+            }
             buf.push(b'\n');
             if let Err(e) = append_line(&self.log.file.lock(), buf) {
                 tracing::error!(error = %e, "audit write failed; the line is lost");
@@ -217,22 +274,54 @@ fn sync_loop(log: &AuditLog) {
 mod tests {
     use super::*;
 
-    fn event(i: usize) -> AuditEvent {
+    fn event(id: &str) -> AuditEvent<'_> {
         AuditEvent {
-            ts: timestamp(SystemTime::now()),
-            request_id: format!("req-{i}"),
-            key_id: Some("kg_1".into()),
-            account: Some("alice".into()),
-            client_ip: "127.0.0.2".into(),
+            ts: SystemTime::now(),
+            request_id: id,
+            key_id: Some("kg_1"),
+            account: Some("alice"),
+            client_ip: "127.0.0.2",
             dialect: "zaif",
             action: Some("read"),
             decision: "allow",
             code: None,
             status: 200,
             latency_us: 10,
-            method: "POST".into(),
-            path: "/tapi".into(),
+            method: "POST",
+            path: "/tapi",
         }
+    }
+
+    #[test]
+    fn timestamps_match_humantime_and_lines_are_json() {
+        for ms in [
+            0u64,
+            999,
+            1_000,
+            1_764_624_464_007,
+            1_764_624_464_999,
+            1_764_624_465_010,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            let mut buf = Vec::new();
+            push_timestamp(&mut buf, t);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                format!("\"{}\"", timestamp(t)),
+                "{ms}"
+            );
+        }
+        let mut buf = Vec::new();
+        let mut e = event("r\"1");
+        e.code = Some("ip_not_allowed");
+        e.key_id = None;
+        e.write_json(&mut buf);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["request_id"], "r\"1");
+        assert_eq!(v["key_id"], serde_json::Value::Null);
+        assert_eq!(v["code"], "ip_not_allowed");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v.as_object().unwrap().len(), 13, "{v}");
     }
 
     #[test]
@@ -240,7 +329,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let (sink, handle) = AuditSink::start(&path).unwrap();
-        sink.record(event(0));
+        sink.record(event("req-0"));
         // Readable through another handle at once: no queue, no flush to wait for.
         let first = std::fs::read_to_string(&path).unwrap();
         assert_eq!(first.lines().count(), 1);
@@ -251,7 +340,7 @@ mod tests {
                 let sink = sink.clone();
                 thread::spawn(move || {
                     for i in 0..500 {
-                        sink.record(event(1 + t * 500 + i));
+                        sink.record(event(&format!("req-{}", 1 + t * 500 + i)));
                     }
                 })
             })
@@ -283,7 +372,7 @@ mod tests {
         if let Ok(path) = std::env::var(CHILD) {
             let (sink, handle) = AuditSink::start(Path::new(&path)).unwrap();
             for i in 0..20 {
-                sink.record(event(i));
+                sink.record(event(&format!("req-{i}")));
             }
             handle.join();
             return;

@@ -82,6 +82,12 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// A field whose value `write` appends itself (already valid JSON).
+    pub fn raw_with(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        write(self.key(key));
+        self
+    }
+
     /// An integer field.
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         let buf = self.key(key);

@@ -98,8 +98,11 @@ pub struct Gateway {
 
 /// What the pipeline learned about a request, for the audit event.
 struct RequestCtx {
-    request_id: String,
+    request_id: RequestId,
     client_ip: IpAddr,
+    /// `client_ip` as text, formatted once for the audit line, the assertion and the
+    /// forwarded header.
+    client_ip_text: IpText,
     key: Option<Arc<KeyRecord>>,
     action: Option<Action>,
     /// Set once every check passed and the request went to the upstream.
@@ -112,6 +115,15 @@ struct RequestCtx {
     body_unread: bool,
 }
 
+impl RequestCtx {
+    fn set_client_ip(&mut self, ip: IpAddr) {
+        if ip != self.client_ip {
+            self.client_ip = ip;
+            self.client_ip_text = IpText::new(ip);
+        }
+    }
+}
+
 impl Gateway {
     /// Serves one request: decide, forward or refuse, audit.
     pub async fn handle(
@@ -122,11 +134,15 @@ impl Gateway {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let arrived = SystemTime::now();
-        let method = req.method().to_string();
-        let path = truncate(req.uri().path(), 256);
+        // Both are cheap to clone (an enum, a shared buffer), and `process` takes the
+        // request; the audit line needs them afterwards.
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let peer_ip = canonical_ip(peer.ip());
         let mut ctx = RequestCtx {
             request_id: self.ids.next(),
-            client_ip: canonical_ip(peer.ip()),
+            client_ip: peer_ip,
+            client_ip_text: IpText::new(peer_ip),
             key: None,
             action: None,
             forwarded: false,
@@ -142,7 +158,7 @@ impl Gateway {
         let (resp, code) = match outcome {
             Ok(resp) => (resp, ctx.would_deny.map(Deny::code)),
             Err(refusal) => {
-                let mut resp = deny_response(&refusal, &ctx.request_id, self.dialect.kind);
+                let mut resp = deny_response(&refusal, ctx.request_id.as_str(), self.dialect.kind);
                 if ctx.body_unread {
                     // Refused before its body was read (pre-auth limits, oversized or slow
                     // bodies): close rather than let hyper drain a body nobody wants, which
@@ -160,19 +176,19 @@ impl Gateway {
             (false, _) => "deny",
         };
         self.audit.record(AuditEvent {
-            ts: timestamp(arrived),
-            request_id: ctx.request_id,
-            key_id: ctx.key.as_ref().map(|k| k.key_id.clone()),
-            account: ctx.key.as_ref().map(|k| k.account.clone()),
-            client_ip: ctx.client_ip.to_string(),
+            ts: arrived,
+            request_id: ctx.request_id.as_str(),
+            key_id: ctx.key.as_deref().map(|k| k.key_id.as_str()),
+            account: ctx.key.as_deref().map(|k| k.account.as_str()),
+            client_ip: ctx.client_ip_text.as_str(),
             dialect: self.dialect.kind.as_str(),
             action: ctx.action.map(Action::as_str),
             decision,
             code,
             status: resp.status().as_u16(),
             latency_us: started.elapsed().as_micros() as u64,
-            method,
-            path,
+            method: method.as_str(),
+            path: truncate(uri.path(), 256),
         });
         Ok(resp)
     }
@@ -195,19 +211,19 @@ impl Gateway {
             .checked_sub(waited)
             .unwrap_or_else(SystemTime::now);
         self.audit.record(AuditEvent {
-            ts: timestamp(arrived_at),
-            request_id: self.ids.next(),
+            ts: arrived_at,
+            request_id: self.ids.next().as_str(),
             key_id: None,
             account: None,
-            client_ip: canonical_ip(peer.ip()).to_string(),
+            client_ip: IpText::new(canonical_ip(peer.ip())).as_str(),
             dialect: self.dialect.kind.as_str(),
             action: None,
             decision: "deny",
             code: Some(deny.code()),
             status,
             latency_us: waited.as_micros() as u64,
-            method: String::new(),
-            path: String::new(),
+            method: "",
+            path: "",
         });
     }
 
@@ -220,7 +236,7 @@ impl Gateway {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Refusal> {
         // Who is asking: the socket peer, or the client behind a proxy we trust.
-        ctx.client_ip = client_ip(peer.ip(), req.headers(), &self.trusted_proxies)?;
+        ctx.set_client_ip(client_ip(peer.ip(), req.headers(), &self.trusted_proxies)?);
 
         // Pre-auth: banned or blocked networks and the per-IP rate limit are checked before
         // reading the body or computing any HMAC, so floods cannot burn CPU.
@@ -512,13 +528,13 @@ impl Gateway {
             kid: &key.key_id,
             scp: key.scopes,
             act: action.as_str(),
-            cip: &ctx.client_ip.to_string(),
+            cip: ctx.client_ip_text.as_str(),
             mth: parts.method.as_str(),
             pth: parts.uri.path(),
             body,
             query: parts.uri.query(),
             iat: now_ms / 1000,
-            jti: &ctx.request_id,
+            jti: ctx.request_id.as_str(),
         })
     }
 
@@ -546,11 +562,12 @@ impl Gateway {
         let headers = out.headers_mut();
         copy_end_to_end(&parts.headers, headers, self.dialect.kind.auth_headers());
         headers.insert(header::HOST, up.host.clone());
-        if let Ok(ip) = HeaderValue::from_str(&ctx.client_ip.to_string()) {
+        if let Ok(ip) = HeaderValue::from_str(ctx.client_ip_text.as_str()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
         }
-        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-            headers.insert(HeaderName::from_static("x-request-id"), id);
+        let request_id = HeaderValue::from_str(ctx.request_id.as_str()).ok();
+        if let Some(id) = &request_id {
+            headers.insert(HeaderName::from_static("x-request-id"), id.clone());
         }
         if let Some(token) = assertion {
             let v = HeaderValue::from_str(&token).map_err(|_| Deny::StateUnavailable)?;
@@ -574,7 +591,7 @@ impl Gateway {
         // The client spoke to us, not to the upstream: answer in the client's version.
         rparts.version = parts.version;
         strip_hop_by_hop(&mut rparts.headers);
-        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+        if let Some(id) = request_id {
             rparts
                 .headers
                 .insert(HeaderName::from_static("x-request-id"), id);
@@ -590,15 +607,57 @@ impl Gateway {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
-        return s.to_owned();
+        return s;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
+}
+
+/// An IP address as text, formatted once into a buffer on the stack.
+#[derive(Clone, Copy)]
+struct IpText {
+    buf: [u8; 45],
+    len: u8,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        use std::io::Write as _;
+        let mut buf = [0u8; 45];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // The longest form, an IPv4-mapped IPv6 address, is 45 bytes: it always fits.
+        let _ = write!(cursor, "{ip}");
+        let len = cursor.position() as u8;
+        IpText { buf, len }
+    }
+
+    fn as_str(&self) -> &str {
+        // Display of an IpAddr writes ASCII only.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+/// A request id: 20 hex digits, kept on the stack.
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 20]);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Unique request ids: a random per-process prefix and a counter, so generating one costs
@@ -618,10 +677,18 @@ impl RequestIds {
         })
     }
 
-    /// The next id.
-    pub fn next(&self) -> String {
+    /// The next id: the prefix as 8 hex digits, then the counter as 12.
+    pub fn next(&self) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{:012x}", self.prefix, n)
+        let mut out = [0u8; 20];
+        for (i, b) in out[..8].iter_mut().enumerate() {
+            *b = HEX[(self.prefix >> (28 - 4 * i) & 0xf) as usize];
+        }
+        for (i, b) in out[8..].iter_mut().enumerate() {
+            *b = HEX[(n >> (44 - 4 * i) & 0xf) as usize];
+        }
+        RequestId(out)
     }
 }
 
@@ -633,7 +700,30 @@ mod tests {
     fn request_ids_unique() {
         let ids = RequestIds::new().unwrap();
         let a = ids.next();
-        assert_eq!(a.len(), 20);
-        assert_ne!(a, ids.next());
+        assert_eq!(a.as_str().len(), 20);
+        assert_eq!(
+            a.as_str(),
+            format!("{:08x}{:012x}", ids.prefix, 0),
+            "what format! wrote before"
+        );
+        assert_ne!(a.as_str(), ids.next().as_str());
+        ids.counter.store(0xfedc_ba98_7654, Ordering::Relaxed);
+        assert_eq!(
+            ids.next().as_str(),
+            format!("{:08x}fedcba987654", ids.prefix)
+        );
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "127.0.0.2",
+            "::1",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
     }
 }

@@ -22,7 +22,8 @@ pub fn parse_urlencoded(raw: &[u8]) -> Result<Vec<(String, String)>, Deny> {
     if raw.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut pairs: Vec<(String, String)> =
+        Vec::with_capacity(raw.iter().filter(|b| **b == b'&').count() + 1);
     for piece in raw.split(|b| *b == b'&') {
         let eq = piece
             .iter()
@@ -46,6 +47,15 @@ pub fn parse_urlencoded(raw: &[u8]) -> Result<Vec<(String, String)>, Deny> {
 /// Decodes one name or value: `%XX` escapes (either hex case), `+` as space when
 /// `plus_as_space` (form semantics), and refuses anything [`parse_urlencoded`] refuses.
 pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<String, Deny> {
+    // Most names and values (method names, numbers, hex, base64 without padding) have
+    // nothing to decode: printable ASCII is valid UTF-8 without control characters, so it
+    // is copied once, with no second pass.
+    if raw
+        .iter()
+        .all(|b| matches!(b, 0x20..=0x7e) && !matches!(b, b'%' | b'+' | b';'))
+    {
+        return Ok(String::from_utf8_lossy(raw).into_owned());
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
