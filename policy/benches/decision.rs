@@ -2,6 +2,8 @@
 //! parse + verify a signed Zaif or Binance order, classify it, authorize it, check the
 //! rate limits, reserve its velocity, run the anomaly rules.
 //!
+//! The allocator is mimalloc, as in the gateway binary.
+//!
 //! `cargo bench -p keyguard-policy -- --quick` runs it in well under two minutes. The
 //! two-thread cases run two decisions at once (two traders, two accounts) and report the
 //! wall time of the pair, so perfect scaling shows as the single-thread time.
@@ -28,6 +30,11 @@ use keyguard_policy::velocity::{
     VelocityStore,
 };
 use keyguard_policy::{Action, Credential, KeyRecord, KeyStatus, RouteSpec, RouteTable, Secret};
+
+/// The gateway's allocator (see `gateway/src/main.rs`), so the bench measures a decision
+/// as the gateway makes it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
 const NOW: u64 = 1_763_812_345_123;

@@ -75,18 +75,72 @@ impl std::fmt::Debug for Credential {
 }
 
 /// Secret bytes that are wiped when dropped and never formatted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+///
+/// The HMAC key derived from them is kept once computed: deriving it hashes two padded
+/// key blocks, which was about a third of a Zaif signature check. (The derived pads let
+/// anyone compute the HMAC, so they are as secret as the bytes; ring does not wipe them.)
+pub struct Secret(Vec<u8>, std::sync::OnceLock<DerivedHmac>);
+
+/// The one HMAC key a gateway needs for a secret (a gateway speaks one dialect).
+struct DerivedHmac {
+    algorithm: ring::hmac::Algorithm,
+    base64: bool,
+    key: Option<ring::hmac::Key>,
+}
+
+impl Clone for Secret {
+    fn clone(&self) -> Self {
+        Secret::new(self.0.clone())
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wraps secret bytes.
     pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(bytes)
+        Secret(bytes, std::sync::OnceLock::new())
     }
 
     /// The secret bytes; callers must not log them.
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+
+    /// The HMAC key for `algorithm` over these bytes, or over their base64 decoding when
+    /// `decode` is given (Kraken hands out base64 text); `None` when decoding fails.
+    /// Computed once per secret and then reused.
+    pub fn hmac_key(
+        &self,
+        algorithm: ring::hmac::Algorithm,
+        decode: Option<fn(&[u8]) -> Option<Vec<u8>>>,
+    ) -> Option<ring::hmac::Key> {
+        let derive = || {
+            let key = match decode {
+                Some(f) => {
+                    let bytes = Secret::new(f(&self.0)?);
+                    ring::hmac::Key::new(algorithm, bytes.expose())
+                }
+                None => ring::hmac::Key::new(algorithm, &self.0),
+            };
+            Some(key)
+        };
+        let cached = self.1.get_or_init(|| DerivedHmac {
+            algorithm,
+            base64: decode.is_some(),
+            key: derive(),
+        });
+        if cached.algorithm == algorithm && cached.base64 == decode.is_some() {
+            cached.key.clone()
+        } else {
+            derive()
+        }
     }
 }
 

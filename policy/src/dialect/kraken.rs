@@ -68,7 +68,12 @@ fn signed_payload(path: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
 
 /// The HMAC key behind a stored Kraken secret; `None` if the secret is not base64.
 pub(super) fn decode_secret(secret: &[u8]) -> Option<Secret> {
-    SECRET_BASE64.decode(secret).ok().map(Secret::new)
+    decode_secret_bytes(secret).map(Secret::new)
+}
+
+/// [`decode_secret`] as plain bytes, for [`Secret::hmac_key`].
+pub(super) fn decode_secret_bytes(secret: &[u8]) -> Option<Vec<u8>> {
+    SECRET_BASE64.decode(secret).ok()
 }
 
 pub(super) fn sign(

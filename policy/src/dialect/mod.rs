@@ -383,33 +383,29 @@ pub fn verify(
     let signature = &creds.signature;
     match (cfg.kind, credential) {
         (DialectKind::Zaif, Credential::Hmac(secret)) => {
-            hmac_verify(hmac::HMAC_SHA512, secret.expose(), payload, signature)
+            hmac_verify(secret.hmac_key(hmac::HMAC_SHA512, None), payload, signature)
         }
         (DialectKind::Binance, Credential::Hmac(secret)) => {
-            hmac_verify(hmac::HMAC_SHA256, secret.expose(), payload, signature)
+            hmac_verify(secret.hmac_key(hmac::HMAC_SHA256, None), payload, signature)
         }
         (DialectKind::Binance, Credential::Ed25519(public_key)) => {
             signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
                 .verify(payload, signature)
                 .map_err(|_| Deny::InvalidSignature)
         }
-        (DialectKind::Kraken, Credential::Hmac(secret)) => {
-            let key = kraken::decode_secret(secret.expose()).ok_or(Deny::InvalidSignature)?;
-            hmac_verify(hmac::HMAC_SHA512, key.expose(), payload, signature)
-        }
+        (DialectKind::Kraken, Credential::Hmac(secret)) => hmac_verify(
+            secret.hmac_key(hmac::HMAC_SHA512, Some(kraken::decode_secret_bytes)),
+            payload,
+            signature,
+        ),
         (DialectKind::Zaif | DialectKind::Kraken, Credential::Ed25519(_)) => {
             Err(Deny::InvalidSignature)
         }
     }
 }
 
-fn hmac_verify(
-    algorithm: hmac::Algorithm,
-    secret: &[u8],
-    payload: &[u8],
-    tag: &[u8],
-) -> Result<(), Deny> {
-    let key = hmac::Key::new(algorithm, secret);
+fn hmac_verify(key: Option<hmac::Key>, payload: &[u8], tag: &[u8]) -> Result<(), Deny> {
+    let key = key.ok_or(Deny::InvalidSignature)?;
     // ring compares the tags in constant time; a tag of the wrong length simply fails.
     hmac::verify(&key, payload, tag).map_err(|_| Deny::InvalidSignature)
 }
