@@ -57,7 +57,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use alerts::AlertsConfig;
-pub use data::{AssertionConfig, AuditConfig, DataFile, SecretsConfig};
+pub use data::{AssertionAlg, AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
 pub use server::{InvalidUpstream, ServerConfig, Upstream};
 

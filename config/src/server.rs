@@ -51,6 +51,11 @@ pub struct ServerConfig {
     /// Time allowed for the upstream's response head, and for each wait between pieces of
     /// its body, in ms.
     pub upstream_response_timeout_ms: u64,
+    /// Worker threads, each with its own runtime, listener (`SO_REUSEPORT`) and upstream
+    /// connections, so a request never changes threads. `None`: one per available core.
+    pub workers: Option<usize>,
+    /// Idle upstream connections each worker keeps open for reuse.
+    pub upstream_max_idle_per_worker: usize,
 }
 
 /// An upstream base URL: `http://host[:port]`, nothing after the authority, because each
@@ -181,6 +186,8 @@ pub(crate) struct RawServer {
     body_read_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
     upstream_connect_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
     upstream_response_timeout_ms: Bounded<1, MAX_TIMEOUT_MS>,
+    workers: Option<Bounded<1, 1024>>,
+    upstream_max_idle_per_worker: Bounded<0, 65_536>,
     /// Removed (it never applied); kept only to explain that, see [`RawServer::resolve`].
     idle_timeout_ms: Option<Spanned<toml::Value>>,
 }
@@ -200,6 +207,8 @@ impl Default for RawServer {
             body_read_timeout_ms: Bounded(10_000),
             upstream_connect_timeout_ms: Bounded(2_000),
             upstream_response_timeout_ms: Bounded(10_000),
+            workers: None,
+            upstream_max_idle_per_worker: Bounded(256),
             idle_timeout_ms: None,
         }
     }
@@ -241,6 +250,8 @@ impl RawServer {
             body_read_timeout_ms: self.body_read_timeout_ms.0,
             upstream_connect_timeout_ms: self.upstream_connect_timeout_ms.0,
             upstream_response_timeout_ms: self.upstream_response_timeout_ms.0,
+            workers: self.workers.map(|w| to_usize(w.0)),
+            upstream_max_idle_per_worker: to_usize(self.upstream_max_idle_per_worker.0),
         })
     }
 }

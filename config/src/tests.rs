@@ -1002,3 +1002,35 @@ fn duration_syntax() {
         ["1ms", "1500ms", "5m", "90d"]
     );
 }
+
+#[test]
+fn assertion_alg_defaults_to_hs256_with_its_own_key_file() {
+    let cfg = ok(MINIMAL);
+    assert_eq!(cfg.assertion.alg, crate::AssertionAlg::Hs256);
+    assert_eq!(
+        cfg.assertion.key_file.configured(),
+        Path::new("assertion-hs256.key")
+    );
+    let cfg = ok(&format!("[assertion]\nalg = \"EdDSA\"\n{MINIMAL}"));
+    assert_eq!(cfg.assertion.alg, crate::AssertionAlg::EdDsa);
+    // The name Ed25519 keys always had, so existing data dirs keep their key.
+    assert_eq!(
+        cfg.assertion.key_file.configured(),
+        Path::new("assertion.key")
+    );
+    let e = err(&format!("[assertion]\nalg = \"RS256\"\n{MINIMAL}"));
+    assert!(at(&e, 2, "assertion.alg").contains("HS256"), "{e}");
+}
+
+#[test]
+fn workers_are_optional_and_bounded() {
+    assert_eq!(ok(MINIMAL).server.workers, None);
+    assert_eq!(
+        ok(&format!("[server]\nworkers = 2\n{MINIMAL}"))
+            .server
+            .workers,
+        Some(2)
+    );
+    let e = err(&format!("[server]\nworkers = 0\n{MINIMAL}"));
+    at(&e, 2, "server.workers");
+}
