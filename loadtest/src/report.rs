@@ -479,7 +479,7 @@ pub fn page(title: &str, body: &str) -> String {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}\
 h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}table{border-collapse:collapse;margin:1em 0}\
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}table.wide{font-size:.8em}table.wide th{vertical-align:bottom}\
-tr.none td{color:#666}td.l,th.l{text-align:left}pre.cmd{background:#f6f6f6;padding:.5em;overflow-x:auto}td:first-child,th:first-child{text-align:left}\
+tr.none td{color:#666}td.l,th.l{text-align:left}pre{overflow-x:auto}pre.cmd{background:#f6f6f6;padding:.5em}td:first-child,th:first-child{text-align:left}\
 tr.ok td{background:#eef9ee}tr.fail td{background:#fde8e8}span.ok{color:#1a7f37}span.fail{color:#c62828}\
 figure.plot{margin:1em 0}figure.plot svg{display:block;max-width:100%;height:auto;border:1px solid #ddd}\
 .plot-empty,.plot-error{color:#666;font-style:italic}.plot-error{color:#c62828}";

@@ -206,6 +206,18 @@ impl BenchReport {
                 );
                 let _ = writeln!(
                     out,
+                    "  achieved req/s: direct {:.0}, nginx {}, Keyguard HS256 {:.0}",
+                    h.direct.ok_rps,
+                    h.nginx
+                        .as_ref()
+                        .map_or("—".into(), |n| format!("{:.0}", n.ok_rps)),
+                    h.keyguard.ok_rps
+                );
+                if let Some(note) = half_rate_note(d) {
+                    let _ = writeln!(out, "  note: {note}");
+                }
+                let _ = writeln!(
+                    out,
                     "  CPU µs/request at that rate: Keyguard {}{}",
                     cpu_text(&h.keyguard),
                     h.nginx
@@ -307,6 +319,11 @@ impl BenchReport {
                     );
                 }
             }
+            for d in &self.dialects {
+                if let Some(note) = half_rate_note(d) {
+                    let _ = writeln!(out, "\n{}: {note}", d.dialect);
+                }
+            }
         }
         if !self.goals.is_empty() {
             let _ = writeln!(
@@ -394,14 +411,33 @@ impl BenchReport {
             if let Some(h) = &d.half_rate {
                 let _ = write!(
                     body,
-                    "<p>Open loop at {:.0} req/s (half of {}'s maximum): p50 direct {}, nginx {}, Keyguard HS256 {} (÷ nginx {}).</p>",
+                    "<h3>{}: open loop at {:.0} req/s (half of {}'s maximum)</h3>",
+                    esc(&d.dialect),
                     h.rate,
-                    esc(&h.half_of),
-                    fmt_us(h.direct.p50_us),
-                    h.nginx.as_ref().map_or("—".into(), |n| fmt_us(n.p50_us)),
-                    fmt_us(h.keyguard.p50_us),
-                    fmt_ratio(h.p50_ratio_to_nginx)
+                    esc(&h.half_of)
                 );
+                if let Some(note) = half_rate_note(d) {
+                    let _ = write!(body, "<p class=sub>{}</p>", esc(&note));
+                }
+                body.push_str("<table><tr><th>target</th><th>achieved req/s</th><th>p50</th><th>p99</th><th>p99.9</th><th>proxy CPU µs/req</th><th>p50 ÷ nginx</th></tr>");
+                let nginx_p50 = h.nginx.as_ref().map(|n| n.p50_us as f64);
+                let mut runs = vec![("(a) mock exchange directly", &h.direct)];
+                runs.extend(h.nginx.as_ref().map(|n| ("(b) nginx proxy_pass", n)));
+                runs.push(("(c) Keyguard, HS256", &h.keyguard));
+                for (what, m) in runs {
+                    let _ = write!(
+                        body,
+                        "<tr><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(what),
+                        m.ok_rps,
+                        fmt_us(m.p50_us),
+                        fmt_us(m.p99_us),
+                        fmt_us(m.p999_us),
+                        fmt_cpu(m.cpu("proxy")),
+                        fmt_ratio(nginx_p50.and_then(|n| ratio(m.p50_us as f64, n)))
+                    );
+                }
+                body.push_str("</table>");
             }
             body.push_str(&latency_plot(d));
         }
@@ -482,12 +518,14 @@ impl BenchReport {
                 {
                     continue;
                 }
+                // Only targets with bars get a legend entry.
                 let series = match names.iter().position(|n| *n == t.description) {
                     Some(i) => i,
-                    None => {
+                    None if t.skipped.is_none() => {
                         names.push(&t.description);
                         names.len() - 1
                     }
+                    None => 0,
                 };
                 let label = format!("{} · {}", d.dialect, t.description);
                 let row = match &t.skipped {
@@ -511,6 +549,19 @@ impl BenchReport {
         let series = names.into_iter().map(|n| (n, target_color(n))).collect();
         (series, rows)
     }
+}
+
+/// Said next to the half-rate numbers when Keyguard cannot keep up with that rate, so
+/// its latency there is time spent queueing.
+fn half_rate_note(d: &DialectResult) -> Option<String> {
+    let h = d.half_rate.as_ref()?;
+    let max = d.measured("keyguard-hs256")?.ok_rps;
+    (h.rate > max).then(|| {
+        format!(
+            "{:.0} req/s is above Keyguard HS256's closed-loop maximum ({max:.0} req/s): requests queue, so its latency at this rate is mostly waiting (achieved {:.0} req/s).",
+            h.rate, h.keyguard.ok_rps
+        )
+    })
 }
 
 /// A fixed color per target, the same in every plot.
