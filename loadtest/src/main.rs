@@ -5,7 +5,8 @@
 //!   127.0.0.1:0` and read the port back instead of racing for a free one.
 //! - `run` replays a scenario against a gateway (self-contained, or one already running)
 //!   and judges it from the exchange's ledger.
-//! - `bench` compares the mock exchange direct, behind nginx and behind Keyguard.
+//! - `bench` compares, per dialect, the mock exchange direct, behind nginx and behind
+//!   Keyguard with HS256 and with EdDSA assertions.
 //! - `demo` is `run --scenario mixed` for 20 s, self-contained.
 
 #![forbid(unsafe_code)]
@@ -125,18 +126,35 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// Dialect.
-    #[arg(long, default_value = "zaif", value_parser = app::parse_dialect)]
-    dialect: DialectKind,
+    /// Dialects: zaif, binance, kraken, a comma-separated list, or all.
+    #[arg(long, default_value = "all", value_parser = bench::parse_dialects)]
+    dialect: bench::DialectList,
+    /// Targets to measure, comma-separated (the others are reported as not selected).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,nginx,hs256,eddsa,redis"
+    )]
+    targets: Vec<bench::TargetKind>,
     /// Closed-loop clients (one key and one connection each).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Measured seconds per target and round.
-    #[arg(long, default_value = "10s", value_parser = app::parse_duration)]
+    /// Measured time per target and round.
+    #[arg(long, default_value = "5s", value_parser = app::parse_duration)]
     duration: Duration,
-    /// Rounds (targets alternate within each round; the median round is reported).
+    /// Rounds (targets alternate within each round; each metric is the median of the rounds).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Unmeasured load per target before the first round.
+    #[arg(long, default_value = "2s", value_parser = app::parse_duration)]
+    warmup: Duration,
+    /// `server.workers` of the Keyguard targets (default: the gateway's own default).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Skip the open-loop run at half of nginx's maximum rate.
+    #[arg(long)]
+    no_half_rate: bool,
     /// Also measure Keyguard's memory through a 60 s stuffing run with a million
     /// distinct keys and client IPs.
     #[arg(long)]
@@ -144,7 +162,7 @@ struct BenchArgs {
     /// Duration of the stuffing check.
     #[arg(long, default_value = "60s", value_parser = app::parse_duration)]
     stuffing_duration: Duration,
-    /// Where to write bench.json and bench.html (default: target/loadtest-reports/...).
+    /// Where to write bench.json, bench.md and bench.html (default: target/loadtest-reports/...).
     #[arg(long)]
     out_dir: Option<PathBuf>,
 }
@@ -167,13 +185,18 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| app::default_out_dir("bench"));
             bench::run(bench::BenchOptions {
                 tools,
-                dialect: args.dialect,
-                concurrency: args.concurrency,
+                dialects: args.dialect.0,
+                targets: args.targets,
+                concurrency: args.concurrency.max(1),
                 duration: args.duration,
                 rounds: args.rounds.max(1),
+                warmup: args.warmup,
+                workers: args.workers,
+                half_rate: !args.no_half_rate,
                 stuffing_check: args.stuffing_check,
                 stuffing_duration: args.stuffing_duration,
                 out_dir,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
             })
             .await
         }

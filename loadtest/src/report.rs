@@ -1,5 +1,12 @@
 //! Reports: one [`Report`] per run, printed as a table, written as JSON and as a
 //! self-contained HTML page with inline SVG plots (no external assets).
+//!
+//! # Layout
+//! - this file: [`Report`], its table and HTML page, and the page frame the bench's
+//!   report shares ([`page`], [`esc`], [`fmt_us`]).
+//! - [`plots`]: the plots, drawn by `plotters` into SVG.
+
+pub mod plots;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -326,14 +333,15 @@ impl Report {
             );
         }
         body.push_str("</table>");
-        body.push_str(&svg::percentile_plot(&self.percentile_curves));
+        body.push_str(&self.percentile_plot());
         body.push_str("<h2>Over time</h2>");
-        body.push_str(&svg::timeline_plot(&self.timeline));
-        body.push_str("<h2>Responses</h2><table><tr><th>role</th><th>requests</th><th>statuses</th><th>deny codes</th></tr>");
+        body.push_str(&plots::requests_per_second(&self.timeline));
+        body.push_str(&plots::latency_per_second(&self.timeline));
+        body.push_str("<h2>Responses</h2><table><tr><th>role</th><th>requests</th><th class=l>statuses</th><th class=l>deny codes</th></tr>");
         for (role, c) in &self.by_role {
             let _ = write!(
                 body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
                 esc(role),
                 c.requests,
                 esc(&join_counts(&c.statuses)),
@@ -341,10 +349,7 @@ impl Report {
             );
         }
         body.push_str("</table>");
-        body.push_str(&svg::bar_chart(
-            "Deny codes (all requests)",
-            &self.totals.deny_codes,
-        ));
+        body.push_str(&self.deny_code_chart());
         if !self.notes.is_empty() {
             body.push_str("<h2>Notes</h2><ul>");
             for n in &self.notes {
@@ -353,6 +358,53 @@ impl Report {
             body.push_str("</ul>");
         }
         page(&format!("Keyguard load test: {}", self.scenario), &body)
+    }
+}
+
+impl Report {
+    fn percentile_plot(&self) -> String {
+        // `all` first, then the tags, each in its fixed color.
+        let mut names: Vec<&String> = self.percentile_curves.keys().collect();
+        names.sort_by_key(|n| (n.as_str() != "all", n.as_str()));
+        let curves: Vec<plots::Curve<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| plots::Curve {
+                name,
+                color: match name.as_str() {
+                    "all" => plots::PALETTE[0],
+                    "legit" => plots::OK,
+                    "attack" => plots::ERROR,
+                    _ => plots::PALETTE[3 + i % 5],
+                },
+                points: &self.percentile_curves[*name],
+            })
+            .collect();
+        plots::percentile_plot("Latency by percentile (log scale)", &curves)
+    }
+
+    fn deny_code_chart(&self) -> String {
+        if self.totals.deny_codes.is_empty() {
+            return "<p class=plot-empty>No request was denied.</p>".to_owned();
+        }
+        // Most frequent first.
+        let mut codes: Vec<(&String, &u64)> = self.totals.deny_codes.iter().collect();
+        codes.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let rows: Vec<plots::BarRow> = codes
+            .into_iter()
+            .map(|(code, n)| plots::BarRow {
+                label: code.clone(),
+                pieces: vec![(0, *n as f64)],
+                note: None,
+            })
+            .collect();
+        plots::bar_chart(
+            "Deny codes (all requests)",
+            "requests",
+            &[("denied", plots::DENIED)],
+            &rows,
+            &|v| format!("{v:.0}"),
+        )
     }
 }
 
@@ -426,9 +478,11 @@ pub fn page(title: &str, body: &str) -> String {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}\
 h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}table{border-collapse:collapse;margin:1em 0}\
-td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}td:first-child,th:first-child{text-align:left}\
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}table.wide{font-size:.8em}table.wide th{vertical-align:bottom}\
+tr.none td{color:#666}td.l,th.l{text-align:left}pre{overflow-x:auto}pre.cmd{background:#f6f6f6;padding:.5em}td:first-child,th:first-child{text-align:left}\
 tr.ok td{background:#eef9ee}tr.fail td{background:#fde8e8}span.ok{color:#1a7f37}span.fail{color:#c62828}\
-svg{display:block;margin:1em 0;background:#fff;border:1px solid #ddd}svg text{font-size:11px;font-family:system-ui,sans-serif}";
+figure.plot{margin:1em 0}figure.plot svg{display:block;max-width:100%;height:auto;border:1px solid #ddd}\
+.plot-empty,.plot-error{color:#666;font-style:italic}.plot-error{color:#c62828}";
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
@@ -454,194 +508,6 @@ pub fn fmt_us(us: u64) -> String {
         format!("{:.2}ms", us as f64 / 1_000.0)
     } else {
         format!("{:.2}s", us as f64 / 1_000_000.0)
-    }
-}
-
-/// Inline SVG charts.
-pub mod svg {
-    use std::collections::BTreeMap;
-    use std::fmt::Write as _;
-
-    use super::{esc, fmt_us, TimelinePoint};
-
-    const W: f64 = 900.0;
-    const H: f64 = 320.0;
-    const LEFT: f64 = 70.0;
-    const RIGHT: f64 = 20.0;
-    const TOP: f64 = 30.0;
-    const BOTTOM: f64 = 40.0;
-    const COLORS: [&str; 4] = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd"];
-
-    fn color(name: &str, i: usize) -> &'static str {
-        match name {
-            "legit" => "#2ca02c",
-            "attack" => "#d62728",
-            "all" => "#1f77b4",
-            _ => COLORS[i % COLORS.len()],
-        }
-    }
-
-    /// The x position of quantile `q` on a "nines" axis: 0 → 0, 0.9 → 1, 0.99 → 2, ...
-    pub fn nines(q: f64) -> f64 {
-        -(1.0 - q).max(1e-7).log10()
-    }
-
-    /// Latency by percentile, x on a nines scale, y logarithmic.
-    pub fn percentile_plot(curves: &BTreeMap<String, Vec<(f64, u64)>>) -> String {
-        let max_x = curves
-            .values()
-            .flat_map(|c| c.iter().map(|p| nines(p.0)))
-            .fold(1.0_f64, f64::max)
-            .ceil();
-        let (lo, hi) = curves
-            .values()
-            .flat_map(|c| c.iter().map(|p| p.1.max(1) as f64))
-            .fold((f64::MAX, 1.0_f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        if lo == f64::MAX {
-            return String::new();
-        }
-        let (ylo, yhi) = (
-            lo.log10().floor(),
-            hi.log10().ceil().max(lo.log10().floor() + 1.0),
-        );
-        let px = |x: f64| LEFT + x / max_x * (W - LEFT - RIGHT);
-        let py =
-            |us: f64| H - BOTTOM - (us.max(1.0).log10() - ylo) / (yhi - ylo) * (H - TOP - BOTTOM);
-        let mut s = header("Latency by percentile (log scale)");
-        // Grid.
-        for n in 0..=(max_x as i32) {
-            let x = px(f64::from(n));
-            let label = match n {
-                0 => "0%".to_owned(),
-                n => format!("{}%", 100.0 - 100.0 * 10f64.powi(-n)),
-            };
-            let _ = write!(s, "<line x1={x:.1} y1={TOP} x2={x:.1} y2={} stroke=#eee/><text x={x:.1} y={} text-anchor=middle>{label}</text>", H - BOTTOM, H - BOTTOM + 15.0);
-        }
-        for d in (ylo as i32)..=(yhi as i32) {
-            let y = py(10f64.powi(d));
-            let _ = write!(s, "<line x1={LEFT} y1={y:.1} x2={} y2={y:.1} stroke=#eee/><text x={} y={:.1} text-anchor=end>{}</text>", W - RIGHT, LEFT - 5.0, y + 4.0, fmt_us(10u64.pow(d.max(0) as u32)));
-        }
-        for (i, (name, curve)) in curves.iter().enumerate() {
-            let points: Vec<String> = curve
-                .iter()
-                .map(|(q, us)| format!("{:.1},{:.1}", px(nines(*q)), py(*us as f64)))
-                .collect();
-            let c = color(name, i);
-            let _ = write!(
-                s,
-                "<polyline fill=none stroke={c} stroke-width=2 points=\"{}\"/>",
-                points.join(" ")
-            );
-            let _ = write!(
-                s,
-                "<text x={} y={} fill={c}>{}</text>",
-                LEFT + 10.0 + 80.0 * i as f64,
-                TOP - 10.0,
-                esc(name)
-            );
-        }
-        s.push_str("</svg>");
-        s
-    }
-
-    /// Requests per second (stacked ok / denied / errors) and p50/p99 latency per second.
-    pub fn timeline_plot(points: &[TimelinePoint]) -> String {
-        if points.is_empty() {
-            return String::new();
-        }
-        let n = points.len() as f64;
-        let max_req = points.iter().map(|p| p.requests).max().unwrap_or(1).max(1) as f64;
-        let bar_w = (W - LEFT - RIGHT) / n;
-        let px = |i: f64| LEFT + i * bar_w;
-        let py = |v: f64| H - BOTTOM - v / max_req * (H - TOP - BOTTOM);
-        let mut s = header("Requests per second: ok (green), denied (orange), no response (red)");
-        for k in 0..=4 {
-            let v = max_req * f64::from(k) / 4.0;
-            let y = py(v);
-            let _ = write!(s, "<line x1={LEFT} y1={y:.1} x2={} y2={y:.1} stroke=#eee/><text x={} y={:.1} text-anchor=end>{v:.0}</text>", W - RIGHT, LEFT - 5.0, y + 4.0);
-        }
-        for (i, p) in points.iter().enumerate() {
-            let x = px(i as f64) + 1.0;
-            let w = (bar_w - 2.0).max(1.0);
-            let other = p.requests.saturating_sub(p.ok + p.denied + p.errors);
-            let mut base = 0.0;
-            for (v, c) in [
-                (p.ok + other, "#2ca02c"),
-                (p.denied, "#ff9800"),
-                (p.errors, "#d62728"),
-            ] {
-                if v == 0 {
-                    continue;
-                }
-                let y0 = py(base);
-                let y1 = py(base + v as f64);
-                let _ = write!(
-                    s,
-                    "<rect x={x:.1} y={y1:.1} width={w:.1} height={:.1} fill={c}/>",
-                    (y0 - y1).max(0.5)
-                );
-                base += v as f64;
-            }
-            if i % ((points.len() / 10).max(1)) == 0 {
-                let _ = write!(
-                    s,
-                    "<text x={:.1} y={} text-anchor=middle>{}s</text>",
-                    x + w / 2.0,
-                    H - BOTTOM + 15.0,
-                    p.t
-                );
-            }
-        }
-        s.push_str("</svg>");
-        // Latency per second.
-        let hi = points.iter().map(|p| p.p99_us).max().unwrap_or(1).max(1) as f64;
-        let ly = |us: f64| H - BOTTOM - us / hi * (H - TOP - BOTTOM);
-        s.push_str(&header("Latency per second: p50 (blue), p99 (red)"));
-        for k in 0..=4 {
-            let v = hi * f64::from(k) / 4.0;
-            let y = ly(v);
-            let _ = write!(s, "<line x1={LEFT} y1={y:.1} x2={} y2={y:.1} stroke=#eee/><text x={} y={:.1} text-anchor=end>{}</text>", W - RIGHT, LEFT - 5.0, y + 4.0, fmt_us(v as u64));
-        }
-        for (field, c) in [(0, "#1f77b4"), (1, "#d62728")] {
-            let pts: Vec<String> = points
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let v = if field == 0 { p.p50_us } else { p.p99_us };
-                    format!("{:.1},{:.1}", px(i as f64) + bar_w / 2.0, ly(v as f64))
-                })
-                .collect();
-            let _ = write!(
-                s,
-                "<polyline fill=none stroke={c} stroke-width=2 points=\"{}\"/>",
-                pts.join(" ")
-            );
-        }
-        s.push_str("</svg>");
-        s
-    }
-
-    /// Horizontal bars, one per entry.
-    pub fn bar_chart(title: &str, counts: &BTreeMap<String, u64>) -> String {
-        if counts.is_empty() {
-            return String::new();
-        }
-        let max = counts.values().copied().max().unwrap_or(1).max(1) as f64;
-        let row = 22.0;
-        let h = TOP + row * counts.len() as f64 + 10.0;
-        let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width={W} height={h} viewBox=\"0 0 {W} {h}\"><text x=10 y=18 font-weight=bold>{}</text>", esc(title));
-        let label_w = 200.0;
-        for (i, (name, v)) in counts.iter().enumerate() {
-            let y = TOP + row * i as f64;
-            let w = *v as f64 / max * (W - label_w - 120.0);
-            let _ = write!(s, "<text x={} y={:.1} text-anchor=end>{}</text><rect x={label_w} y={:.1} width={w:.1} height={:.1} fill=#ff9800/><text x={:.1} y={:.1}>{v}</text>", label_w - 6.0, y + 14.0, esc(name), y + 3.0, row - 6.0, label_w + w + 5.0, y + 14.0);
-        }
-        s.push_str("</svg>");
-        s
-    }
-
-    fn header(title: &str) -> String {
-        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width={W} height={H} viewBox=\"0 0 {W} {H}\"><text x=10 y=18 font-weight=bold>{}</text>", esc(title))
     }
 }
 
@@ -711,13 +577,6 @@ mod tests {
             "no external assets"
         );
         assert!(html.contains("Verdict: <span class=fail>FAIL</span>"));
-    }
-
-    #[test]
-    fn nines_axis() {
-        assert!((svg::nines(0.9) - 1.0).abs() < 1e-9);
-        assert!((svg::nines(0.999) - 3.0).abs() < 1e-9);
-        assert_eq!(svg::nines(0.0), 0.0);
     }
 
     #[test]
