@@ -256,7 +256,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a dialect name.
 pub fn parse_dialect(s: &str) -> Result<DialectKind, String> {
     s.parse()
-        .map_err(|_| format!("unknown dialect {s:?} (expected zaif, binance or kraken)"))
+        .map_err(|_| format!("unknown dialect {s:?} (expected zaif, binance, kraken or coincheck)"))
 }
 
 /// The load from `--rate`/`--concurrency` (default: 300 req/s open loop).

@@ -162,7 +162,7 @@ fn signed(kind: DialectKind, api_key: &str) -> Signed {
             .unwrap();
             (routes, req)
         }
-        DialectKind::Kraken => unreachable!("not benched"),
+        DialectKind::Kraken | DialectKind::Coincheck => unreachable!("not benched"),
     };
     let (mut parts, body) = req.to_http().unwrap().into_parts();
     parts

@@ -88,7 +88,7 @@ impl fmt::Display for Dialect {
 
 /// A dialect name that is not `zaif`, `binance` or `kraken`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dialect {0:?} (expected zaif, binance or kraken)")]
+#[error("unknown dialect {0:?} (expected zaif, binance, kraken or coincheck)")]
 pub struct UnknownDialect(String);
 
 impl FromStr for Dialect {
