@@ -1056,6 +1056,30 @@ fn anomaly_errors_name_line_and_key() {
 }
 
 #[test]
+fn canary_parses_with_defaults_and_errors() {
+    use keyguard_policy::anomaly::CanaryRule;
+    assert_eq!(ok(MINIMAL).anomaly.canary, CanaryRule::default());
+    assert_eq!(CanaryRule::default().block_ms, 86_400_000);
+    let cfg = ok(&with("[canary]\nblock_for = \"2h\"\nlookback = \"7d\"\n"));
+    assert_eq!(
+        cfg.anomaly.canary,
+        CanaryRule {
+            block_ms: 7_200_000,
+            lookback_ms: 7 * 86_400_000,
+        }
+    );
+    // The [anomaly] section does not reset it.
+    let cfg = ok(&with(
+        "[canary]\nblock_for = \"2h\"\n\n[anomaly]\nmax_entries = 10\n",
+    ));
+    assert_eq!(cfg.anomaly.canary.block_ms, 7_200_000);
+    let e = err(&with("[canary]\nblock_for = \"soon\"\n"));
+    at(&e, 10, "canary.block_for");
+    let e = err(&with("[canary]\nshadow = true\n"));
+    at(&e, 10, "canary.shadow");
+}
+
+#[test]
 fn alerts_parse_and_errors() {
     let cfg = ok(&with(
         "[alerts]\nwebhook_url = \"http://127.0.0.1:9999/hook\"\ntimeout = \"500ms\"\nmax_retries = 0\nqueue = 10\n",

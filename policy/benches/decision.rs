@@ -193,6 +193,7 @@ fn key(id: &str, api_key: &str, account: &str) -> KeyRecord {
         expires_at: None,
         status: KeyStatus::Active,
         credential: Credential::Hmac(Secret::new(SECRET.to_vec())),
+        canary: false,
     }
 }
 

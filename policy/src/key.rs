@@ -131,6 +131,10 @@ pub struct KeyRecord {
     pub status: KeyStatus,
     /// What signatures are verified against.
     pub credential: Credential,
+    /// A canary: planted where leaks happen, never to be used. It authenticates like any
+    /// key, but its first correctly signed use is refused as [`crate::Deny::Canary`]
+    /// and raises the alarm; nothing it signs is ever forwarded.
+    pub canary: bool,
 }
 
 impl KeyRecord {
