@@ -413,6 +413,14 @@ pub fn write_config(
     set(&mut doc, "server.upstream", upstream.to_owned());
     set(&mut doc, "server.data_dir", data_dir.display().to_string());
     set(&mut doc, "withdraw.address_cooldown_secs", 0);
+    if dialect == DialectKind::Coincheck {
+        // Coincheck signs the full URL: the gateway must know the one clients call.
+        set(
+            &mut doc,
+            "dialect.public_base_url",
+            format!("http://{listen}"),
+        );
+    }
     tweak(&mut doc);
     fs::write(path, toml::to_string(&doc)?)
         .with_context(|| format!("writing {}", path.display()))?;

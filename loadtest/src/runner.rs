@@ -284,6 +284,7 @@ pub async fn run(actors: Vec<ActorSpec>, opts: &RunOptions) -> RunData {
             start,
             deadline,
             rng: fastrand::Rng::with_seed(opts.seed.wrapping_add(i as u64 * 0x9e37_79b9)),
+            base_url: opts.target.url(),
         };
         tasks.push(tokio::spawn(run_actor(actor, client, ctx)));
     }
@@ -320,6 +321,8 @@ struct ActorCtx {
     start: Instant,
     deadline: Instant,
     rng: fastrand::Rng,
+    /// Where requests go, for dialects that sign the full URL (Coincheck).
+    base_url: String,
 }
 
 struct ActorResult {
@@ -404,7 +407,7 @@ async fn run_actor(
                 c.clone()
             }
         };
-        let request = workload::build(ctx.opts.dialect, &planned, &mut ctx.rng);
+        let request = workload::build(ctx.opts.dialect, &ctx.base_url, &planned, &mut ctx.rng);
         let outcome = client::send(&client, &ctx.opts.target, &request).await;
         let done = Instant::now();
         let latency_us = done.saturating_duration_since(start).as_micros() as u64;
