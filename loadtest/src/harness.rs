@@ -295,6 +295,8 @@ pub struct KeySpec {
     pub withdraw_addresses: Vec<String>,
     /// Label.
     pub label: String,
+    /// `--canary`: a key planted to be found, never to be used.
+    pub canary: bool,
 }
 
 /// The `keyguard` CLI against one config and data dir.
@@ -367,6 +369,9 @@ impl KeyguardCli {
             }
             for a in &spec.withdraw_addresses {
                 args.extend(["--withdraw-address", a]);
+            }
+            if spec.canary {
+                args.push("--canary");
             }
             let stdout = self.run(&args)?;
             let line = stdout

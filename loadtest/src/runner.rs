@@ -160,6 +160,10 @@ pub struct Sent {
     pub outcome: Outcome,
     /// Latency in µs.
     pub latency_us: u64,
+    /// When it was signed and sent, µs after the run started.
+    pub sent_at_us: u64,
+    /// When its answer (or failure) came back, µs after the run started.
+    pub answered_at_us: u64,
 }
 
 /// Counts for one group of requests (a tag or a role).
@@ -407,6 +411,7 @@ async fn run_actor(
                 c.clone()
             }
         };
+        let sent_at = Instant::now();
         let request = workload::build(ctx.opts.dialect, &ctx.base_url, &planned, &mut ctx.rng);
         let outcome = client::send(&client, &ctx.opts.target, &request).await;
         let done = Instant::now();
@@ -455,6 +460,8 @@ async fn run_actor(
                 fingerprint: workload::fingerprint_of(&request),
                 outcome,
                 latency_us,
+                sent_at_us: sent_at.saturating_duration_since(ctx.start).as_micros() as u64,
+                answered_at_us: done.saturating_duration_since(ctx.start).as_micros() as u64,
             });
         }
         if let Pace::Every(interval) = actor.pace {

@@ -400,8 +400,10 @@ pub fn guessed_key(rng: &mut fastrand::Rng, api_key: &str) -> String {
 }
 
 /// The identity of a request as the exchange's ledger records it: SHA-256 (first 16
-/// bytes) of method, path, query and body. Every signed request carries a per-key unique
-/// nonce or timestamp/signature, so equal fingerprints mean the same request.
+/// bytes) of method, path, query and body. Every signed Zaif, Binance and Kraken request
+/// carries a per-key unique nonce or timestamp/signature there, so equal fingerprints mean
+/// the same request; Coincheck's nonce is a header, so its bodiless requests share one
+/// (the verdict then tells them apart by request id).
 pub fn fingerprint(method: &str, path: &str, query: &str, body: &[u8]) -> [u8; 16] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for part in [method.as_bytes(), path.as_bytes(), query.as_bytes()] {
