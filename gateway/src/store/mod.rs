@@ -305,7 +305,10 @@ pub fn set_status(
     actor: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let tx = conn.transaction()?;
+    // Immediate: this reads, then writes; a deferred transaction whose read snapshot is
+    // older than the running gateway's last commit cannot upgrade and fails at once with
+    // SQLITE_BUSY, without waiting out the busy timeout.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let current: Option<String> = tx
         .query_row("SELECT status FROM keys WHERE key_id = ?1", [key_id], |r| {
             r.get(0)
