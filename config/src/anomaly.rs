@@ -171,6 +171,8 @@ impl RawAnomaly {
                     shadow: auth.shadow.unwrap_or(ad.shadow),
                 },
             ),
+            // `[canary]` is its own section (see `canary.rs`).
+            canary: d.canary,
             max_entries: self.max_entries.map_or(d.max_entries, |m| {
                 usize::try_from(m.0).unwrap_or(usize::MAX)
             }),

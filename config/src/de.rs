@@ -121,8 +121,9 @@ impl FromTomlStr for Action {
 
 impl FromTomlStr for DialectKind {
     fn from_toml_str(s: &str) -> Result<Self, String> {
-        s.parse()
-            .map_err(|_| format!("unknown dialect {s:?} (expected zaif, binance or kraken)"))
+        s.parse().map_err(|_| {
+            format!("unknown dialect {s:?} (expected zaif, binance, kraken or coincheck)")
+        })
     }
 }
 

@@ -22,12 +22,69 @@ pub(crate) struct RawDialect {
     recv_window_max_ms: Option<Spanned<Bounded<1, MAX_RECV_WINDOW_MS>>>,
     #[serde(default)]
     future_tolerance_ms: Option<Spanned<Bounded<0, MAX_RECV_WINDOW_MS>>>,
+    #[serde(default)]
+    public_base_url: Option<Spanned<String>>,
+}
+
+/// Checks a Coincheck public base URL: `http://` or `https://`, a host, an optional
+/// port, nothing else. A path, query or userinfo would make the rebuilt URL differ from
+/// what clients sign, so every request would fail as a bad signature.
+fn base_url(text: &str) -> Result<String, String> {
+    let trimmed = text.strip_suffix('/').unwrap_or(text);
+    let Some((scheme, authority)) = trimmed.split_once("://") else {
+        return Err(format!(
+            "`{text}` is not a URL: expected https://host[:port]"
+        ));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("`{text}`: the scheme must be http or https"));
+    }
+    if authority.is_empty()
+        || authority.contains(['/', '?', '#', '@', ' '])
+        || authority.chars().any(|c| c.is_control())
+    {
+        return Err(format!(
+            "`{text}` must be scheme://host[:port] only, without path, query or user (clients sign the full URL; the gateway appends the request's path and query)"
+        ));
+    }
+    let uri: http::Uri = trimmed
+        .parse()
+        .map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host"));
+    }
+    Ok(trimmed.to_owned())
 }
 
 impl RawDialect {
     pub(crate) fn resolve(self, src: &Source<'_>) -> Result<DialectConfig, ConfigError> {
         let kind = self.kind.0;
         let mut cfg = DialectConfig::new(kind);
+        match (&self.public_base_url, kind) {
+            (Some(url), DialectKind::Coincheck) => {
+                cfg.public_base_url = Some(
+                    base_url(url.get_ref())
+                        .map_err(|m| src.error_at(url.span(), "dialect.public_base_url", m))?,
+                );
+            }
+            (Some(url), _) => {
+                return Err(src.error_at(
+                    url.span(),
+                    "dialect.public_base_url",
+                    format!(
+                        "only the coincheck dialect signs the full URL ({} does not use this option)",
+                        kind.as_str()
+                    ),
+                ));
+            }
+            (None, DialectKind::Coincheck) => {
+                return Err(src.error(
+                    Some("dialect.public_base_url".to_owned()),
+                    "the coincheck dialect needs `public_base_url`, the URL clients call the gateway at (e.g. \"https://api.exchange.example\"): Coincheck signatures cover the full URL, so the gateway must know it",
+                ));
+            }
+            (None, _) => {}
+        }
         let options = [
             ("recv_window_default_ms", &self.recv_window_default_ms),
             ("recv_window_max_ms", &self.recv_window_max_ms),

@@ -24,6 +24,7 @@
 //! - `velocity`: `[[velocity.rule]]` — the policy's [`VelocityConfig`].
 //! - `anomaly`: `[anomaly]` — the policy's [`AnomalyConfig`], every rule on by default.
 //! - `alerts`: `[alerts]` — [`AlertsConfig`], the alert webhook.
+//! - `canary`: `[canary]` — the reaction to a canary key's use (`anomaly.canary`).
 //!
 //! Durations are strings with one unit (`500ms`, `30s`, `5m`, `1h`, `90d`) and amounts are
 //! decimal strings (`"2.5"`), read exactly; both are parsed in `de`.
@@ -36,6 +37,7 @@
 
 mod alerts;
 mod anomaly;
+mod canary;
 mod data;
 mod de;
 mod dialect;
@@ -117,6 +119,8 @@ struct ConfigFile {
     anomaly: anomaly::RawAnomaly,
     #[serde(default)]
     alerts: alerts::RawAlerts,
+    #[serde(default)]
+    canary: canary::RawCanary,
 }
 
 impl Config {
@@ -144,6 +148,8 @@ impl Config {
             None => RateLimitConfig::default(),
         };
         let velocity = file.velocity.resolve(&src)?;
+        let mut anomaly = file.anomaly.resolve();
+        anomaly.canary = file.canary.resolve();
         Ok(Config {
             path: path.to_path_buf(),
             secrets: file.secrets.resolve(&data_dir),
@@ -155,7 +161,7 @@ impl Config {
             routes,
             limits,
             velocity,
-            anomaly: file.anomaly.resolve(),
+            anomaly,
             alerts: file.alerts.resolve(),
         })
     }

@@ -169,6 +169,18 @@ fn locate(src: &Source<'_>, spans: &[Spans], err: RouteError) -> ConfigError {
             format!("route[{i}].select"),
             why,
         ),
+        RouteError::BadSegment(i, seg) => src.error_at(
+            spans[i].path.clone(),
+            format!("route[{i}].path"),
+            format!("segment `{seg}` must be a literal, `{{name}}`, `{{name:digits}}` or `{{name:token}}`"),
+        ),
+        RouteError::UnshapedSegment(i, seg) => src.error_at(
+            spans[i].path.clone(),
+            format!("route[{i}].path"),
+            format!(
+                "segment `{seg}` of a private route must declare its shape (`{{id:digits}}` or `{{id:token}}`), so it matches one canonical segment and never a sibling endpoint"
+            ),
+        ),
         RouteError::BadPath(i, path) => src.error_at(
             spans[i].path.clone(),
             format!("route[{i}].path"),

@@ -47,6 +47,7 @@ fn examples_load_and_validate() {
         ("zaif.toml", DialectKind::Zaif),
         ("binance.toml", DialectKind::Binance),
         ("kraken.toml", DialectKind::Kraken),
+        ("coincheck.toml", DialectKind::Coincheck),
     ] {
         let path = example(name);
         let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -228,6 +229,81 @@ fn examples_classify_what_ccxt_calls() {
     let facts = kraken.routes.classify(&order).unwrap().facts;
     assert_eq!(facts.asset.as_deref(), Some("xxbtzusd"));
     assert!(facts.price.is_some() && facts.quantity.is_some());
+
+    let coincheck = Config::load(&example("coincheck.toml")).unwrap();
+    assert_eq!(
+        coincheck.dialect.public_base_url.as_deref(),
+        Some("http://127.0.0.1:8080")
+    );
+    for (method, path, action) in [
+        (Method::GET, "/api/ticker", Public),
+        (Method::GET, "/api/trades", Public),
+        (Method::GET, "/api/order_books", Public),
+        (Method::GET, "/api/exchange_status", Public),
+        (Method::GET, "/api/exchange/orders/rate", Public),
+        (Method::GET, "/api/rate/btc_jpy", Public),
+        (Method::GET, "/api/accounts", Read),
+        (Method::GET, "/api/accounts/balance", Read),
+        (Method::GET, "/api/bank_accounts", Read),
+        (Method::GET, "/api/deposit_money", Read),
+        (Method::GET, "/api/exchange/orders/opens", Read),
+        (Method::GET, "/api/exchange/orders/12345", Read),
+        (Method::GET, "/api/exchange/orders/cancel_status", Read),
+        (Method::GET, "/api/exchange/orders/transactions", Read),
+        (
+            Method::GET,
+            "/api/exchange/orders/transactions_pagination",
+            Read,
+        ),
+        (Method::GET, "/api/send_money", Read),
+        (Method::GET, "/api/withdraws", Read),
+        (Method::POST, "/api/exchange/orders", Trade),
+        (Method::DELETE, "/api/exchange/orders/12345", Trade),
+        (Method::POST, "/api/send_money", Withdraw),
+        (Method::POST, "/api/withdraws", Withdraw),
+    ] {
+        let c = coincheck
+            .routes
+            .classify(&request(method.clone(), path, &[]));
+        assert_eq!(c.unwrap().action, action, "coincheck {method} {path}");
+    }
+    // Denied on purpose: a new bank account is a new withdrawal destination.
+    for (method, path) in [
+        (Method::POST, "/api/bank_accounts"),
+        (Method::DELETE, "/api/bank_accounts/7"),
+        (Method::DELETE, "/api/withdraws/7"),
+        (Method::DELETE, "/api/exchange/orders/opens"),
+        (Method::DELETE, "/api/exchange/orders/0012"),
+        (Method::GET, "/api/exchange/orders/1.5"),
+    ] {
+        assert!(
+            coincheck
+                .routes
+                .classify(&request(method.clone(), path, &[]))
+                .is_err(),
+            "coincheck {method} {path}"
+        );
+    }
+    let yen = request(
+        Method::POST,
+        "/api/withdraws",
+        &[
+            ("bank_account_id", "2222"),
+            ("amount", "50000"),
+            ("currency", "JPY"),
+        ],
+    );
+    let facts = coincheck.routes.classify(&yen).unwrap().facts;
+    assert_eq!(facts.asset.as_deref(), Some("jpy"));
+    assert_eq!(facts.address.as_deref(), Some("2222"));
+    let send = request(
+        Method::POST,
+        "/api/send_money",
+        &[("currency", "BTC"), ("address", "bc1qx"), ("amount", "0.1")],
+    );
+    let facts = coincheck.routes.classify(&send).unwrap().facts;
+    assert_eq!(facts.asset.as_deref(), Some("btc"));
+    assert_eq!(facts.address.as_deref(), Some("bc1qx"));
 }
 
 // ---- errors name file, line and key ------------------------------------------------
@@ -403,7 +479,7 @@ fn dialect_options() {
     let e = err("[dialect]\nkind = \"zaf\"\n");
     assert_eq!(
         at(&e, 2, "dialect.kind"),
-        "unknown dialect \"zaf\" (expected zaif, binance or kraken)"
+        "unknown dialect \"zaf\" (expected zaif, binance, kraken or coincheck)"
     );
     let text = MINIMAL.replace(
         "kind = \"zaif\"\n",
@@ -427,6 +503,56 @@ fn dialect_options() {
     assert!(at(&e, 3, "dialect.recv_window_max_ms").contains("larger than"));
     let e = err(&binance("recv_window_default_ms = 60001"));
     at(&e, 3, "dialect.recv_window_default_ms");
+
+    let coincheck = |opts: &str, path: &str| {
+        format!(
+            "[dialect]\nkind = \"coincheck\"\n{opts}\n[[route]]\nmethod = \"DELETE\"\npath = \"{path}\"\naction = \"trade\"\n"
+        )
+    };
+    let cfg = ok(&coincheck(
+        "public_base_url = \"https://api.example.com/\"",
+        "/api/exchange/orders/{id:digits}",
+    ));
+    assert_eq!(
+        cfg.dialect.public_base_url.as_deref(),
+        Some("https://api.example.com")
+    );
+    let e = err(&coincheck("", "/api/x"));
+    assert_eq!(e.key.as_deref(), Some("dialect.public_base_url"));
+    assert!(e.message.contains("needs `public_base_url`"), "{e}");
+    for bad in [
+        "ftp://x",
+        "https://x/api",
+        "https://x?a=1",
+        "https://u@x",
+        "x.example",
+        "https://",
+    ] {
+        let e = err(&coincheck(
+            &format!("public_base_url = \"{bad}\""),
+            "/api/x",
+        ));
+        at(&e, 3, "dialect.public_base_url");
+    }
+    let e = err(&MINIMAL.replace(
+        "kind = \"zaif\"\n",
+        "kind = \"zaif\"\npublic_base_url = \"https://x\"\n",
+    ));
+    assert!(at(&e, 3, "dialect.public_base_url").contains("only the coincheck dialect"));
+    // A private template segment must declare its shape.
+    let e = err(&coincheck(
+        "public_base_url = \"https://x\"",
+        "/api/exchange/orders/{id}",
+    ));
+    assert!(
+        at(&e, 6, "route[0].path").contains("must declare its shape"),
+        "{e}"
+    );
+    let e = err(&coincheck(
+        "public_base_url = \"https://x\"",
+        "/api/exchange/orders/{id:float}",
+    ));
+    at(&e, 6, "route[0].path");
 }
 
 #[test]
@@ -654,7 +780,7 @@ fn new_sections_default_when_absent() {
 
 #[test]
 fn examples_set_limits_velocity_and_anomaly_rules() {
-    for name in ["zaif.toml", "binance.toml", "kraken.toml"] {
+    for name in ["zaif.toml", "binance.toml", "kraken.toml", "coincheck.toml"] {
         let cfg = Config::load(&example(name)).unwrap_or_else(|e| panic!("{e}"));
         let l = &cfg.limits;
         assert_eq!(l.ip, rate(50, 1000, Some(100)), "{name}");
@@ -927,6 +1053,30 @@ fn anomaly_errors_name_line_and_key() {
     at(&e, 10, "anomaly.many_ips.enabled");
     let e = err(&with("[anomaly.ip_ban]\n"));
     assert!(at(&e, 9, "anomaly.ip_ban").starts_with("unknown key `ip_ban`"));
+}
+
+#[test]
+fn canary_parses_with_defaults_and_errors() {
+    use keyguard_policy::anomaly::CanaryRule;
+    assert_eq!(ok(MINIMAL).anomaly.canary, CanaryRule::default());
+    assert_eq!(CanaryRule::default().block_ms, 86_400_000);
+    let cfg = ok(&with("[canary]\nblock_for = \"2h\"\nlookback = \"7d\"\n"));
+    assert_eq!(
+        cfg.anomaly.canary,
+        CanaryRule {
+            block_ms: 7_200_000,
+            lookback_ms: 7 * 86_400_000,
+        }
+    );
+    // The [anomaly] section does not reset it.
+    let cfg = ok(&with(
+        "[canary]\nblock_for = \"2h\"\n\n[anomaly]\nmax_entries = 10\n",
+    ));
+    assert_eq!(cfg.anomaly.canary.block_ms, 7_200_000);
+    let e = err(&with("[canary]\nblock_for = \"soon\"\n"));
+    at(&e, 10, "canary.block_for");
+    let e = err(&with("[canary]\nshadow = true\n"));
+    at(&e, 10, "canary.shadow");
 }
 
 #[test]

@@ -21,11 +21,11 @@ use tokio::sync::mpsc;
 const COALESCE: Duration = Duration::from_secs(60);
 
 /// One alert.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Alert {
     /// RFC 3339 time.
     pub ts: String,
-    /// `key_suspended`, `withdrawals_frozen`, `anomaly_deny`, `ip_banned`, ...
+    /// `key_suspended`, `withdrawals_frozen`, `anomaly_deny`, `ip_banned`, `canary_used`, ...
     pub event: String,
     /// The deny code or admin action behind it.
     pub code: String,
@@ -37,6 +37,16 @@ pub struct Alert {
     pub client_ip: Option<String>,
     /// Free text (who and why for operator actions).
     pub detail: String,
+    /// The key's label, when it helps the operator tell which planted key it was
+    /// (canary alerts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_label: Option<String>,
+    /// The request's method (canary alerts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The request's path, without the query (canary alerts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Queues alerts for delivery.
@@ -201,6 +211,7 @@ mod tests {
             account: None,
             client_ip: Some(ip.into()),
             detail: String::new(),
+            ..Alert::default()
         };
         alerts.send(alert("127.0.0.9"));
         alerts.send(alert("127.0.0.9"));

@@ -274,6 +274,7 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
                     account: None,
                     client_ip: None,
                     detail: format!("{} by {}: {}", e.target, e.actor, e.reason),
+                    ..Alert::default()
                 });
             }
             audit.record_line(&AuditLine::Admin(AdminAudit {

@@ -184,6 +184,12 @@ struct CreateArgs {
     /// instead of generating a shared secret. Binance only.
     #[arg(long)]
     public_key: Option<String>,
+    /// A canary key: it looks and signs like any other, but is never forwarded. Plant it
+    /// where leaks happen (config repositories, log archives, support tools, a decoy
+    /// for a trader); its first correctly signed use is refused like a key outside its
+    /// allowlist, alerted, and blocks the client's network for every key ([canary]).
+    #[arg(long)]
+    canary: bool,
     /// Print JSON `{"key_id","api_key","secret"}`.
     #[arg(long)]
     json: bool,
@@ -339,7 +345,11 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
                         } else {
                             k.allow_ips.join(",")
                         },
-                        k.label
+                        if k.canary {
+                            format!("{} [canary]", k.label)
+                        } else {
+                            k.label
+                        }
                     );
                 }
             }
@@ -431,7 +441,9 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--allow-ip: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if scopes.contains(Scope::Withdraw) && allow_ips.is_empty() {
+    // A canary can never withdraw, and one that looks like an unrestricted withdraw key is
+    // the most tempting bait.
+    if scopes.contains(Scope::Withdraw) && allow_ips.is_empty() && !args.canary {
         bail!("a key with the withdraw scope needs at least one --allow-ip: a leaked withdraw key must not work from anywhere");
     }
     let mut addresses = Vec::new();
@@ -487,6 +499,7 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
             withdraw_addresses: addresses,
             expires_at,
             credential,
+            canary: args.canary,
         },
     )?;
     if args.json {

@@ -276,6 +276,10 @@ impl Gateway {
         if let Err(deny) = dialect::verify(&self.dialect, creds, &key.credential) {
             return Err(self.auth_failed(ctx, deny, now));
         }
+        // A canary's secret leaked: refuse (as `ip_not_allowed`), alert, block the network.
+        if key.canary {
+            return Err(self.canary_used(ctx, &key, &parts, now));
+        }
         dialect::check_freshness(&self.dialect, &creds.replay, now)?;
         key_usable(&key, now)?;
 
@@ -385,6 +389,39 @@ impl Gateway {
         deny.into()
     }
 
+    /// A canary key signed this request correctly: its secret is out. Blocks the client
+    /// network for every key, puts the keys it used recently back on probation there
+    /// (durably), and alerts at once with the key's label and the request. The client
+    /// is told `ip_not_allowed` ([`Deny::as_told_to_client`]); the audit says `canary`.
+    fn canary_used(
+        &self,
+        ctx: &RequestCtx,
+        key: &KeyRecord,
+        parts: &request::Parts,
+        now: u64,
+    ) -> Refusal {
+        let detail = match self.anomaly.canary_used(ctx.client_ip, now) {
+            Ok(trip) => {
+                let n = trip.forgotten.len();
+                for forgotten in trip.forgotten {
+                    self.writer.submit_detached(WriteOp::LearnedIp(forgotten));
+                }
+                format!(
+                    "canary key used: network blocked for every key until {}, {n} key(s) back on new-IP probation there",
+                    timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(trip.blocked_until))
+                )
+            }
+            Err(_) => "canary key used: the anomaly state could not be updated".to_owned(),
+        };
+        self.alerts.send(Alert {
+            key_label: Some(key.label.clone()),
+            method: Some(parts.method.to_string()),
+            path: Some(truncate(parts.uri.path(), 256).to_owned()),
+            ..self.alert_for(ctx, "canary_used", Deny::Canary.code(), detail)
+        });
+        Deny::Canary.into()
+    }
+
     /// Called with every new key snapshot: a key this process suspended that is active
     /// again, with a status change after the suspension, was resumed by an operator, so
     /// the sightings that suspended it must not suspend it again. (Comparing times rather
@@ -430,7 +467,11 @@ impl Gateway {
     }
 
     fn alert(&self, ctx: &RequestCtx, event: &str, code: &str, detail: String) {
-        self.alerts.send(Alert {
+        self.alerts.send(self.alert_for(ctx, event, code, detail));
+    }
+
+    fn alert_for(&self, ctx: &RequestCtx, event: &str, code: &str, detail: String) -> Alert {
+        Alert {
             ts: timestamp(SystemTime::now()),
             event: event.to_owned(),
             code: code.to_owned(),
@@ -438,7 +479,8 @@ impl Gateway {
             account: ctx.key.as_ref().map(|k| k.account.clone()),
             client_ip: Some(ctx.client_ip.to_string()),
             detail,
-        });
+            ..Alert::default()
+        }
     }
 
     /// Reserves `r` in every window that covers it; `None` when no rule does.

@@ -48,10 +48,17 @@ impl From<RateLimited> for Refusal {
 /// withdrawal would be hammered instead of reported. Binance gets `code`/`msg` from its
 /// error table ([`binance_error`]); Zaif gets `"success": false`, which ccxt's zaif reads
 /// as a failed call (a real Zaif says `0`; loosely-typed clients treat both alike).
+/// Coincheck's own shape is `{"success": false, "error": "<text>"}`, and ccxt's coincheck
+/// matches the text, so for its client refusals `error` is Coincheck's string (`invalid
+/// authentication` for a 401, which ccxt raises as `AuthenticationError`; our message
+/// otherwise, an `ExchangeError`) and our fields move under `keyguard`, as for Kraken.
 /// A 429 also carries `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` headers
 /// (draft-ietf-httpapi-ratelimit-headers-10) naming the limit that was hit.
+///
+/// A [`Deny::Canary`] is answered as [`Deny::as_told_to_client`] says (exactly the reply
+/// of `ip_not_allowed`); only the audit log knows.
 pub fn deny_response(refusal: &Refusal, request_id: &str, dialect: DialectKind) -> Response<Body> {
-    let deny = refusal.deny;
+    let deny = refusal.deny.as_told_to_client();
     let ours = serde_json::json!({
         "code": deny.code(),
         "message": deny.message(),
@@ -69,6 +76,14 @@ pub fn deny_response(refusal: &Refusal, request_id: &str, dialect: DialectKind) 
         }
         DialectKind::Zaif if client_refusal => {
             serde_json::json!({ "error": ours, "success": false })
+        }
+        DialectKind::Coincheck if client_refusal => {
+            let text = if deny.status() == 401 {
+                "invalid authentication"
+            } else {
+                deny.message()
+            };
+            serde_json::json!({ "success": false, "error": text, "keyguard": ours })
         }
         _ => serde_json::json!({ "error": ours }),
     };
@@ -206,6 +221,29 @@ mod tests {
         assert_eq!(v["error"]["code"], "scope_missing");
         assert_eq!(v["success"], false);
 
+        let v = body_json(deny_response(
+            &Deny::InvalidSignature.into(),
+            "r",
+            DialectKind::Coincheck,
+        ))
+        .await;
+        assert_eq!(
+            (&v["success"], &v["error"], &v["keyguard"]["code"]),
+            (
+                &serde_json::json!(false),
+                &serde_json::json!("invalid authentication"),
+                &serde_json::json!("invalid_signature")
+            )
+        );
+        let v = body_json(deny_response(
+            &Deny::ScopeMissing.into(),
+            "r",
+            DialectKind::Coincheck,
+        ))
+        .await;
+        assert_eq!(v["error"], Deny::ScopeMissing.message());
+        assert_eq!(v["keyguard"]["code"], "scope_missing");
+
         // Statuses clients already act on keep the plain design shape: a 429 must stay
         // a rate limit and a 5xx a retryable outage, not a failed call.
         for d in [
@@ -214,11 +252,33 @@ mod tests {
             Deny::UpstreamTimeout,
             Deny::BodyTimeout,
         ] {
-            for dialect in [DialectKind::Zaif, DialectKind::Binance] {
+            for dialect in [
+                DialectKind::Zaif,
+                DialectKind::Binance,
+                DialectKind::Coincheck,
+            ] {
                 let v = body_json(deny_response(&d.into(), "r", dialect)).await;
                 let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
                 assert_eq!(keys, ["error"], "{d:?} {dialect:?}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_canary_is_answered_exactly_like_ip_not_allowed() {
+        for dialect in [
+            DialectKind::Zaif,
+            DialectKind::Binance,
+            DialectKind::Kraken,
+            DialectKind::Coincheck,
+        ] {
+            let canary = deny_response(&Deny::Canary.into(), "rid", dialect);
+            let real = deny_response(&Deny::IpNotAllowed.into(), "rid", dialect);
+            assert_eq!(canary.status(), real.status());
+            assert_eq!(canary.headers(), real.headers());
+            let (c, r) = (body_json(canary).await, body_json(real).await);
+            assert_eq!(c, r, "{dialect:?}");
+            assert!(!c.to_string().contains("canary"));
         }
     }
 

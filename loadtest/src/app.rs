@@ -90,7 +90,14 @@ pub async fn run(req: RunRequest) -> anyhow::Result<RunResult> {
                     "could not give the keys a history ({e:#}): all keys are brand new to the gateway"
                 )),
             }
-            let addr = stack.start_gateway(&|_| {})?;
+            let addr = stack.start_gateway(&|cfg| plan.tweak_config(cfg))?;
+            if plan.name == ScenarioName::Canary {
+                notes.push(
+                    "canary: the shared-IP rule is off for this run (the attacker spreads the set so \
+                     that no network presents many keys): the canaries alone decide"
+                        .into(),
+                );
+            }
             let ledger = stack.ledger.clone();
             let config = stack.cli.config.clone();
             let url = format!("http://{addr}");
@@ -172,13 +179,50 @@ async fn judge_run(
     if let Some(path) = ledger {
         let lines = Ledger::read_from(path, offset)
             .with_context(|| format!("reading the ledger {}", path.display()))?;
-        report.verdict = Some(verdict::judge(&data.sent, keys, &lines));
+        let mut v = verdict::judge(&data.sent, keys, &lines);
+        if !plan.canaries.is_empty() {
+            verdict::judge_canary(&mut v, &data.sent, &lines, &plan.canaries);
+            notes.extend(canary_notes(v.canary.as_ref()));
+        }
+        report.verdict = Some(v);
     } else {
         notes.push("no --ledger given: the verdict needs the mock exchange's ledger".into());
     }
     report.notes = notes;
     let (json, html) = report.write(&req.out_dir)?;
     Ok(RunResult { report, json, html })
+}
+
+/// The canary verdict in words, for the report's notes.
+fn canary_notes(c: Option<&verdict::CanaryVerdict>) -> Vec<String> {
+    let Some(c) = c else { return Vec::new() };
+    let replies: Vec<String> = c
+        .canary_replies
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect();
+    vec![
+        format!(
+            "canary: {} of {} attacker networks used a canary key ({}); the gateway answered its {} canary requests {}; {} executed",
+            c.tripped_at_ms.len(),
+            c.attacker_networks,
+            c.tripped_at_ms
+                .iter()
+                .map(|(net, ms)| format!("{net} at {:.1} s", *ms as f64 / 1000.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.canary_requests,
+            replies.join(", "),
+            c.canary_executed,
+        ),
+        format!(
+            "canary: real keys' orders and withdrawals executed for the attacker: {} before its network's first canary use, {} after (must be 0); real-key reads after: {} — {}",
+            c.funds_before,
+            c.funds_after,
+            c.reads_after,
+            if c.pass { "PASS" } else { "FAIL" }
+        ),
+    ]
 }
 
 /// What the gateway's config means for the verdict, said up front.
@@ -256,7 +300,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a dialect name.
 pub fn parse_dialect(s: &str) -> Result<DialectKind, String> {
     s.parse()
-        .map_err(|_| format!("unknown dialect {s:?} (expected zaif, binance or kraken)"))
+        .map_err(|_| format!("unknown dialect {s:?} (expected zaif, binance, kraken or coincheck)"))
 }
 
 /// The load from `--rate`/`--concurrency` (default: 300 req/s open loop).

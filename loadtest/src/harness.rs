@@ -295,6 +295,8 @@ pub struct KeySpec {
     pub withdraw_addresses: Vec<String>,
     /// Label.
     pub label: String,
+    /// `--canary`: a key planted to be found, never to be used.
+    pub canary: bool,
 }
 
 /// The `keyguard` CLI against one config and data dir.
@@ -368,6 +370,9 @@ impl KeyguardCli {
             for a in &spec.withdraw_addresses {
                 args.extend(["--withdraw-address", a]);
             }
+            if spec.canary {
+                args.push("--canary");
+            }
             let stdout = self.run(&args)?;
             let line = stdout
                 .lines()
@@ -413,6 +418,14 @@ pub fn write_config(
     set(&mut doc, "server.upstream", upstream.to_owned());
     set(&mut doc, "server.data_dir", data_dir.display().to_string());
     set(&mut doc, "withdraw.address_cooldown_secs", 0);
+    if dialect == DialectKind::Coincheck {
+        // Coincheck signs the full URL: the gateway must know the one clients call.
+        set(
+            &mut doc,
+            "dialect.public_base_url",
+            format!("http://{listen}"),
+        );
+    }
     tweak(&mut doc);
     fs::write(path, toml::to_string(&doc)?)
         .with_context(|| format!("writing {}", path.display()))?;

@@ -160,6 +160,10 @@ pub struct Sent {
     pub outcome: Outcome,
     /// Latency in µs.
     pub latency_us: u64,
+    /// When it was signed and sent, µs after the run started.
+    pub sent_at_us: u64,
+    /// When its answer (or failure) came back, µs after the run started.
+    pub answered_at_us: u64,
 }
 
 /// Counts for one group of requests (a tag or a role).
@@ -284,6 +288,7 @@ pub async fn run(actors: Vec<ActorSpec>, opts: &RunOptions) -> RunData {
             start,
             deadline,
             rng: fastrand::Rng::with_seed(opts.seed.wrapping_add(i as u64 * 0x9e37_79b9)),
+            base_url: opts.target.url(),
         };
         tasks.push(tokio::spawn(run_actor(actor, client, ctx)));
     }
@@ -320,6 +325,8 @@ struct ActorCtx {
     start: Instant,
     deadline: Instant,
     rng: fastrand::Rng,
+    /// Where requests go, for dialects that sign the full URL (Coincheck).
+    base_url: String,
 }
 
 struct ActorResult {
@@ -404,7 +411,8 @@ async fn run_actor(
                 c.clone()
             }
         };
-        let request = workload::build(ctx.opts.dialect, &planned, &mut ctx.rng);
+        let sent_at = Instant::now();
+        let request = workload::build(ctx.opts.dialect, &ctx.base_url, &planned, &mut ctx.rng);
         let outcome = client::send(&client, &ctx.opts.target, &request).await;
         let done = Instant::now();
         let latency_us = done.saturating_duration_since(start).as_micros() as u64;
@@ -452,6 +460,8 @@ async fn run_actor(
                 fingerprint: workload::fingerprint_of(&request),
                 outcome,
                 latency_us,
+                sent_at_us: sent_at.saturating_duration_since(ctx.start).as_micros() as u64,
+                answered_at_us: done.saturating_duration_since(ctx.start).as_micros() as u64,
             });
         }
         if let Pace::Every(interval) = actor.pace {

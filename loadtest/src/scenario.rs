@@ -12,6 +12,8 @@
 //! | 127.66.0.1-4 | `zaif-attacker`: the four hosting-company IPs |
 //! | 127.77.x.y | `stuffer`: random and guessed keys, bad signatures |
 //! | 127.88.x.y | `flooder`: one stolen key from many IPs; its owner at 127.88.255.1 |
+//! | 127.67.1.x, 127.3.0.x | `canary-owner`: owners in a shared cloud range, and owners without allowlist |
+//! | 127.67.66.1-4 | `canary-attacker`: inside the same cloud range, holding real and canary keys |
 //!
 //! Owners use their keys first (a key without an allowlist learns its owner's IP on first
 //! use); every attacker waits until each owner has had an answer.
@@ -40,6 +42,8 @@ pub enum ScenarioName {
     Flood,
     /// Traders plus every attack at once.
     Mixed,
+    /// A leaked set of real and canary keys, used from the attacker's networks.
+    Canary,
 }
 
 impl ScenarioName {
@@ -51,6 +55,7 @@ impl ScenarioName {
             ScenarioName::Stuffing => "stuffing",
             ScenarioName::Flood => "flood",
             ScenarioName::Mixed => "mixed",
+            ScenarioName::Canary => "canary",
         }
     }
 }
@@ -70,9 +75,10 @@ impl FromStr for ScenarioName {
             "stuffing" => ScenarioName::Stuffing,
             "flood" => ScenarioName::Flood,
             "mixed" => ScenarioName::Mixed,
+            "canary" => ScenarioName::Canary,
             _ => {
                 return Err(format!(
-                    "unknown scenario {s:?} (expected legit, zaif-2018, stuffing, flood or mixed)"
+                    "unknown scenario {s:?} (expected legit, zaif-2018, stuffing, flood, mixed or canary)"
                 ))
             }
         })
@@ -131,6 +137,16 @@ pub const ZAIF_ACTIVE_KEYS: usize = 30;
 /// Long-unused keys without an allowlist.
 pub const ZAIF_DORMANT_KEYS: usize = 62;
 
+/// Keys of the canary scenario: real keys allowlisted to a cloud range the attacker also
+/// rents (their allowlist admits the attacker), real keys without allowlist, and canaries.
+pub const CANARY_CLOUD_KEYS: usize = 6;
+/// Real keys without an allowlist (their owners use them first).
+pub const CANARY_OPEN_KEYS: usize = 6;
+/// Canary keys in the leaked set.
+pub const CANARY_KEYS: usize = 3;
+/// The cloud range of the canary scenario: owners and attacker both inside it.
+const CLOUD_RANGE: &str = "127.67.0.0/16";
+
 /// What to provision and run.
 pub struct Plan {
     /// The scenario.
@@ -141,6 +157,8 @@ pub struct Plan {
     pub keys: Vec<KeySpec>,
     /// Which keys are meant to be dormant (never used by their owners).
     pub dormant: Vec<usize>,
+    /// Which keys are canaries (`keys create --canary`).
+    pub canaries: Vec<usize>,
     parts: Vec<Part>,
 }
 
@@ -154,6 +172,8 @@ enum Part {
     Stuffers { victims: Vec<usize> },
     /// One flooded key.
     Flood { key: usize },
+    /// The canary scenario's keys from `first_key`.
+    Canary { first_key: usize },
 }
 
 impl Part {
@@ -187,6 +207,7 @@ pub fn plan(name: ScenarioName, params: Params) -> Plan {
         params,
         keys: Vec::new(),
         dormant: Vec::new(),
+        canaries: Vec::new(),
         parts: Vec::new(),
     };
     match name {
@@ -213,6 +234,7 @@ pub fn plan(name: ScenarioName, params: Params) -> Plan {
             });
         }
         ScenarioName::Flood => plan.add_flood(),
+        ScenarioName::Canary => plan.add_canary(),
         ScenarioName::Mixed => {
             let n = plan.params.traders.unwrap_or(20);
             let first = plan.keys.len();
@@ -243,6 +265,7 @@ impl Plan {
                     allow_ips: vec![format!("{ip}/32")],
                     withdraw_addresses: vec![format!("{asset}:{}", owner_address(i))],
                     label: "loadtest trader (withdraw, allowlist)".into(),
+                    canary: false,
                 },
                 1 => KeySpec {
                     account: format!("trader-{i:04}"),
@@ -275,6 +298,7 @@ impl Plan {
                 allow_ips: vec![format!("{}/32", loopback(2, account))],
                 withdraw_addresses: vec![format!("{asset}:{}", owner_address(1000 + account))],
                 label: "zaif-2018 withdraw key (allowlist)".into(),
+                canary: false,
             });
         }
         for i in ZAIF_WITHDRAW_KEYS..ZAIF_WITHDRAW_KEYS + ZAIF_ACTIVE_KEYS + ZAIF_DORMANT_KEYS {
@@ -308,6 +332,52 @@ impl Plan {
         self.parts.push(Part::Flood { key });
     }
 
+    fn add_canary(&mut self) {
+        let (_, asset) = withdraw_asset(self.params.dialect);
+        let first_key = self.keys.len();
+        for i in 0..CANARY_CLOUD_KEYS {
+            self.keys.push(KeySpec {
+                account: format!("cloud-{i:02}"),
+                scopes: "read,trade,withdraw",
+                allow_ips: vec![CLOUD_RANGE.into()],
+                withdraw_addresses: vec![format!("{asset}:{}", owner_address(2000 + i))],
+                label: "bot in a shared cloud range (allowlist 127.67.0.0/16)".into(),
+                canary: false,
+            });
+        }
+        for i in 0..CANARY_OPEN_KEYS {
+            self.keys.push(KeySpec {
+                account: format!("open-{i:02}"),
+                scopes: "read,trade",
+                label: "key without allowlist".into(),
+                ..KeySpec::default()
+            });
+        }
+        for i in 0..CANARY_KEYS {
+            self.canaries.push(self.keys.len());
+            // Made to look like the rest: an account, an allowlist, withdraw rights.
+            self.keys.push(KeySpec {
+                account: format!("cloud-{:02}", CANARY_CLOUD_KEYS + i),
+                scopes: "read,trade,withdraw",
+                allow_ips: vec!["10.67.0.0/16".into()],
+                label: format!("canary {i}: planted in the ops wiki"),
+                canary: true,
+                ..KeySpec::default()
+            });
+        }
+        self.parts.push(Part::Canary { first_key });
+    }
+
+    /// What the scenario needs from the gateway's config beyond the example's, applied
+    /// to self-contained runs. `canary` turns the shared-IP rule off: its attacker is
+    /// taken to spread the set so that no network presents many keys, so the canaries
+    /// alone decide what the set is worth.
+    pub fn tweak_config(&self, cfg: &mut toml::Table) {
+        if self.name == ScenarioName::Canary {
+            crate::harness::set(cfg, "anomaly.shared_ip.enabled", false);
+        }
+    }
+
     /// The clients, once `keys` (in [`Plan::keys`] order) are provisioned.
     pub fn actors(&self, keys: &[Arc<KeyMaterial>]) -> Vec<ActorSpec> {
         let attack_parts = self.parts.iter().filter(|p| p.is_attack()).count();
@@ -317,6 +387,7 @@ impl Plan {
             .map(|p| match p {
                 Part::Traders { n, .. } => *n,
                 Part::Zaif { .. } => zaif_owner_accounts(),
+                Part::Canary { .. } => CANARY_CLOUD_KEYS + CANARY_OPEN_KEYS,
                 _ => 0,
             })
             .sum();
@@ -414,6 +485,45 @@ impl Plan {
                                 victims: victims.clone(),
                                 forwarded_for: None,
                             }),
+                            ready_after: 0,
+                            waits_ready: true,
+                        });
+                    }
+                }
+                Part::Canary { first_key } => {
+                    let all = &keys[*first_key
+                        ..first_key + CANARY_CLOUD_KEYS + CANARY_OPEN_KEYS + CANARY_KEYS];
+                    for (i, key) in all[..CANARY_CLOUD_KEYS + CANARY_OPEN_KEYS]
+                        .iter()
+                        .enumerate()
+                    {
+                        let (source, withdraw) = if i < CANARY_CLOUD_KEYS {
+                            (
+                                IpAddr::V4(Ipv4Addr::new(127, 67, 1, (i + 1) as u8)),
+                                Some(owner_address(2000 + i)),
+                            )
+                        } else {
+                            (IpAddr::V4(Ipv4Addr::new(127, 3, 0, (i + 1) as u8)), None)
+                        };
+                        actors.push(ActorSpec {
+                            role: "canary-owner",
+                            tag: Tag::Legit,
+                            source: Source::Fixed(source),
+                            pace: Pace::rate(self.params.trader_rate),
+                            script: Box::new(TraderScript::new(vec![Arc::clone(key)], withdraw)),
+                            ready_after: 1,
+                            waits_ready: false,
+                        });
+                    }
+                    for c in 0..attack_clients {
+                        let ip = IpAddr::V4(Ipv4Addr::new(127, 67, 66, (c % 4 + 1) as u8));
+                        actors.push(ActorSpec {
+                            role: "canary-attacker",
+                            tag: Tag::Attack,
+                            source: Source::Fixed(ip),
+                            pace: attack_pace(attack_clients),
+                            // The 2018 pattern: every key in turn, withdraw, order, read.
+                            script: Box::new(ZaifAttacker::new(all.to_vec(), 0x5eed + c as u64)),
                             ready_after: 0,
                             waits_ready: true,
                         });
@@ -737,6 +847,46 @@ mod tests {
             })
             .sum();
         assert!((rate - 1000.0).abs() < 50.0, "{rate}");
+    }
+
+    #[test]
+    fn canary_scenario_mixes_real_and_canary_keys_for_attackers_inside_the_cloud_range() {
+        let plan = plan(
+            ScenarioName::Canary,
+            Params::new(DialectKind::Coincheck, Load::Rate(100.0)),
+        );
+        assert_eq!(
+            plan.keys.len(),
+            CANARY_CLOUD_KEYS + CANARY_OPEN_KEYS + CANARY_KEYS
+        );
+        assert_eq!(plan.canaries.len(), CANARY_KEYS);
+        assert!(plan.canaries.iter().all(|&i| plan.keys[i].canary));
+        assert_eq!(plan.keys.iter().filter(|k| k.canary).count(), CANARY_KEYS);
+        let actors = plan.actors(&provision(&plan));
+        let cloud = keyguard_policy::key::parse_allow_ip(CLOUD_RANGE).unwrap();
+        let attackers: Vec<&ActorSpec> = actors
+            .iter()
+            .filter(|a| a.role == "canary-attacker")
+            .collect();
+        assert!(!attackers.is_empty());
+        for a in &attackers {
+            let Source::Fixed(ip) = a.source else {
+                panic!("fixed sources")
+            };
+            // Inside the range the real cloud keys are allowlisted for.
+            assert!(cloud.contains(&ip), "{ip}");
+            assert!(a.waits_ready);
+        }
+        assert_eq!(
+            actors.iter().filter(|a| a.role == "canary-owner").count(),
+            CANARY_CLOUD_KEYS + CANARY_OPEN_KEYS
+        );
+        let mut cfg = toml::Table::new();
+        plan.tweak_config(&mut cfg);
+        assert_eq!(
+            cfg["anomaly"]["shared_ip"]["enabled"],
+            toml::Value::Boolean(false)
+        );
     }
 
     #[test]

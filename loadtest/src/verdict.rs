@@ -2,9 +2,12 @@
 //!
 //! Every ledger line is matched back to the one generated request it executed, by the
 //! request's fingerprint (SHA-256 of method, path, query and body: each signed request
-//! carries a per-key unique nonce or timestamp, so the fingerprint is unique), and
-//! cross-checked with the `X-Request-Id` the gateway answered (the assertion's `jti`,
-//! which the ledger records). Nothing here assumes which gateway rule stopped what: a
+//! of Zaif, Binance and Kraken carries a per-key unique nonce or timestamp there, so the
+//! fingerprint is unique), and cross-checked with the `X-Request-Id` the gateway
+//! answered (the assertion's `jti`, which the ledger records). Coincheck sends its nonce
+//! in a header the gateway strips, so its bodiless requests share fingerprints: among
+//! requests with the same fingerprint, the line belongs to the one the gateway answered
+//! with the line's request id. Nothing here assumes which gateway rule stopped what: a
 //! request reached the exchange if and only if its ledger line exists.
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,9 +55,134 @@ pub struct Verdict {
     pub identity_mismatches: u64,
     /// Lines whose `jti` differs from the request id the client was answered with.
     pub request_id_mismatches: u64,
+    /// The `canary` scenario's own judgement ([`judge_canary`]); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryVerdict>,
     /// No attack order or withdrawal reached the exchange, no legitimate request was
-    /// refused, and the ledger is consistent.
+    /// refused, and the ledger is consistent. In the `canary` scenario the first
+    /// condition is [`CanaryVerdict::pass`] instead: none after the network's first
+    /// canary use.
     pub pass: bool,
+}
+
+/// What a leaked key set with canaries in it bought the attacker, per network, split at
+/// the moment the network first used a canary (when its answer came back: the gateway
+/// blocks the network before answering, and each attack client sends one request at a
+/// time, so everything it sent later was sent into the block).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryVerdict {
+    /// Attack requests signed with a canary key.
+    pub canary_requests: u64,
+    /// How the gateway answered them (deny code or status): `ip_not_allowed` for a
+    /// canary's use, `ip_blocked` once its network is blocked, nothing that gives it away.
+    pub canary_replies: BTreeMap<String, u64>,
+    /// Canary requests the exchange executed: **must be 0**.
+    pub canary_executed: u64,
+    /// Attacker networks, and of them those that used a canary (answered
+    /// `ip_not_allowed`), with the run time (ms) of that first use.
+    pub attacker_networks: u64,
+    /// Networks that used a canary, with when (ms after the start).
+    pub tripped_at_ms: BTreeMap<String, u64>,
+    /// Real keys' orders and withdrawals the exchange executed for a network before its
+    /// first canary use (or from a network that never used one): what the leak cost
+    /// before a canary was touched.
+    pub funds_before: u64,
+    /// Real keys' orders and withdrawals executed for a network sent after its first
+    /// canary use: **must be 0**.
+    pub funds_after: u64,
+    /// Real keys' reads executed after the network's canary use (blocked like the rest).
+    pub reads_after: u64,
+    /// At least one network used a canary, none executed, and nothing moved funds after.
+    pub pass: bool,
+}
+
+/// How often each generated request was executed, by the ledger (see the module docs):
+/// the count per request, the request each matched ledger line executed, and the number
+/// of lines that match no request.
+fn executions(sent: &[Sent], ledger: &[LedgerEntry]) -> (Vec<u32>, HashMap<usize, usize>, u64) {
+    let mut by_fingerprint: HashMap<[u8; 16], Vec<usize>> = HashMap::with_capacity(sent.len());
+    for (i, s) in sent.iter().enumerate() {
+        if s.action != Action::Public {
+            by_fingerprint.entry(s.fingerprint).or_default().push(i);
+        }
+    }
+    let mut counts = vec![0u32; sent.len()];
+    let mut line_of = HashMap::new();
+    let mut unmatched = 0;
+    for (l, entry) in ledger.iter().enumerate() {
+        let fp = fingerprint(
+            &entry.method,
+            &entry.path,
+            &entry.query,
+            entry.body.as_bytes(),
+        );
+        let matched = match by_fingerprint.get(&fp).map(Vec::as_slice) {
+            Some(&[i]) => Some(i),
+            Some(many) => many
+                .iter()
+                .copied()
+                .find(|&i| sent[i].outcome.request_id.as_deref() == Some(&entry.request_id)),
+            None => None,
+        };
+        match matched {
+            Some(i) => {
+                counts[i] += 1;
+                line_of.insert(l, i);
+            }
+            None => unmatched += 1,
+        }
+    }
+    (counts, line_of, unmatched)
+}
+
+/// Judges the `canary` scenario: `canaries` are the indices of the canary keys. Updates
+/// `v.canary` and `v.pass` (the general "no attack order or withdrawal" condition is
+/// replaced by "none after the network's first canary use").
+pub fn judge_canary(v: &mut Verdict, sent: &[Sent], ledger: &[LedgerEntry], canaries: &[usize]) {
+    let (executed, _, _) = executions(sent, ledger);
+    let is_canary = |s: &Sent| s.key.is_some_and(|k| canaries.contains(&k));
+    let mut c = CanaryVerdict::default();
+    let mut networks = std::collections::BTreeSet::new();
+    let mut tripped: BTreeMap<String, u64> = BTreeMap::new();
+    for s in sent.iter().filter(|s| s.tag == Tag::Attack) {
+        networks.insert(s.source.to_string());
+        if !is_canary(s) {
+            continue;
+        }
+        c.canary_requests += 1;
+        *c.canary_replies.entry(reason(s)).or_default() += 1;
+        if s.valid_signature && s.outcome.code.as_deref() == Some("ip_not_allowed") {
+            let at = tripped.entry(s.source.to_string()).or_insert(u64::MAX);
+            *at = (*at).min(s.answered_at_us);
+        }
+    }
+    for (s, &n) in sent.iter().zip(&executed) {
+        if s.tag != Tag::Attack || n == 0 {
+            continue;
+        }
+        if is_canary(s) {
+            c.canary_executed += 1;
+            continue;
+        }
+        let after = tripped
+            .get(&s.source.to_string())
+            .is_some_and(|&at| s.sent_at_us >= at);
+        match (s.action, after) {
+            (Action::Trade | Action::Withdraw, false) => c.funds_before += 1,
+            (Action::Trade | Action::Withdraw, true) => c.funds_after += 1,
+            (Action::Read, true) => c.reads_after += 1,
+            _ => {}
+        }
+    }
+    c.attacker_networks = networks.len() as u64;
+    c.tripped_at_ms = tripped.into_iter().map(|(n, us)| (n, us / 1000)).collect();
+    c.pass = !c.tripped_at_ms.is_empty() && c.canary_executed == 0 && c.funds_after == 0;
+    v.pass = c.pass
+        && v.legit_refused == 0
+        && v.executed_twice == 0
+        && v.identity_mismatches == 0
+        && v.unmatched_ledger_lines == 0;
+    v.canary = Some(c);
 }
 
 /// Matches `ledger` (this run's lines) to `sent` and judges.
@@ -63,29 +191,16 @@ pub fn judge(
     keys: &[std::sync::Arc<KeyMaterial>],
     ledger: &[LedgerEntry],
 ) -> Verdict {
-    let mut by_fingerprint: HashMap<[u8; 16], usize> = HashMap::with_capacity(sent.len());
-    for (i, s) in sent.iter().enumerate() {
-        if s.action != Action::Public {
-            by_fingerprint.insert(s.fingerprint, i);
-        }
-    }
-    let mut executions = vec![0u32; sent.len()];
+    let (executions, line_of, unmatched) = executions(sent, ledger);
     let mut v = Verdict {
         ledger_lines: ledger.len() as u64,
+        unmatched_ledger_lines: unmatched,
         ..Verdict::default()
     };
-    for entry in ledger {
-        let fp = fingerprint(
-            &entry.method,
-            &entry.path,
-            &entry.query,
-            entry.body.as_bytes(),
-        );
-        let Some(&i) = by_fingerprint.get(&fp) else {
-            v.unmatched_ledger_lines += 1;
+    for (l, entry) in ledger.iter().enumerate() {
+        let Some(&i) = line_of.get(&l) else {
             continue;
         };
-        executions[i] += 1;
         let s = &sent[i];
         let key_id = s.key.and_then(|k| keys.get(k)).map(|k| k.key_id.as_str());
         let ip_matches = s.source.is_unspecified() || entry.client_ip == s.source.to_string();
@@ -204,6 +319,8 @@ mod tests {
                 error: None,
             },
             latency_us: 100,
+            sent_at_us: 0,
+            answered_at_us: 0,
         }
     }
 
@@ -313,6 +430,165 @@ mod tests {
         assert_eq!(v.attack_reads_reached, 1);
         assert_eq!(v.attack_funds_reached, 1);
         assert_eq!(v.attack_reached_by_role.get("attacker"), Some(&2));
+    }
+
+    #[test]
+    fn identical_bodies_are_told_apart_by_request_id() {
+        // Coincheck reads: nonce in a header, so method, path, query and body repeat.
+        let sent = vec![
+            sent(
+                Tag::Legit,
+                Action::Read,
+                0,
+                "127.0.0.2",
+                "",
+                200,
+                None,
+                "r1",
+            ),
+            sent(
+                Tag::Attack,
+                Action::Read,
+                1,
+                "127.0.66.1",
+                "",
+                403,
+                Some("ip_blocked"),
+                "r2",
+            ),
+            sent(
+                Tag::Legit,
+                Action::Read,
+                0,
+                "127.0.0.2",
+                "",
+                200,
+                None,
+                "r3",
+            ),
+        ];
+        let ledger = vec![
+            line(0, "127.0.0.2", "", "r1", "read"),
+            line(0, "127.0.0.2", "", "r3", "read"),
+        ];
+        let v = judge(&sent, &keys(), &ledger);
+        assert!(v.pass, "{v:?}");
+        assert_eq!((v.legit_served, v.attack_reads_reached), (2, 0));
+        // A line no answered request id explains is unmatched, not someone's success.
+        let v = judge(&sent, &keys(), &[line(1, "127.0.66.1", "", "r9", "read")]);
+        assert_eq!(v.unmatched_ledger_lines, 1);
+        assert!(!v.pass);
+    }
+
+    fn timed(mut s: Sent, sent_at_ms: u64, answered_at_ms: u64) -> Sent {
+        s.sent_at_us = sent_at_ms * 1000;
+        s.answered_at_us = answered_at_ms * 1000;
+        s
+    }
+
+    #[test]
+    fn canary_verdict_splits_each_network_at_its_first_canary_use() {
+        // Key 1 is the canary, key 0 a real key; networks .1 and .2 attack, .3 never
+        // touches the canary.
+        let canaries = [1];
+        let a = |action, key, ip, body: &str, status, code, rid| {
+            sent(Tag::Attack, action, key, ip, body, status, code, rid)
+        };
+        let sent = vec![
+            timed(
+                a(Action::Trade, 0, "127.0.66.1", "t1", 200, None, "r1"),
+                0,
+                1,
+            ),
+            timed(
+                a(
+                    Action::Trade,
+                    1,
+                    "127.0.66.1",
+                    "c1",
+                    403,
+                    Some("ip_not_allowed"),
+                    "r2",
+                ),
+                2,
+                3,
+            ),
+            timed(
+                a(
+                    Action::Trade,
+                    0,
+                    "127.0.66.1",
+                    "t2",
+                    403,
+                    Some("ip_blocked"),
+                    "r3",
+                ),
+                4,
+                5,
+            ),
+            timed(
+                a(
+                    Action::Read,
+                    1,
+                    "127.0.66.2",
+                    "c2",
+                    403,
+                    Some("ip_not_allowed"),
+                    "r4",
+                ),
+                10,
+                11,
+            ),
+            timed(
+                a(Action::Trade, 0, "127.0.66.3", "t3", 200, None, "r5"),
+                12,
+                13,
+            ),
+        ];
+        let ledger = vec![
+            line(0, "127.0.66.1", "t1", "r1", "trade"),
+            line(0, "127.0.66.3", "t3", "r5", "trade"),
+        ];
+        let mut v = judge(&sent, &keys(), &ledger);
+        assert!(!v.pass, "the general rule fails: attack orders executed");
+        judge_canary(&mut v, &sent, &ledger, &canaries);
+        let c = v.canary.clone().unwrap();
+        assert_eq!(c.attacker_networks, 3);
+        assert_eq!(
+            c.tripped_at_ms.keys().collect::<Vec<_>>(),
+            ["127.0.66.1", "127.0.66.2"]
+        );
+        assert_eq!(c.tripped_at_ms["127.0.66.1"], 3);
+        assert_eq!((c.canary_requests, c.canary_executed), (2, 0));
+        assert_eq!(c.canary_replies.get("ip_not_allowed"), Some(&2));
+        assert_eq!((c.funds_before, c.funds_after), (2, 0));
+        assert!(c.pass && v.pass, "{c:?}");
+
+        // An order executed for a tripped network after its canary use fails it.
+        let mut late = sent.clone();
+        late[2] = timed(
+            a(Action::Trade, 0, "127.0.66.1", "t2", 200, None, "r3"),
+            4,
+            5,
+        );
+        let ledger = vec![
+            line(0, "127.0.66.1", "t1", "r1", "trade"),
+            line(0, "127.0.66.1", "t2", "r3", "trade"),
+        ];
+        let mut v = judge(&late, &keys(), &ledger);
+        judge_canary(&mut v, &late, &ledger, &canaries);
+        assert_eq!(v.canary.as_ref().unwrap().funds_after, 1);
+        assert!(!v.pass);
+
+        // No network touching a canary proves nothing: not a pass.
+        let untouched = vec![timed(
+            a(Action::Read, 0, "127.0.66.1", "x", 200, None, "r1"),
+            0,
+            1,
+        )];
+        let mut v = judge(&untouched, &keys(), &[]);
+        judge_canary(&mut v, &untouched, &[], &canaries);
+        assert!(!v.pass);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! What the load generator sends: exchange operations in each dialect, signed exactly as a
 //! real client signs them (the policy crate's [`sign_request`], byte for byte ccxt's).
 //!
-//! A [`KeyMaterial`] is one provisioned API key with its own freshness source: Zaif and
-//! Kraken nonces are strictly increasing per key (microseconds since the epoch, bumped
+//! A [`KeyMaterial`] is one provisioned API key with its own freshness source: Zaif,
+//! Kraken and Coincheck nonces are strictly increasing per key (microseconds since the epoch, bumped
 //! past the last one handed out), Binance timestamps are the current millisecond with a
 //! distinct `recvWindow` when a key signs twice in the same millisecond, so no two
 //! requests of one key are ever byte-identical. That uniqueness is what lets the verdict
@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use keyguard_policy::dialect::{public_request, sign_request, ClientKey, ClientRequest};
+use keyguard_policy::dialect::{
+    public_request, sign_coincheck, sign_request, ClientKey, ClientRequest,
+};
 use keyguard_policy::{Action, DialectKind};
 use parking_lot::Mutex;
 use ring::digest;
@@ -164,12 +166,19 @@ pub fn withdraw_asset(kind: DialectKind) -> (&'static str, &'static str) {
         DialectKind::Zaif => ("btc", "btc"),
         DialectKind::Binance => ("BTC", "btc"),
         DialectKind::Kraken => ("XBT", "xbt"),
+        DialectKind::Coincheck => ("btc", "btc"),
     }
 }
 
 /// Builds the request for `planned`, signing it now (freshness is taken at this moment,
-/// so call it right before sending).
-pub fn build(kind: DialectKind, planned: &Planned, rng: &mut fastrand::Rng) -> ClientRequest {
+/// so call it right before sending). `base_url` is where it is sent
+/// (`http://host:port`): Coincheck signs the full URL, the other dialects ignore it.
+pub fn build(
+    kind: DialectKind,
+    base_url: &str,
+    planned: &Planned,
+    rng: &mut fastrand::Rng,
+) -> ClientRequest {
     let (method, path, params) = operation(kind, &planned.op, rng);
     let params: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let Some(auth) = &planned.auth else {
@@ -193,7 +202,7 @@ pub fn build(kind: DialectKind, planned: &Planned, rng: &mut fastrand::Rng) -> C
             // ccxt's Zaif nonce: seconds with a fraction.
             freshness = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
         }
-        DialectKind::Kraken => {
+        DialectKind::Kraken | DialectKind::Coincheck => {
             freshness = auth
                 .key()
                 .map_or_else(now_us, |k| k.next_nonce_us())
@@ -213,8 +222,12 @@ pub fn build(kind: DialectKind, planned: &Planned, rng: &mut fastrand::Rng) -> C
             }
         }
     }
-    let mut request = sign_request(kind, &key, method, path, &params, &freshness, false)
-        .expect("HMAC keys sign in every dialect");
+    let mut request = if kind == DialectKind::Coincheck {
+        sign_coincheck(&key, base_url, method, path, &params, &freshness)
+    } else {
+        sign_request(kind, &key, method, path, &params, &freshness, false)
+    }
+    .expect("HMAC keys sign in every dialect");
     if let Some(xff) = &planned.forwarded_for {
         request
             .headers
@@ -323,6 +336,30 @@ fn operation(
                 ],
             ),
         },
+        DialectKind::Coincheck => match op {
+            Op::Public => (Method::GET, "/api/ticker", vec![("pair", "btc_jpy".into())]),
+            Op::Balance => (Method::GET, "/api/accounts/balance", vec![]),
+            Op::OpenOrders => (Method::GET, "/api/exchange/orders/opens", vec![]),
+            Op::PlaceOrder => (
+                Method::POST,
+                "/api/exchange/orders",
+                vec![
+                    ("pair", "btc_jpy".into()),
+                    ("order_type", "buy".into()),
+                    ("rate", (5_000_000 + jitter * 5).to_string()),
+                    ("amount", "0.005".into()),
+                ],
+            ),
+            Op::Withdraw { address } => (
+                Method::POST,
+                "/api/send_money",
+                vec![
+                    ("currency", "btc".into()),
+                    ("address", address.clone()),
+                    ("amount", "0.001".into()),
+                ],
+            ),
+        },
     }
 }
 
@@ -336,7 +373,7 @@ fn random_secret(kind: DialectKind, rng: &mut fastrand::Rng) -> Vec<u8> {
                 .encode(raw.as_bytes())
                 .into_bytes()
         }
-        DialectKind::Zaif | DialectKind::Binance => raw.into_bytes(),
+        DialectKind::Zaif | DialectKind::Binance | DialectKind::Coincheck => raw.into_bytes(),
     }
 }
 
@@ -363,8 +400,10 @@ pub fn guessed_key(rng: &mut fastrand::Rng, api_key: &str) -> String {
 }
 
 /// The identity of a request as the exchange's ledger records it: SHA-256 (first 16
-/// bytes) of method, path, query and body. Every signed request carries a per-key unique
-/// nonce or timestamp/signature, so equal fingerprints mean the same request.
+/// bytes) of method, path, query and body. Every signed Zaif, Binance and Kraken request
+/// carries a per-key unique nonce or timestamp/signature there, so equal fingerprints mean
+/// the same request; Coincheck's nonce is a header, so its bodiless requests share one
+/// (the verdict then tells them apart by request id).
 pub fn fingerprint(method: &str, path: &str, query: &str, body: &[u8]) -> [u8; 16] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for part in [method.as_bytes(), path.as_bytes(), query.as_bytes()] {
@@ -404,6 +443,8 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
+    const BASE: &str = "http://127.0.0.1:8080";
+
     fn key() -> Arc<KeyMaterial> {
         Arc::new(KeyMaterial::new(
             0,
@@ -433,6 +474,7 @@ mod tests {
         for _ in 0..2000 {
             let r = build(
                 DialectKind::Binance,
+                BASE,
                 &Planned::signed(Op::Balance, &k),
                 &mut rng,
             );
@@ -444,7 +486,12 @@ mod tests {
     fn every_dialect_builds_every_op() {
         let k = key();
         let mut rng = fastrand::Rng::with_seed(2);
-        for kind in [DialectKind::Zaif, DialectKind::Binance, DialectKind::Kraken] {
+        for kind in [
+            DialectKind::Zaif,
+            DialectKind::Binance,
+            DialectKind::Kraken,
+            DialectKind::Coincheck,
+        ] {
             for op in [
                 Op::Public,
                 Op::Balance,
@@ -464,7 +511,7 @@ mod tests {
                 } else {
                     Planned::signed(op, &k)
                 };
-                let r = build(kind, &planned, &mut rng);
+                let r = build(kind, BASE, &planned, &mut rng);
                 let has_auth = r.headers.iter().any(|(n, _)| {
                     kind.auth_headers()
                         .contains(&n.to_ascii_lowercase().as_str())
@@ -472,6 +519,38 @@ mod tests {
                 assert_eq!(has_auth, !public, "{kind:?} {r:?}");
             }
         }
+    }
+
+    #[test]
+    fn coincheck_requests_verify_against_the_url_they_are_sent_to() {
+        use keyguard_policy::dialect::{parse, verify, DialectConfig};
+        let k = key();
+        let mut rng = fastrand::Rng::with_seed(4);
+        let r = build(
+            DialectKind::Coincheck,
+            BASE,
+            &Planned::signed(Op::PlaceOrder, &k),
+            &mut rng,
+        );
+        let secret = keyguard_policy::Credential::Hmac(keyguard_policy::Secret::new(
+            k.secret.as_bytes().to_vec(),
+        ));
+        // Received by a gateway whose public URL is `base`: verifies only at BASE.
+        let at = |base: &str| {
+            let mut http = r.to_http().unwrap();
+            let host = base.trim_start_matches("http://");
+            http.headers_mut()
+                .insert(http::header::HOST, host.parse().unwrap());
+            let (parts, body) = http.into_parts();
+            let cfg = DialectConfig {
+                public_base_url: Some(base.into()),
+                ..DialectConfig::new(DialectKind::Coincheck)
+            };
+            let parsed = parse(&cfg, &parts, &body).unwrap();
+            verify(&cfg, parsed.credentials.as_ref().unwrap(), &secret)
+        };
+        assert_eq!(at(BASE), Ok(()));
+        assert!(at("http://127.0.0.1:9999").is_err());
     }
 
     #[test]

@@ -88,3 +88,63 @@ fn tiny_mixed_run_is_judged_from_the_ledger() {
     assert_eq!(v.executed_twice + v.identity_mismatches, 0, "{v:?}");
     assert!(v.pass, "{}", run.stdout);
 }
+
+/// `run --scenario canary` on Coincheck (the dialect that signs the full URL): every
+/// attacker network that touched a canary got nothing more through, the canaries' own
+/// requests never executed and were answered like any key outside its allowlist, and no
+/// owner was refused.
+#[test]
+fn tiny_canary_run_cuts_every_tripped_network_off() {
+    let loadtest = Path::new(env!("CARGO_BIN_EXE_keyguard-loadtest"));
+    Tools::locate(loadtest).expect("keyguard binary");
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = run_with_timeout(
+        Command::new(loadtest)
+            .args([
+                "run",
+                "--scenario",
+                "canary",
+                "--dialect",
+                "coincheck",
+                "--duration",
+                "4s",
+                "--rate",
+                "100/s",
+                "--out-dir",
+            ])
+            .arg(out.path()),
+        Duration::from_secs(300),
+    )
+    .expect("run keyguard-loadtest");
+    assert!(
+        run.status.success(),
+        "keyguard-loadtest run failed ({}):\n{}\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let json = std::fs::read(out.path().join("report.json")).expect("report.json written");
+    let report: Report = serde_json::from_slice(&json).expect("report.json parses");
+    assert_eq!(report.scenario, "canary");
+    let v = report.verdict.expect("a verdict from the ledger");
+    let c = v.canary.clone().expect("the canary verdict");
+    assert!(
+        !c.tripped_at_ms.is_empty(),
+        "no network used a canary: {c:?}"
+    );
+    assert_eq!(c.attacker_networks, 4, "{c:?}");
+    assert_eq!(c.canary_executed, 0, "{c:?}");
+    assert_eq!(c.funds_after, 0, "{}", run.stdout);
+    assert_eq!(c.reads_after, 0, "{}", run.stdout);
+    // What the client saw of a canary: an allowlist refusal, then the block.
+    for code in c.canary_replies.keys() {
+        assert!(
+            code == "ip_not_allowed" || code == "ip_blocked",
+            "a canary reply that stands out: {c:?}"
+        );
+    }
+    assert_eq!(v.legit_refused, 0, "owners refused:\n{}", run.stdout);
+    assert_eq!(v.unmatched_ledger_lines, 0, "{v:?}");
+    assert_eq!(v.executed_twice + v.identity_mismatches, 0, "{v:?}");
+    assert!(v.pass, "{}", run.stdout);
+}

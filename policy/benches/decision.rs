@@ -169,7 +169,7 @@ fn signed(kind: DialectKind, api_key: &str) -> Signed {
             .unwrap();
             (routes, req)
         }
-        DialectKind::Kraken => unreachable!("not benched"),
+        DialectKind::Kraken | DialectKind::Coincheck => unreachable!("not benched"),
     };
     let (mut parts, body) = req.to_http().unwrap().into_parts();
     parts
@@ -200,6 +200,7 @@ fn key(id: &str, api_key: &str, account: &str) -> KeyRecord {
         expires_at: None,
         status: KeyStatus::Active,
         credential: Credential::Hmac(Secret::new(SECRET.to_vec())),
+        canary: false,
     }
 }
 

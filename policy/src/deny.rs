@@ -107,6 +107,10 @@ pub enum Deny {
     IpBlocked,
     /// The client IP sent too many bad signatures or unknown keys and is banned for a while.
     IpBanned,
+    /// A canary key (one planted to be found, never to be used) signed this request
+    /// correctly: its secret leaked. Audited under this code; the client is told
+    /// [`Deny::IpNotAllowed`] ([`Deny::as_told_to_client`]) so it learns nothing.
+    Canary,
 
     // --- limits (429) ---
     /// A rate limit was exceeded.
@@ -164,6 +168,7 @@ impl Deny {
             Deny::TooManyIps => "too_many_ips",
             Deny::IpBlocked => "ip_blocked",
             Deny::IpBanned => "ip_banned",
+            Deny::Canary => "canary",
             Deny::RateLimited => "rate_limited",
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
@@ -212,7 +217,8 @@ impl Deny {
             | Deny::NewIpProbation
             | Deny::TooManyIps
             | Deny::IpBlocked
-            | Deny::IpBanned => 403,
+            | Deny::IpBanned
+            | Deny::Canary => 403,
             Deny::RateLimited => 429,
             Deny::UpstreamUnavailable => 502,
             Deny::StateUnavailable => 503,
@@ -272,10 +278,21 @@ impl Deny {
             Deny::IpBanned => {
                 "this IP sent too many invalid signatures or unknown keys and is banned for a while"
             }
+            Deny::Canary => "a canary key was used; its secret has leaked",
             Deny::RateLimited => "too many requests",
             Deny::UpstreamUnavailable => "the exchange could not be reached",
             Deny::UpstreamTimeout => "the exchange did not answer in time",
             Deny::StateUnavailable => "the gateway cannot make a safe decision right now",
+        }
+    }
+
+    /// The reason the client is given: the reason itself, except for [`Deny::Canary`],
+    /// which answers exactly like a real key used from outside its allowlist, so whoever
+    /// holds the leaked set cannot tell the canary from the real keys in it.
+    pub const fn as_told_to_client(self) -> Deny {
+        match self {
+            Deny::Canary => Deny::IpNotAllowed,
+            other => other,
         }
     }
 
@@ -320,6 +337,7 @@ impl Deny {
         Deny::TooManyIps,
         Deny::IpBlocked,
         Deny::IpBanned,
+        Deny::Canary,
         Deny::RateLimited,
         Deny::UpstreamUnavailable,
         Deny::UpstreamTimeout,

@@ -81,6 +81,9 @@ impl std::fmt::Debug for Credential {
 /// anyone compute the HMAC, so they are as secret as the bytes; ring does not wipe them.)
 pub struct Secret(Vec<u8>, std::sync::OnceLock<DerivedHmac>);
 
+/// How a dialect turns stored secret text into HMAC key bytes (Kraken: base64).
+pub type DecodeSecret = fn(&[u8]) -> Option<Vec<u8>>;
+
 /// The one HMAC key a gateway needs for a secret (a gateway speaks one dialect).
 struct DerivedHmac {
     algorithm: ring::hmac::Algorithm,
@@ -119,7 +122,7 @@ impl Secret {
     pub fn hmac_key(
         &self,
         algorithm: ring::hmac::Algorithm,
-        decode: Option<fn(&[u8]) -> Option<Vec<u8>>>,
+        decode: Option<DecodeSecret>,
     ) -> Option<ring::hmac::Key> {
         let derive = || {
             let key = match decode {
@@ -185,6 +188,10 @@ pub struct KeyRecord {
     pub status: KeyStatus,
     /// What signatures are verified against.
     pub credential: Credential,
+    /// A canary: planted where leaks happen, never to be used. It authenticates like any
+    /// key, but its first correctly signed use is refused as [`crate::Deny::Canary`]
+    /// and raises the alarm; nothing it signs is ever forwarded.
+    pub canary: bool,
 }
 
 impl KeyRecord {

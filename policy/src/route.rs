@@ -2,6 +2,18 @@
 //! (asset, amount, address, price, quantity) the rest of the policy reads from it.
 //! Anything not in the table is denied: an endpoint the operator forgot to classify is
 //! never forwarded by accident.
+//!
+//! # Path templates
+//! A path segment written `{name}` matches any one non-empty segment (public market data:
+//! `/api/1/ticker/{pair}`). A segment written `{name:shape}` matches one canonical segment
+//! of that shape and nothing else, so a template cannot swallow a sibling endpoint
+//! (`/api/exchange/orders/{id:digits}` never matches `/api/exchange/orders/opens`):
+//! - `digits`: a decimal integer without sign or leading zeros, 1 to 20 digits;
+//! - `token`: 1 to 64 of `A-Z a-z 0-9 _ -`.
+//!
+//! Routes that need a key (read, trade, withdraw) must give every template segment a
+//! shape ([`RouteError::UnshapedSegment`]): what a private endpoint acts on is part of
+//! its classification.
 
 use http::Method;
 
@@ -30,7 +42,8 @@ pub struct FieldMap {
 pub struct RouteSpec {
     /// The HTTP method.
     pub method: Method,
-    /// The path; a segment written `{name}` matches any one non-empty segment.
+    /// The path; a segment written `{name}` matches any one non-empty segment, and
+    /// `{name:shape}` one segment of that shape (see the module docs).
     pub path: String,
     /// For dialects with a selector field (Zaif `method`), the value that picks this route.
     pub select: Option<String>,
@@ -83,6 +96,68 @@ pub enum RouteError {
         "route {0}: path `{1}` must start with `/` and contain no empty, `.` or `..` segments"
     )]
     BadPath(usize, String),
+    /// A `{name:shape}` segment names a shape that does not exist, or is malformed.
+    #[error("route {0}: segment `{1}` is not `{{name}}` or `{{name:digits|token}}`")]
+    BadSegment(usize, String),
+    /// A private route's template segment has no shape.
+    #[error(
+        "route {0}: segment `{1}` of a private route must declare its shape, e.g. `{{id:digits}}`"
+    )]
+    UnshapedSegment(usize, String),
+}
+
+/// What one template segment matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Any non-empty segment.
+    Any,
+    /// A canonical decimal integer.
+    Digits,
+    /// `[A-Za-z0-9_-]{1,64}`.
+    Token,
+}
+
+impl Shape {
+    fn matches(self, seg: &str) -> bool {
+        let b = seg.as_bytes();
+        match self {
+            Shape::Any => !b.is_empty(),
+            Shape::Digits => {
+                (1..=20).contains(&b.len())
+                    && b.iter().all(u8::is_ascii_digit)
+                    && !(b.len() > 1 && b[0] == b'0')
+            }
+            Shape::Token => {
+                (1..=64).contains(&b.len())
+                    && b.iter()
+                        .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+            }
+        }
+    }
+}
+
+/// A pattern segment: `Ok(None)` for a literal, `Ok(Some(shape))` for a template,
+/// `Err(())` for a malformed template.
+fn segment_shape(seg: &str) -> Result<Option<Shape>, ()> {
+    let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
+        return if seg.contains(['{', '}']) {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    let (name, shape) = match inner.split_once(':') {
+        Some((name, "digits")) => (name, Shape::Digits),
+        Some((name, "token")) => (name, Shape::Token),
+        Some(_) => return Err(()),
+        None => (inner, Shape::Any),
+    };
+    let name_ok = !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    if name_ok {
+        Ok(Some(shape))
+    } else {
+        Err(())
+    }
 }
 
 /// All endpoints of one dialect.
@@ -102,6 +177,15 @@ impl RouteTable {
                     .all(|s| !s.is_empty() && s != "." && s != "..");
             if !segs_ok {
                 return Err(RouteError::BadPath(i, r.path.clone()));
+            }
+            for seg in r.path[1..].split('/') {
+                match segment_shape(seg) {
+                    Err(()) => return Err(RouteError::BadSegment(i, seg.to_owned())),
+                    Ok(Some(Shape::Any)) if r.action != Action::Public => {
+                        return Err(RouteError::UnshapedSegment(i, seg.to_owned()));
+                    }
+                    Ok(_) => {}
+                }
             }
             if r.action == Action::Withdraw {
                 for (name, f) in [
@@ -207,8 +291,12 @@ fn path_matches(pattern: &str, path: &str) -> bool {
         match (p.next(), q.next()) {
             (None, None) => return true,
             (Some(ps), Some(qs)) => {
-                let wildcard = ps.starts_with('{') && ps.ends_with('}');
-                if !(wildcard && !qs.is_empty() || ps == qs) {
+                // Patterns were validated when the table was built.
+                let ok = match segment_shape(ps) {
+                    Ok(Some(shape)) => shape.matches(qs),
+                    _ => ps == qs,
+                };
+                if !ok {
                     return false;
                 }
             }
@@ -282,5 +370,126 @@ mod tests {
         assert!(!path_matches("/api/1/depth/{pair}", "/api/1/depth/a/b"));
         assert!(path_matches("/tapi", "/tapi"));
         assert!(!path_matches("/tapi", "/tapi/"));
+    }
+
+    #[test]
+    fn shaped_templates_match_one_canonical_segment_of_their_shape() {
+        let p = "/api/exchange/orders/{id:digits}";
+        assert!(path_matches(p, "/api/exchange/orders/12345"));
+        assert!(path_matches(p, "/api/exchange/orders/0"));
+        for bad in [
+            "/api/exchange/orders/opens",
+            "/api/exchange/orders/012",
+            "/api/exchange/orders/+1",
+            "/api/exchange/orders/-1",
+            "/api/exchange/orders/1.0",
+            "/api/exchange/orders/1e3",
+            "/api/exchange/orders/",
+            "/api/exchange/orders/1/2",
+            "/api/exchange/orders/123456789012345678901",
+        ] {
+            assert!(!path_matches(p, bad), "{bad}");
+        }
+        let t = "/api/x/{name:token}";
+        assert!(path_matches(t, "/api/x/btc_jpy-2"));
+        assert!(!path_matches(t, "/api/x/a.b"));
+        assert!(!path_matches(t, &format!("/api/x/{}", "a".repeat(65))));
+    }
+
+    #[test]
+    fn private_templates_must_declare_a_shape() {
+        let untyped = route(Method::DELETE, "/api/orders/{id}", None, Action::Trade);
+        assert_eq!(
+            RouteTable::new(DialectKind::Coincheck, vec![untyped]),
+            Err(RouteError::UnshapedSegment(0, "{id}".into()))
+        );
+        let typed = route(
+            Method::DELETE,
+            "/api/orders/{id:digits}",
+            None,
+            Action::Trade,
+        );
+        assert!(RouteTable::new(DialectKind::Coincheck, vec![typed]).is_ok());
+        for bad in [
+            "/api/{id:float}",
+            "/api/{:digits}",
+            "/api/x{id}",
+            "/api/{i-d}",
+        ] {
+            let r = route(Method::GET, bad, None, Action::Public);
+            assert!(
+                matches!(
+                    RouteTable::new(DialectKind::Coincheck, vec![r]),
+                    Err(RouteError::BadSegment(0, _))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_shaped_template_does_not_shadow_its_literal_siblings() {
+        let mut cancel = route(
+            Method::DELETE,
+            "/api/exchange/orders/{id:digits}",
+            None,
+            Action::Trade,
+        );
+        cancel.fields = FieldMap::default();
+        let table = RouteTable::new(
+            DialectKind::Coincheck,
+            vec![
+                route(
+                    Method::GET,
+                    "/api/exchange/orders/{id:digits}",
+                    None,
+                    Action::Read,
+                ),
+                route(
+                    Method::GET,
+                    "/api/exchange/orders/opens",
+                    None,
+                    Action::Read,
+                ),
+                cancel,
+            ],
+        )
+        .unwrap();
+        let req = |method: Method, path: &str| ParsedRequest {
+            method,
+            path: path.into(),
+            params: crate::Params::new(),
+            body_kind: crate::dialect::BodyKind::Empty,
+            credentials: None,
+        };
+        assert_eq!(
+            table
+                .classify(&req(Method::GET, "/api/exchange/orders/opens"))
+                .unwrap()
+                .route,
+            1
+        );
+        assert_eq!(
+            table
+                .classify(&req(Method::GET, "/api/exchange/orders/7"))
+                .unwrap()
+                .route,
+            0
+        );
+        assert_eq!(
+            table
+                .classify(&req(Method::DELETE, "/api/exchange/orders/7"))
+                .unwrap()
+                .route,
+            2
+        );
+        assert_eq!(
+            table.classify(&req(Method::DELETE, "/api/exchange/orders/opens")),
+            Err(Deny::MethodNotAllowed)
+        );
+        assert_eq!(
+            table.classify(&req(Method::DELETE, "/api/exchange/orders/07")),
+            Err(Deny::UnknownEndpoint)
+        );
     }
 }

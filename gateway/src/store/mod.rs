@@ -24,7 +24,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::secrets::MasterKey;
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `keys.canary`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS keys (
     cred_kind     TEXT NOT NULL,
     cred_sealed   BLOB,
     cred_public   BLOB,
-    last_used_at  INTEGER
+    last_used_at  INTEGER,
+    canary        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS keys_account ON keys(account);
 CREATE TABLE IF NOT EXISTS withdraw_addresses (
@@ -128,6 +130,8 @@ pub struct NewKey {
     pub expires_at: Option<UnixMillis>,
     /// Credential.
     pub credential: NewCredential,
+    /// A canary key (never forwarded; its use raises the alarm).
+    pub canary: bool,
 }
 
 /// A key as listed by the CLI: everything but the credential.
@@ -155,6 +159,8 @@ pub struct KeySummary {
     pub created_at: UnixMillis,
     /// Expiry (ms).
     pub expires_at: Option<UnixMillis>,
+    /// A canary key: shown to operators only (the CLI and admin views), never to clients.
+    pub canary: bool,
 }
 
 /// A withdrawal address in a listing.
@@ -198,6 +204,16 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
+            Some(1) => {
+                // Version 1 had no canary keys: every existing key is a real one.
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(
+                    "ALTER TABLE keys ADD COLUMN canary INTEGER NOT NULL DEFAULT 0;
+                     UPDATE meta SET v = '2' WHERE k = 'schema_version';",
+                )
+                .context("migrating the schema from version 1 to 2")?;
+                tx.commit()?;
+            }
             Some(v) => bail!(
                 "{} has schema version {v}; this keyguard understands {SCHEMA_VERSION}",
                 store.path.display()
@@ -253,8 +269,8 @@ pub fn insert_key(conn: &mut Connection, master: &MasterKey, key: &NewKey) -> an
     let tx = conn.transaction()?;
     tx.execute(
         "INSERT INTO keys (key_id, api_key, account, label, scopes, allow_ips, status, created_at,
-                           updated_at, expires_at, cred_kind, cred_sealed, cred_public)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7, ?7, ?8, ?9, ?10, ?11)",
+                           updated_at, expires_at, cred_kind, cred_sealed, cred_public, canary)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             key.key_id,
             key.api_key,
@@ -266,7 +282,8 @@ pub fn insert_key(conn: &mut Connection, master: &MasterKey, key: &NewKey) -> an
             key.expires_at.map(|e| e as i64),
             kind,
             sealed,
-            public
+            public,
+            key.canary
         ],
     )?;
     for (asset, address) in &key.withdraw_addresses {
@@ -288,7 +305,10 @@ pub fn set_status(
     actor: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let tx = conn.transaction()?;
+    // Immediate: this reads, then writes; a deferred transaction whose read snapshot is
+    // older than the running gateway's last commit cannot upgrade and fails at once with
+    // SQLITE_BUSY, without waiting out the busy timeout.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let current: Option<String> = tx
         .query_row("SELECT status FROM keys WHERE key_id = ?1", [key_id], |r| {
             r.get(0)
@@ -560,11 +580,12 @@ struct KeyRow {
     cred_kind: String,
     cred_sealed: Option<Vec<u8>>,
     cred_public: Option<Vec<u8>>,
+    canary: bool,
 }
 
 fn key_rows(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<KeyRow>> {
     let sql = "SELECT key_id, api_key, account, label, scopes, allow_ips, status, status_reason,
-                      created_at, expires_at, cred_kind, cred_sealed, cred_public
+                      created_at, expires_at, cred_kind, cred_sealed, cred_public, canary
                FROM keys WHERE ?1 IS NULL OR key_id = ?1 ORDER BY created_at, key_id";
     let mut stmt = conn.prepare(sql)?;
     let rows = stmt
@@ -583,6 +604,7 @@ fn key_rows(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<KeyRo
                 cred_kind: r.get(10)?,
                 cred_sealed: r.get(11)?,
                 cred_public: r.get(12)?,
+                canary: r.get(13)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -671,6 +693,7 @@ pub fn load_keys(
                 expires_at: row.expires_at.map(|e| e as u64),
                 status,
                 credential,
+                canary: row.canary,
             })
         })();
         match decoded {
@@ -709,6 +732,7 @@ pub fn list_keys(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<
                 credential: row.cred_kind,
                 created_at: row.created_at as u64,
                 expires_at: row.expires_at.map(|e| e as u64),
+                canary: row.canary,
             })
         })
         .collect()

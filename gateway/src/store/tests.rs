@@ -19,6 +19,7 @@ fn new_key(id: &str) -> NewKey {
         withdraw_addresses: vec![("btc".into(), "bc1qdest".into())],
         expires_at: None,
         credential: NewCredential::Hmac(b"the-secret".to_vec()),
+        canary: false,
     }
 }
 
@@ -88,4 +89,60 @@ fn freezes_are_recorded_with_who_and_why() {
     assert_eq!(events[0].actor, "ops");
     mark_admin_events_audited(&conn, events[1].id).unwrap();
     assert_eq!(unaudited_admin_events(&conn).unwrap().len(), 1);
+}
+
+#[test]
+fn canary_flag_roundtrips_and_version_1_files_are_migrated() {
+    let (dir, store, master) = setup();
+    let mut conn = store.connect().unwrap();
+    insert_key(&mut conn, &master, &new_key("kg_real")).unwrap();
+    insert_key(
+        &mut conn,
+        &master,
+        &NewKey {
+            canary: true,
+            ..new_key("kg_canary")
+        },
+    )
+    .unwrap();
+    let (keys, _) = load_keys(&conn, &master).unwrap();
+    let flags: Vec<(&str, bool)> = keys.iter().map(|k| (k.key_id.as_str(), k.canary)).collect();
+    assert_eq!(flags, [("kg_real", false), ("kg_canary", true)]);
+    assert!(list_keys(&conn, Some("kg_canary")).unwrap()[0].canary);
+
+    // A version-1 file: no canary column. Opening it adds one, every key real.
+    let old = tempfile::tempdir().unwrap();
+    let path = old.path().join("keyguard.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        let v1 = SCHEMA.replace(",\n    canary        INTEGER NOT NULL DEFAULT 0", "");
+        assert_ne!(v1, SCHEMA);
+        c.execute_batch(&v1).unwrap();
+        c.execute(
+            "INSERT INTO meta (k, v) VALUES ('schema_version', '1'), ('keys_generation', '0')",
+            [],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO keys (key_id, api_key, account, label, scopes, allow_ips, status,
+                               created_at, updated_at, cred_kind, cred_public)
+             VALUES ('kg_old', 'api-old', 'bob', '', 'read', '[]', 'active', 1, 1, 'ed25519', ?1)",
+            [vec![7u8; 32]],
+        )
+        .unwrap();
+    }
+    let migrated = Store::open(old.path()).unwrap();
+    let c = migrated.connect().unwrap();
+    let v: String = c
+        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION.to_string());
+    let (keys, errors) = load_keys(&c, &master).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!((keys[0].key_id.as_str(), keys[0].canary), ("kg_old", false));
+    // Opening again is a no-op.
+    Store::open(old.path()).unwrap();
+    drop(dir);
 }

@@ -138,8 +138,12 @@ fn apply(conn: &mut Connection, batch: &[Job]) -> anyhow::Result<()> {
                 }
                 WriteOp::LearnedIp(l) => {
                     tx.prepare_cached(
-                        "INSERT OR IGNORE INTO learned_ips (key_id, net, first_seen, usable_from)
-                         VALUES (?1, ?2, ?3, ?4)",
+                        // An upsert: a network forgotten after a canary (or relearned after
+                        // that) replaces what was stored, or a restart would restore trust.
+                        "INSERT INTO learned_ips (key_id, net, first_seen, usable_from)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (key_id, net) DO UPDATE
+                         SET first_seen = excluded.first_seen, usable_from = excluded.usable_from",
                     )?
                     .execute(params![
                         l.key_id,

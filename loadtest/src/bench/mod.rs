@@ -44,8 +44,12 @@ pub use results::{BenchReport, DialectResult, Goal, HalfRate, Measure, MemoryChe
 
 /// Every dialect `--dialect all` measures, in report order. A new dialect is one line here
 /// (its example config, workload and mock come with the dialect itself).
-pub const DIALECTS: &[DialectKind] =
-    &[DialectKind::Zaif, DialectKind::Binance, DialectKind::Kraken];
+pub const DIALECTS: &[DialectKind] = &[
+    DialectKind::Zaif,
+    DialectKind::Binance,
+    DialectKind::Kraken,
+    DialectKind::Coincheck,
+];
 
 /// `--dialect`'s value: the dialects to measure, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,6 +36,7 @@ use crate::ledger::{Ledger, LedgerEntry};
 pub mod assertion;
 mod binance;
 mod book;
+mod coincheck;
 mod kraken;
 mod params;
 #[cfg(test)]
@@ -67,6 +68,8 @@ pub enum Dialect {
     Binance,
     /// Kraken: `GET /0/public/<Method>`, `POST /0/private/<Method>`.
     Kraken,
+    /// Coincheck: `/api/...` by method and path (`DELETE /api/exchange/orders/<id>`).
+    Coincheck,
 }
 
 impl Dialect {
@@ -76,6 +79,7 @@ impl Dialect {
             Dialect::Zaif => "zaif",
             Dialect::Binance => "binance",
             Dialect::Kraken => "kraken",
+            Dialect::Coincheck => "coincheck",
         }
     }
 }
@@ -86,9 +90,9 @@ impl fmt::Display for Dialect {
     }
 }
 
-/// A dialect name that is not `zaif`, `binance` or `kraken`.
+/// A dialect name that is not `zaif`, `binance`, `kraken` or `coincheck`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dialect {0:?} (expected zaif, binance or kraken)")]
+#[error("unknown dialect {0:?} (expected zaif, binance, kraken or coincheck)")]
 pub struct UnknownDialect(String);
 
 impl FromStr for Dialect {
@@ -98,6 +102,7 @@ impl FromStr for Dialect {
             "zaif" => Ok(Dialect::Zaif),
             "binance" => Ok(Dialect::Binance),
             "kraken" => Ok(Dialect::Kraken),
+            "coincheck" => Ok(Dialect::Coincheck),
             other => Err(UnknownDialect(other.to_owned())),
         }
     }
@@ -385,6 +390,7 @@ impl MockExchange {
             Dialect::Zaif => zaif::route(req),
             Dialect::Binance => binance::route(req),
             Dialect::Kraken => kraken::route(req),
+            Dialect::Coincheck => coincheck::route(req),
         }
     }
 
@@ -393,6 +399,7 @@ impl MockExchange {
             Dialect::Zaif => zaif::refused(error),
             Dialect::Binance => binance::refused(error),
             Dialect::Kraken => kraken::refused(error),
+            Dialect::Coincheck => coincheck::refused(error),
         }
     }
 
@@ -401,6 +408,7 @@ impl MockExchange {
             Dialect::Zaif => zaif::not_found(req),
             Dialect::Binance => binance::not_found(req),
             Dialect::Kraken => kraken::not_found(req),
+            Dialect::Coincheck => coincheck::not_found(req),
         }
     }
 }

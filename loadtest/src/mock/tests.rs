@@ -305,6 +305,105 @@ async fn kraken_requires_an_assertion_for_the_right_action() {
     assert!(h.ledger().iter().all(|e| e.account == "acct-1"));
 }
 
+#[tokio::test]
+async fn coincheck_places_lists_cancels_and_withdraws_with_path_ids() {
+    let mut h = Harness::start(Dialect::Coincheck).await;
+    let (status, ticker) = h
+        .send(Method::GET, "/api/ticker?pair=btc_jpy", None, "", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ticker["last"].is_number(), "{ticker}");
+
+    // No assertion: refused in Coincheck's shape, not executed.
+    let (status, refused) = h
+        .send(Method::GET, "/api/accounts/balance", None, "", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused["success"], false);
+
+    let token = h.assertion("GET", "/api/accounts/balance", "", "read");
+    let (status, balance) = h
+        .send(Method::GET, "/api/accounts/balance", None, "", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{balance}");
+    assert_eq!(
+        (&balance["btc"], &balance["btc_reserved"]),
+        (&"1.5".into(), &"0.0".into())
+    );
+
+    let body = "amount=0.005&order_type=buy&pair=btc_jpy&rate=5000000";
+    let token = h.assertion("POST", "/api/exchange/orders", body, "trade");
+    let (status, order) = h
+        .send(
+            Method::POST,
+            "/api/exchange/orders",
+            FORM,
+            body,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{order}");
+    let id = order["id"].as_u64().expect("numeric order id");
+
+    let token = h.assertion("GET", "/api/exchange/orders/opens", "", "read");
+    let (_, open) = h
+        .send(
+            Method::GET,
+            "/api/exchange/orders/opens",
+            None,
+            "",
+            Some(&token),
+        )
+        .await;
+    assert_eq!(open["orders"][0]["id"], id, "{open}");
+    assert_eq!(open["orders"][0]["pair"], "btc_jpy");
+
+    // A cancel asserted as a read is refused: the exchange knows its endpoints.
+    let path = format!("/api/exchange/orders/{id}");
+    let token = h.assertion("DELETE", &path, "", "read");
+    let (status, _) = h.send(Method::DELETE, &path, None, "", Some(&token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let token = h.assertion("DELETE", &path, "", "trade");
+    let (status, cancelled) = h.send(Method::DELETE, &path, None, "", Some(&token)).await;
+    assert_eq!(
+        (status, &cancelled["id"]),
+        (StatusCode::OK, &id.into()),
+        "{cancelled}"
+    );
+    let token = h.assertion("DELETE", &path, "", "trade");
+    let (_, again) = h.send(Method::DELETE, &path, None, "", Some(&token)).await;
+    assert_eq!(again["success"], false);
+
+    let body = "address=bc1qdest&amount=0.001&currency=BTC";
+    let token = h.assertion("POST", "/api/send_money", body, "withdraw");
+    let (status, sent) = h
+        .send(Method::POST, "/api/send_money", FORM, body, Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    assert!(sent["id"].is_string() && sent["fee"].is_string(), "{sent}");
+    let body = "amount=50000&bank_account_id=2222&currency=JPY";
+    let token = h.assertion("POST", "/api/withdraws", body, "withdraw");
+    let (status, yen) = h
+        .send(Method::POST, "/api/withdraws", FORM, body, Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{yen}");
+    assert_eq!(yen["data"]["bank_account_id"], 2222);
+
+    let (status, unknown) = h
+        .send(Method::DELETE, "/api/exchange/orders/opens", None, "", None)
+        .await;
+    assert_eq!(
+        (status, &unknown["success"]),
+        (StatusCode::NOT_FOUND, &false.into())
+    );
+
+    let actions: Vec<String> = h.ledger().into_iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        ["read", "trade", "read", "trade", "trade", "withdraw", "withdraw"]
+    );
+}
+
 #[test]
 fn bench_mode_executes_without_an_assertion_or_ledger() {
     let exchange = MockExchange::unverified(Dialect::Zaif);

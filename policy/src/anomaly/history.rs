@@ -14,6 +14,12 @@ use crate::limits::ClientNet;
 use crate::time::UnixMillis;
 use crate::Deny;
 
+/// The `usable_from` of a network that is no longer known for its key (a canary was
+/// used from it): it stays in the list, so the key's next network is never mistaken for
+/// its first (trust on first use), but its next sighting starts probation afresh.
+/// `i64::MAX` so that the database stores it unchanged.
+pub const FORGOTTEN: UnixMillis = i64::MAX as UnixMillis;
+
 /// One known network of a key, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LearnedIp {
@@ -49,6 +55,11 @@ pub trait IpHistory: Send + Sync {
         now: UnixMillis,
         probation_ms: u64,
     ) -> Result<Sighting, Deny>;
+
+    /// Forgets `net` as known for every key seen from it at or after `since` (a canary
+    /// was used from it): their next use from it is a new network's, on probation.
+    /// Returns the records to persist (`usable_from` = [`FORGOTTEN`]).
+    fn forget_network(&self, net: ClientNet, since: UnixMillis) -> Result<Vec<LearnedIp>, Deny>;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +68,9 @@ struct Known {
     first_seen: UnixMillis,
     usable_from: UnixMillis,
     last_seen: UnixMillis,
+    /// Restored from storage and not seen since: `last_seen` is only the first sighting
+    /// (the database keeps no later one), so the canary lookback counts it as recent.
+    restored: bool,
 }
 
 const SHARDS: usize = 16;
@@ -98,6 +112,7 @@ impl MemoryIpHistory {
                     first_seen: r.first_seen,
                     usable_from: r.usable_from,
                     last_seen: r.first_seen,
+                    restored: true,
                 },
             );
         }
@@ -111,8 +126,13 @@ impl MemoryIpHistory {
         let list = shard.entry(key_id.to_owned()).or_default();
         let known = match list.iter_mut().find(|k| k.net == net) {
             Some(k) => {
-                k.usable_from = k.usable_from.min(now);
+                k.usable_from = if k.usable_from == FORGOTTEN {
+                    now
+                } else {
+                    k.usable_from.min(now)
+                };
                 k.last_seen = k.last_seen.max(now);
+                k.restored = false;
                 *k
             }
             None => {
@@ -121,6 +141,7 @@ impl MemoryIpHistory {
                     first_seen: now,
                     usable_from: now,
                     last_seen: now,
+                    restored: false,
                 };
                 self.insert(list, k);
                 k
@@ -203,6 +224,18 @@ impl IpHistory for MemoryIpHistory {
         if let Some(list) = shard.get_mut(key_id) {
             if let Some(k) = list.iter_mut().find(|k| k.net == net) {
                 k.last_seen = k.last_seen.max(now);
+                k.restored = false;
+                if k.usable_from == FORGOTTEN {
+                    // Forgotten after a canary: seen "for the first time" again, with
+                    // the key's other networks still known, so on probation.
+                    k.first_seen = now;
+                    k.usable_from = now.saturating_add(probation_ms);
+                    return Ok(Sighting {
+                        first_seen: k.first_seen,
+                        usable_from: k.usable_from,
+                        learned: true,
+                    });
+                }
                 return Ok(Sighting {
                     first_seen: k.first_seen,
                     usable_from: k.usable_from,
@@ -224,6 +257,7 @@ impl IpHistory for MemoryIpHistory {
                 first_seen: now,
                 usable_from,
                 last_seen: now,
+                restored: false,
             },
         );
         Ok(Sighting {
@@ -231,5 +265,28 @@ impl IpHistory for MemoryIpHistory {
             usable_from,
             learned: true,
         })
+    }
+
+    fn forget_network(&self, net: ClientNet, since: UnixMillis) -> Result<Vec<LearnedIp>, Deny> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (key_id, list) in shard.iter_mut() {
+                for k in list.iter_mut() {
+                    let recent = k.last_seen >= since || k.restored;
+                    if k.net == net && recent && k.usable_from != FORGOTTEN {
+                        k.usable_from = FORGOTTEN;
+                        out.push(LearnedIp {
+                            key_id: key_id.clone(),
+                            net: net.to_net(),
+                            first_seen: k.first_seen,
+                            usable_from: FORGOTTEN,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        Ok(out)
     }
 }

@@ -9,6 +9,7 @@
 //! | [`ManyIpsRule`] | `too_many_ips` | a key used from more than K networks in a window: suspended |
 //! | [`SharedIpRule`] | `ip_blocked` | a network presenting more than K keys or accounts in a window: blocked for a while |
 //! | [`AuthFailureRule`] | `ip_banned` | a network sending more than K bad signatures or unknown keys: banned for a while |
+//! | [`CanaryRule`] | `canary`, then `ip_blocked` | a leaked key set: one planted canary key used, and the network is blocked for every key, every key it used recently back on probation |
 //!
 //! Every rule can run in shadow mode: it is evaluated and its state kept exactly as when
 //! enforced, but its verdict is [`Verdict::WouldDeny`] and the request passes (no
@@ -21,6 +22,9 @@
 //! - [`Anomaly::check_request`] after authentication and classification, before
 //!   authorization, so keys count towards "one IP, many keys" even when authorization
 //!   then refuses them.
+//! - [`Anomaly::canary_used`] when a canary key's signature verified (never before: an
+//!   unsigned probe naming a canary must not trip it, or anyone who guessed one canary
+//!   key string could block a network at will).
 //!
 //! IPv6 clients are tracked per /64 ([`ClientNet`]) throughout.
 //!
@@ -45,7 +49,7 @@ mod history;
 mod store;
 mod table;
 
-pub use history::{IpHistory, LearnedIp, MemoryIpHistory, Sighting};
+pub use history::{IpHistory, LearnedIp, MemoryIpHistory, Sighting, FORGOTTEN};
 pub use store::{AnomalyStore, MemoryAnomalyStore, Standing};
 
 const MINUTE: u64 = 60 * 1000;
@@ -221,6 +225,37 @@ impl Default for AuthFailureRule {
     }
 }
 
+/// What a canary key's use does: the client network is blocked for every key for
+/// `block_ms`, and every key seen from it within the last `lookback_ms` must wait out
+/// new-IP probation there again (the leaked set loses its value at once). A canary is
+/// never forwarded, whatever this says; the rule has no shadow mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryRule {
+    /// How long the network stays blocked (default 24 hours).
+    pub block_ms: u64,
+    /// Keys seen from the network this recently go back on probation (default 24 hours).
+    pub lookback_ms: u64,
+}
+
+impl Default for CanaryRule {
+    fn default() -> Self {
+        CanaryRule {
+            block_ms: DAY,
+            lookback_ms: DAY,
+        }
+    }
+}
+
+/// What [`Anomaly::canary_used`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryTrip {
+    /// The network is blocked for every key until then.
+    pub blocked_until: UnixMillis,
+    /// Networks no longer known for their keys: persist them (their `usable_from` is
+    /// [`FORGOTTEN`], so a restart does not bring the trust back).
+    pub forgotten: Vec<LearnedIp>,
+}
+
 /// The anomaly rules; `None` turns a rule off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnomalyConfig {
@@ -234,6 +269,8 @@ pub struct AnomalyConfig {
     pub shared_ip: Option<SharedIpRule>,
     /// Failed authentications.
     pub auth_failures: Option<AuthFailureRule>,
+    /// Canary keys (always on: a canary is never forwarded).
+    pub canary: CanaryRule,
     /// The most entries each in-memory table holds (see [`MemoryAnomalyStore`]).
     pub max_entries: usize,
 }
@@ -247,6 +284,7 @@ impl Default for AnomalyConfig {
             many_ips: Some(ManyIpsRule::default()),
             shared_ip: Some(SharedIpRule::default()),
             auth_failures: Some(AuthFailureRule::default()),
+            canary: CanaryRule::default(),
             max_entries: 100_000,
         }
     }
@@ -373,6 +411,11 @@ impl<S: AnomalyStore, H: IpHistory> Anomaly<S, H> {
     }
 
     fn standing_verdict(&self, standing: Standing) -> Verdict {
+        // A canary's network is blocked whatever the other rules say: it is known to hold
+        // a leaked key set.
+        if standing.tripped_until.is_some() {
+            return Verdict::Deny(Deny::IpBlocked);
+        }
         let mut verdict = Verdict::Allow;
         if let (Some(_), Some(rule)) = (standing.banned_until, &self.cfg.auth_failures) {
             verdict = verdict.or(Verdict::of(Deny::IpBanned, rule.shadow));
@@ -394,6 +437,29 @@ impl<S: AnomalyStore, H: IpHistory> Anomaly<S, H> {
             Ok(s) if s.banned_until.is_some() => Verdict::of(Deny::IpBanned, rule.shadow),
             _ => Verdict::Allow,
         }
+    }
+
+    /// A canary key's signature verified from `ip`: blocks the client network for every
+    /// key for [`CanaryRule::block_ms`] and forgets it as known for every key seen from
+    /// it within [`CanaryRule::lookback_ms`], so those keys wait out new-IP probation
+    /// there again once the block ends. The request itself is refused as
+    /// [`Deny::Canary`] by the caller.
+    ///
+    /// The block is applied even when the history cannot answer (then `Err`): a store
+    /// error must not spare the network.
+    pub fn canary_used(&self, ip: IpAddr, now: UnixMillis) -> Result<CanaryTrip, Deny> {
+        let net = ClientNet::of(ip);
+        let rule = &self.cfg.canary;
+        let blocked_until = now.saturating_add(rule.block_ms);
+        let blocked = self.store.trip(net, blocked_until);
+        let forgotten = self
+            .history
+            .forget_network(net, now.saturating_sub(rule.lookback_ms))?;
+        blocked?;
+        Ok(CanaryTrip {
+            blocked_until,
+            forgotten,
+        })
     }
 
     /// After authentication and classification: records the sighting and decides.

@@ -21,6 +21,10 @@ pub struct Standing {
     pub banned_until: Option<UnixMillis>,
     /// Blocked for presenting many keys until then (exclusive), if in the future.
     pub blocked_until: Option<UnixMillis>,
+    /// Blocked because a canary key was used from it, until then (exclusive), if in the
+    /// future. Kept apart from `blocked_until`: it applies even with the shared-IP rule
+    /// off or in shadow mode.
+    pub tripped_until: Option<UnixMillis>,
 }
 
 impl Standing {
@@ -28,6 +32,7 @@ impl Standing {
     pub const CLEAR: Standing = Standing {
         banned_until: None,
         blocked_until: None,
+        tripped_until: None,
     };
 }
 
@@ -75,6 +80,10 @@ pub trait AnomalyStore: Send + Sync {
     /// a many-IPs suspension: otherwise the count that suspended it would suspend it again
     /// on its next request.
     fn forget_key(&self, key_id: &str) -> Result<(), Deny>;
+
+    /// Blocks `net` for every key until `until` (a canary key was used from it); an
+    /// existing, longer block stays.
+    fn trip(&self, net: ClientNet, until: UnixMillis) -> Result<(), Deny>;
 }
 
 /// Recent failed authentications of one network.
@@ -95,6 +104,8 @@ struct Presented {
     /// (hash of account, last seen); at most `max_accounts + 1`.
     accounts: Vec<(u64, UnixMillis)>,
     blocked_until: UnixMillis,
+    /// Canary block (see [`Standing::tripped_until`]).
+    tripped_until: UnixMillis,
     window_ms: u64,
 }
 
@@ -162,7 +173,10 @@ impl MemoryAnomalyStore {
             let w = p.window_ms;
             p.keys.retain(|(_, at)| at.saturating_add(w) > now);
             p.accounts.retain(|(_, at)| at.saturating_add(w) > now);
-            !p.keys.is_empty() || !p.accounts.is_empty() || p.blocked_until > now
+            !p.keys.is_empty()
+                || !p.accounts.is_empty()
+                || p.blocked_until > now
+                || p.tripped_until > now
         });
         let seen_from = self.seen_from.sweep(|s| {
             let w = s.window_ms;
@@ -197,6 +211,10 @@ impl AnomalyStore for MemoryAnomalyStore {
             blocked_until: self
                 .presented
                 .peek(&net, |p| future(p.blocked_until, now))
+                .flatten(),
+            tripped_until: self
+                .presented
+                .peek(&net, |p| future(p.tripped_until, now))
                 .flatten(),
         })
     }
@@ -274,6 +292,15 @@ impl AnomalyStore for MemoryAnomalyStore {
 
     fn forget_key(&self, key_id: &str) -> Result<(), Deny> {
         self.seen_from.remove(key_id);
+        Ok(())
+    }
+
+    fn trip(&self, net: ClientNet, until: UnixMillis) -> Result<(), Deny> {
+        // At the table's cap the network shares the overflow entry: the whole overflow
+        // is blocked then, failing closed like the other blocks.
+        self.presented.with(&net, |p| {
+            p.tripped_until = p.tripped_until.max(until);
+        });
         Ok(())
     }
 }

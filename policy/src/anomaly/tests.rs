@@ -20,6 +20,7 @@ fn key(id: &str, account: &str) -> KeyRecord {
         expires_at: None,
         status: KeyStatus::Active,
         credential: Credential::Ed25519([0; 32]),
+        canary: false,
     }
 }
 
@@ -46,6 +47,7 @@ fn none() -> AnomalyConfig {
         many_ips: None,
         shared_ip: None,
         auth_failures: None,
+        canary: CanaryRule::default(),
         max_entries: 1000,
     }
 }
@@ -719,6 +721,18 @@ impl AnomalyStore for Broken {
     fn forget_key(&self, _: &str) -> Result<(), Deny> {
         Err(Deny::StateUnavailable)
     }
+    fn trip(&self, _: ClientNet, _: UnixMillis) -> Result<(), Deny> {
+        Err(Deny::StateUnavailable)
+    }
+}
+
+#[test]
+fn a_canary_with_a_broken_store_still_reports_failure() {
+    let a = Anomaly::new(none(), Broken, MemoryIpHistory::new(8));
+    assert_eq!(
+        a.canary_used(ip("198.51.100.7"), T0),
+        Err(Deny::StateUnavailable)
+    );
 }
 
 #[test]
@@ -802,4 +816,177 @@ fn zaif_pattern_in_miniature() {
         });
         assert_eq!(d.verdict, Verdict::Allow, "owner of k{i}");
     }
+}
+
+// --- canary ---
+
+fn new_ip_only() -> Anomaly {
+    only(AnomalyConfig {
+        new_ip: Some(NewIpRule::default()),
+        ..none()
+    })
+}
+
+#[test]
+fn a_canary_blocks_its_network_for_every_key_whatever_the_other_rules() {
+    // Shared-IP and auth-failure rules off: the canary block stands on its own.
+    let a = new_ip_only();
+    let attacker = ip("198.51.100.7");
+    assert_eq!(a.check_client(attacker, T0), Verdict::Allow);
+    let trip = a.canary_used(attacker, T0).unwrap();
+    assert_eq!(trip.blocked_until, T0 + DAY);
+    assert_eq!(
+        a.check_client(attacker, T0 + 1),
+        Verdict::Deny(Deny::IpBlocked)
+    );
+    assert_eq!(
+        a.check_client(attacker, T0 + DAY - 1),
+        Verdict::Deny(Deny::IpBlocked)
+    );
+    assert_eq!(a.check_client(attacker, T0 + DAY), Verdict::Allow);
+    // Other networks are untouched; the whole IPv6 /64 is one network.
+    assert_eq!(a.check_client(ip("198.51.100.8"), T0 + 1), Verdict::Allow);
+    a.canary_used(ip("2001:db8:1:2::5"), T0).unwrap();
+    assert_eq!(
+        a.check_client(ip("2001:db8:1:2:ffff::1"), T0 + 1),
+        Verdict::Deny(Deny::IpBlocked)
+    );
+    // Even a shadow-mode shared-IP rule does not soften it.
+    let shadow = only(AnomalyConfig {
+        shared_ip: Some(SharedIpRule {
+            shadow: true,
+            ..SharedIpRule::default()
+        }),
+        ..none()
+    });
+    shadow.canary_used(attacker, T0).unwrap();
+    assert_eq!(
+        shadow.check_client(attacker, T0 + 1),
+        Verdict::Deny(Deny::IpBlocked)
+    );
+    // A block survives the sweep while it lasts.
+    a.sweep(T0 + DAY - 1);
+    assert_eq!(
+        a.check_client(attacker, T0 + DAY - 1),
+        Verdict::Deny(Deny::IpBlocked)
+    );
+}
+
+#[test]
+fn keys_the_network_used_recently_go_back_on_probation_there() {
+    let a = new_ip_only();
+    let (owner, attacker) = ("192.0.2.10", "198.51.100.7");
+    let recent = key("recent", "a");
+    let old = key("old", "b");
+    let elsewhere = key("elsewhere", "c");
+    let trade = |k: &KeyRecord, client: &str, now| {
+        a.check_request(&req(k, Action::Trade, client, now)).verdict
+    };
+    // `recent`: first used by its owner, then by the attacker (after probation).
+    assert_eq!(trade(&recent, owner, T0), Verdict::Allow);
+    assert_eq!(
+        trade(&recent, attacker, T0 + 1),
+        Verdict::Deny(Deny::NewIpProbation)
+    );
+    assert_eq!(trade(&recent, attacker, T0 + HOUR + 1), Verdict::Allow);
+    // `old`: its only network is the attacker's, last seen two days before the canary.
+    assert_eq!(trade(&old, attacker, T0 - 2 * DAY), Verdict::Allow);
+    // `elsewhere`: never seen from the attacker's network.
+    assert_eq!(trade(&elsewhere, owner, T0), Verdict::Allow);
+
+    let now = T0 + 2 * HOUR;
+    let trip = a.canary_used(ip(attacker), now).unwrap();
+    let forgotten: Vec<&str> = trip.forgotten.iter().map(|l| l.key_id.as_str()).collect();
+    assert_eq!(forgotten, ["recent"]);
+    assert_eq!(trip.forgotten[0].usable_from, FORGOTTEN);
+    // A second trip has nothing left to forget.
+    assert!(a
+        .canary_used(ip(attacker), now)
+        .unwrap()
+        .forgotten
+        .is_empty());
+
+    // After the block, `recent` waits out probation from the attacker's network again
+    // (it is not trusted as a "first network", since its owner's is still known) ...
+    let after = now + DAY;
+    let d = a.check_request(&req(&recent, Action::Trade, attacker, after));
+    assert_eq!(d.verdict, Verdict::Deny(Deny::NewIpProbation));
+    let learned = d.learned.expect("relearned, to persist");
+    assert_eq!(learned.usable_from, after + HOUR);
+    assert_eq!(trade(&recent, attacker, after + HOUR), Verdict::Allow);
+    // ... while its owner's network stays known, and `old` (outside the lookback) keeps
+    // the trust it had.
+    assert_eq!(trade(&recent, owner, after), Verdict::Allow);
+    assert_eq!(trade(&old, attacker, after), Verdict::Allow);
+}
+
+#[test]
+fn a_forgotten_only_network_is_never_trusted_on_first_use_again() {
+    let a = new_ip_only();
+    let attacker = "198.51.100.7";
+    let k = key("k", "a");
+    assert_eq!(
+        a.check_request(&req(&k, Action::Trade, attacker, T0))
+            .verdict,
+        Verdict::Allow,
+        "first network, trusted on first use"
+    );
+    a.canary_used(ip(attacker), T0 + 1).unwrap();
+    // Neither that network nor any other is the key's "first" now.
+    for client in [attacker, "203.0.113.9"] {
+        assert_eq!(
+            a.check_request(&req(&k, Action::Trade, client, T0 + DAY + 2))
+                .verdict,
+            Verdict::Deny(Deny::NewIpProbation),
+            "{client}"
+        );
+    }
+}
+
+#[test]
+fn forgetting_survives_a_restart_and_restored_networks_count_as_recent() {
+    let attacker = ip("198.51.100.7");
+    let net = ClientNet::of(attacker).to_net();
+    // Restored networks carry only their first sighting, long before the lookback: they
+    // are forgotten all the same (safe direction), and a forgotten one stays forgotten.
+    let history = MemoryIpHistory::restore(
+        64,
+        [
+            LearnedIp {
+                key_id: "old".into(),
+                net,
+                first_seen: T0 - 30 * DAY,
+                usable_from: T0 - 30 * DAY,
+            },
+            LearnedIp {
+                key_id: "owner-net".into(),
+                net: ClientNet::of(ip("192.0.2.1")).to_net(),
+                first_seen: T0 - 30 * DAY,
+                usable_from: T0 - 30 * DAY,
+            },
+        ],
+    );
+    let a = Anomaly::in_memory(
+        AnomalyConfig {
+            new_ip: Some(NewIpRule::default()),
+            ..none()
+        },
+        history,
+    );
+    let trip = a.canary_used(attacker, T0).unwrap();
+    assert_eq!(trip.forgotten.len(), 1);
+    let restored = MemoryIpHistory::restore(64, trip.forgotten.clone());
+    let b = Anomaly::in_memory(
+        AnomalyConfig {
+            new_ip: Some(NewIpRule::default()),
+            ..none()
+        },
+        restored,
+    );
+    let k = key("old", "a");
+    assert_eq!(
+        b.check_request(&req(&k, Action::Withdraw, "198.51.100.7", T0 + DAY))
+            .verdict,
+        Verdict::Deny(Deny::NewIpProbation)
+    );
 }

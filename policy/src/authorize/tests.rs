@@ -19,6 +19,7 @@ fn key(scopes: &[Scope], ips: &[&str]) -> KeyRecord {
         expires_at: Some(10_000_000),
         status: KeyStatus::Active,
         credential: Credential::Hmac(Secret::new(b"s".to_vec())),
+        canary: false,
     }
 }
 

@@ -4,8 +4,8 @@
 //! # Layout
 //! - this module: the shared pipeline ([`parse`] → [`verify`] → [`check_freshness`]),
 //!   the body and query placement rules, and the client side ([`sign_request`]).
-//! - `zaif`, `binance`, `kraken`: where each exchange puts its key, signature and
-//!   freshness proof, and how its reference client (ccxt) signs.
+//! - `zaif`, `binance`, `kraken`, `coincheck`: where each exchange puts its key,
+//!   signature and freshness proof, and how its reference client (ccxt) signs.
 //!
 //! # Server side
 //! [`parse`] runs the strict parsers ([`crate::parse`]) in a fixed order — method, target,
@@ -16,10 +16,13 @@
 //! - only `GET`, `POST`, `PUT`, `DELETE` are parsed ([`Deny::MethodNotAllowed`]);
 //! - a `GET`/`DELETE` with a non-empty body is a [`Deny::InvalidParameter`]: its
 //!   parameters belong in the query, and a body nobody reads could still reach the exchange;
-//! - Zaif and Kraken `POST`/`PUT` carry no query string at all, not even a bare `?`
-//!   ([`Deny::InvalidParameter`]): their signatures cover only the body;
+//! - Zaif, Kraken and Coincheck `POST`/`PUT` carry no query string at all, not even a
+//!   bare `?` ([`Deny::InvalidParameter`]): Zaif's and Kraken's signatures cover only the
+//!   body, and ccxt's Coincheck never sends one;
+//! - Coincheck requests must carry the `Host` of the configured public base URL
+//!   ([`Deny::InvalidTarget`]): the signature covers the full URL, rebuilt from it;
 //! - a `Content-Type`, when present, must be one the dialect uses, even on an empty body
-//!   (form for all three, JSON for Kraken); a non-empty body needs one
+//!   (form for all four, JSON for Kraken); a non-empty body needs one
 //!   ([`Deny::UnsupportedMediaType`]);
 //! - a `_method` parameter (any case) in the query, form or top-level JSON body is a
 //!   [`Deny::MethodOverride`];
@@ -45,6 +48,7 @@ use crate::time::UnixMillis;
 use crate::{Deny, UnknownName};
 
 mod binance;
+mod coincheck;
 mod kraken;
 mod zaif;
 
@@ -57,6 +61,9 @@ pub enum DialectKind {
     Binance,
     /// Kraken: `API-Key`/`API-Sign` over path + SHA-256(nonce + body); u64 nonce.
     Kraken,
+    /// Coincheck: `ACCESS-KEY`/`ACCESS-NONCE`/`ACCESS-SIGNATURE` over nonce + full URL +
+    /// body; decimal integer nonce.
+    Coincheck,
 }
 
 impl DialectKind {
@@ -66,6 +73,7 @@ impl DialectKind {
             DialectKind::Zaif => "zaif",
             DialectKind::Binance => "binance",
             DialectKind::Kraken => "kraken",
+            DialectKind::Coincheck => "coincheck",
         }
     }
 
@@ -75,6 +83,7 @@ impl DialectKind {
             DialectKind::Zaif => &["key", "sign"],
             DialectKind::Binance => &["x-mbx-apikey"],
             DialectKind::Kraken => &["api-key", "api-sign"],
+            DialectKind::Coincheck => &["access-key", "access-nonce", "access-signature"],
         }
     }
 
@@ -94,6 +103,7 @@ impl std::str::FromStr for DialectKind {
             "zaif" => Ok(DialectKind::Zaif),
             "binance" => Ok(DialectKind::Binance),
             "kraken" => Ok(DialectKind::Kraken),
+            "coincheck" => Ok(DialectKind::Coincheck),
             _ => Err(UnknownName),
         }
     }
@@ -110,6 +120,10 @@ pub struct DialectConfig {
     pub recv_window_max_ms: u64,
     /// Binance: how far ahead of our clock a timestamp may be (ms).
     pub future_tolerance_ms: u64,
+    /// Coincheck: the URL clients call the gateway at, `scheme://authority` without a
+    /// trailing `/` (e.g. `https://api.exchange.example`). Signatures cover the full
+    /// URL, so it is rebuilt from this, and requests for another `Host` are refused.
+    pub public_base_url: Option<String>,
 }
 
 impl DialectConfig {
@@ -120,6 +134,7 @@ impl DialectConfig {
             recv_window_default_ms: 5_000,
             recv_window_max_ms: 60_000,
             future_tolerance_ms: 1_000,
+            public_base_url: None,
         }
     }
 }
@@ -212,6 +227,9 @@ pub fn parse(
         _ => return Err(Deny::MethodNotAllowed),
     };
     parse::check_target(&parts.uri, &parts.headers)?;
+    if kind == DialectKind::Coincheck {
+        coincheck::check_host(cfg, &parts.headers)?;
+    }
     let path = parse::normalize_path(parts.uri.path())?;
     parse::check_headers(&parts.headers, kind.auth_headers(), body.len())?;
     let body_kind = body_kind(kind, &method, &parts.headers, body)?;
@@ -248,6 +266,7 @@ pub fn parse(
         cfg,
         path,
         query: query.unwrap_or(""),
+        query_present: query.is_some(),
         body,
         headers: &parts.headers,
         params: &params,
@@ -256,6 +275,7 @@ pub fn parse(
         DialectKind::Zaif => zaif::credentials(&received)?,
         DialectKind::Binance => binance::credentials(&received)?,
         DialectKind::Kraken => kraken::credentials(&received)?,
+        DialectKind::Coincheck => coincheck::credentials(&received)?,
     };
     Ok(ParsedRequest {
         method,
@@ -271,7 +291,7 @@ impl DialectKind {
     fn query_allowed(self, method: &Method) -> bool {
         match self {
             DialectKind::Binance => true,
-            DialectKind::Zaif | DialectKind::Kraken => {
+            DialectKind::Zaif | DialectKind::Kraken | DialectKind::Coincheck => {
                 *method == Method::GET || *method == Method::DELETE
             }
         }
@@ -317,6 +337,8 @@ struct Received<'a> {
     path: &'a str,
     /// The raw query string without `?` (empty when there is none).
     query: &'a str,
+    /// Whether the target had a `?` at all (Coincheck signs the URL as sent).
+    query_present: bool,
     body: &'a [u8],
     headers: &'a http::HeaderMap,
     params: &'a Params,
@@ -370,7 +392,7 @@ fn decode_base64_signature(text: &str, bytes: usize) -> Result<Vec<u8>, Deny> {
 
 /// Verifies the request's signature against the key's credential in constant time.
 ///
-/// Zaif: HMAC-SHA512 with the secret bytes. Binance: HMAC-SHA256 with the secret bytes,
+/// Zaif: HMAC-SHA512 with the secret bytes. Binance and Coincheck: HMAC-SHA256 with the secret bytes,
 /// or Ed25519 with the registered public key. Kraken: HMAC-SHA512 with the base64-decoded
 /// secret (a secret that is not base64 fails as [`Deny::InvalidSignature`]). A credential
 /// of a kind the dialect does not use never verifies.
@@ -398,9 +420,13 @@ pub fn verify(
             payload,
             signature,
         ),
-        (DialectKind::Zaif | DialectKind::Kraken, Credential::Ed25519(_)) => {
-            Err(Deny::InvalidSignature)
+        (DialectKind::Coincheck, Credential::Hmac(secret)) => {
+            hmac_verify(secret.hmac_key(hmac::HMAC_SHA256, None), payload, signature)
         }
+        (
+            DialectKind::Zaif | DialectKind::Kraken | DialectKind::Coincheck,
+            Credential::Ed25519(_),
+        ) => Err(Deny::InvalidSignature),
     }
 }
 
@@ -518,6 +544,9 @@ pub enum SignError {
     /// A Kraken secret that is not base64.
     #[error("the Kraken secret is not base64")]
     BadSecret,
+    /// Coincheck signs the full URL: use [`sign_coincheck`] with the base URL.
+    #[error("coincheck signs the full URL: sign with sign_coincheck and the base URL")]
+    NeedsBaseUrl,
 }
 
 /// Builds a signed private request exactly as ccxt 4.5 does for `kind`.
@@ -556,7 +585,24 @@ pub fn sign_request(
         DialectKind::Zaif => zaif::sign(key, method, path, params, freshness),
         DialectKind::Binance => binance::sign(key, method, path, params, freshness),
         DialectKind::Kraken => kraken::sign(key, method, path, params, freshness, json_body),
+        DialectKind::Coincheck => Err(SignError::NeedsBaseUrl),
     }
+}
+
+/// Builds a signed Coincheck request exactly as ccxt 4.5 does, for a client that calls
+/// the gateway at `base_url` (`scheme://authority`; the signature covers
+/// `nonce + base_url + path[?query] + body`). Parameters are sorted by name; `GET` sends
+/// them as the query, other methods as a form body. Headers: `Content-Type` (form, even
+/// without a body), `ACCESS-KEY`, `ACCESS-NONCE`, `ACCESS-SIGNATURE` (lower-case hex).
+pub fn sign_coincheck(
+    key: &ClientKey<'_>,
+    base_url: &str,
+    method: Method,
+    path: &str,
+    params: &[(&str, &str)],
+    nonce: &str,
+) -> Result<ClientRequest, SignError> {
+    coincheck::sign(key, base_url, method, path, params, nonce)
 }
 
 /// Builds an unauthenticated request the way ccxt sends public endpoints: no auth
@@ -569,7 +615,7 @@ pub fn public_request(
 ) -> ClientRequest {
     let safe: &[u8] = match kind {
         DialectKind::Kraken => b"[]",
-        DialectKind::Zaif | DialectKind::Binance => b"",
+        DialectKind::Zaif | DialectKind::Binance | DialectKind::Coincheck => b"",
     };
     let mut path_and_query = path.to_owned();
     if !params.is_empty() {

@@ -22,6 +22,7 @@ fn key(id: &str, account: &str) -> KeyRecord {
         expires_at: None,
         status: KeyStatus::Active,
         credential: Credential::Hmac(Secret::new(b"s".to_vec())),
+        canary: false,
     }
 }
 

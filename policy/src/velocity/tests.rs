@@ -258,6 +258,7 @@ fn reservation_for_request() {
         expires_at: None,
         status: crate::KeyStatus::Active,
         credential: crate::Credential::Ed25519([0; 32]),
+        canary: false,
     };
     let route = |action, price: Option<&str>, quantity: Option<&str>| RouteSpec {
         method: Method::POST,

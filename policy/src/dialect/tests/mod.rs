@@ -10,6 +10,7 @@ use super::*;
 use crate::key::Secret;
 
 mod binance;
+mod coincheck;
 mod kraken;
 mod props;
 mod rules;
@@ -55,8 +56,15 @@ pub(super) fn from_client(req: &ClientRequest) -> (http::request::Parts, Vec<u8>
     (parts, req.body.clone())
 }
 
+/// The public base URL of the Coincheck tests: what [`received`]'s `Host` names.
+pub(super) const BASE_URL: &str = "http://gateway.test";
+
 pub(super) fn cfg(kind: DialectKind) -> DialectConfig {
-    DialectConfig::new(kind)
+    let mut cfg = DialectConfig::new(kind);
+    if kind == DialectKind::Coincheck {
+        cfg.public_base_url = Some(BASE_URL.to_owned());
+    }
+    cfg
 }
 
 pub(super) fn hmac(secret: &str) -> Credential {
@@ -125,7 +133,12 @@ pub(super) fn with_header(req: &ClientRequest, name: &str, value: &str) -> Clien
 
 #[test]
 fn dialect_names_round_trip() {
-    for kind in [DialectKind::Zaif, DialectKind::Binance, DialectKind::Kraken] {
+    for kind in [
+        DialectKind::Zaif,
+        DialectKind::Binance,
+        DialectKind::Kraken,
+        DialectKind::Coincheck,
+    ] {
         assert_eq!(kind.as_str().parse::<DialectKind>(), Ok(kind));
     }
     assert!("Binance".parse::<DialectKind>().is_err());

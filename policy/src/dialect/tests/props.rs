@@ -8,7 +8,8 @@ fn any_kind() -> impl Strategy<Value = DialectKind> {
     prop_oneof![
         Just(DialectKind::Zaif),
         Just(DialectKind::Binance),
-        Just(DialectKind::Kraken)
+        Just(DialectKind::Kraken),
+        Just(DialectKind::Coincheck)
     ]
 }
 
@@ -75,10 +76,17 @@ proptest! {
             DialectKind::Zaif => ("/tapi", Method::POST, false),
             DialectKind::Binance => ("/api/v3/order", method, false),
             DialectKind::Kraken => ("/0/private/AddOrder", Method::POST, json),
+            DialectKind::Coincheck => ("/api/exchange/orders", method, false),
         };
         let secret = "kQH5HW/8p1uGOVjbgWA7FunAmGO8lsSUXNsu3eow76sz84Q18fWxnyRzBHCd3pd5nE9qa99HAZtuZuj6F1huXg==";
         let key = ClientKey::Hmac { api_key: "k", secret: secret.as_bytes() };
-        let req = sign_request(kind, &key, method, path, &params, &nonce.to_string(), json).unwrap();
+        let req = match kind {
+            DialectKind::Coincheck => {
+                let nonce = nonce.min(i64::MAX as u64).to_string();
+                sign_coincheck(&key, BASE_URL, method, path, &params, &nonce).unwrap()
+            }
+            _ => sign_request(kind, &key, method, path, &params, &nonce.to_string(), json).unwrap(),
+        };
         let parsed = authenticate(kind, &req, &hmac(secret));
         prop_assert!(parsed.is_ok(), "{req:?}: {parsed:?}");
         let parsed = parsed.unwrap();
