@@ -24,6 +24,7 @@
 //! - `velocity`: `[[velocity.rule]]` — the policy's [`VelocityConfig`].
 //! - `anomaly`: `[anomaly]` — the policy's [`AnomalyConfig`], every rule on by default.
 //! - `alerts`: `[alerts]` — [`AlertsConfig`], the alert webhook.
+//! - `admin`: `[admin]` — [`AdminConfig`]: widening cool-down, sessions, activity, lockout.
 //!
 //! Durations are strings with one unit (`500ms`, `30s`, `5m`, `1h`, `90d`) and amounts are
 //! decimal strings (`"2.5"`), read exactly; both are parsed in `de`.
@@ -34,6 +35,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod alerts;
 mod anomaly;
 mod data;
@@ -56,6 +58,7 @@ use keyguard_policy::{DialectConfig, RouteTable};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use admin::AdminConfig;
 pub use alerts::AlertsConfig;
 pub use data::{AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
@@ -90,6 +93,8 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// `[alerts]`; without a `webhook_url`, no alerts are sent.
     pub alerts: AlertsConfig,
+    /// `[admin]`: the web UI and admin API.
+    pub admin: AdminConfig,
 }
 
 /// The file's top level as written. Every section but `[dialect]` has defaults.
@@ -117,6 +122,8 @@ struct ConfigFile {
     anomaly: anomaly::RawAnomaly,
     #[serde(default)]
     alerts: alerts::RawAlerts,
+    #[serde(default)]
+    admin: admin::RawAdmin,
 }
 
 impl Config {
@@ -157,6 +164,7 @@ impl Config {
             velocity,
             anomaly: file.anomaly.resolve(),
             alerts: file.alerts.resolve(),
+            admin: file.admin.resolve(),
         })
     }
 

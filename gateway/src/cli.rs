@@ -14,6 +14,7 @@ use keyguard_policy::{DialectKind, KeyStatus, Scope, Scopes};
 
 use crate::assertion::AssertionSigner;
 use crate::secrets::{random_bytes, MasterKey};
+use crate::store::edit::{self, Change, Cooldowns, Outcome, Requester};
 use crate::store::{self, NewCredential, NewKey, Store};
 
 /// Keyguard: API-key abuse protection for exchange trading APIs.
@@ -121,6 +122,71 @@ enum KeysCommand {
     Revoke(StatusArgs),
     /// Make a dormant key usable for trades and withdrawals again.
     Reactivate(StatusArgs),
+    /// Change a key's allowlist, withdrawal addresses or scopes. Removals apply at once;
+    /// additions wait out their cool-down unless `--now`.
+    Edit(EditArgs),
+    /// List pending (widening) changes waiting out their cool-down.
+    Pending {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this key's.
+        key_id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pending change (takes effect at once).
+    Cancel {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The pending change's id (see `keys pending`).
+        change_id: i64,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "operator request")]
+        reason: String,
+        /// Who (recorded in the audit log; defaults to $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct EditArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Key id (kg_…).
+    key_id: String,
+    /// Allow a network (CIDR or address); repeatable. Widening: waits `[admin] widen_cooldown`.
+    #[arg(long = "add-ip")]
+    add_ip: Vec<String>,
+    /// Stop allowing a network; repeatable. Immediate (unless it is the last one).
+    #[arg(long = "remove-ip")]
+    remove_ip: Vec<String>,
+    /// Grant a scope (read, trade, withdraw); repeatable. Widening.
+    #[arg(long = "add-scope")]
+    add_scope: Vec<String>,
+    /// Remove a scope; repeatable. Immediate.
+    #[arg(long = "remove-scope")]
+    remove_scope: Vec<String>,
+    /// Allow a withdrawal destination ASSET:ADDRESS; repeatable. Waits
+    /// `[withdraw] address_cooldown_secs`.
+    #[arg(long = "add-address")]
+    add_address: Vec<String>,
+    /// Remove a withdrawal destination ASSET:ADDRESS; repeatable. Immediate.
+    #[arg(long = "remove-address")]
+    remove_address: Vec<String>,
+    /// Apply widening changes at once, skipping their cool-down (audited; needs --reason).
+    #[arg(long)]
+    now: bool,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Who (recorded in the audit log; defaults to $USER).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Print the outcomes as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +219,11 @@ struct CreateArgs {
     /// Allowed withdrawal destination ASSET:ADDRESS; repeatable.
     #[arg(long = "withdraw-address")]
     withdraw_address: Vec<String>,
+    /// A network the key's owner uses (CIDR or address); repeatable. Known from the
+    /// start for the new-IP rule, so the key's first use from anywhere else is on
+    /// probation instead of being trusted as a first use.
+    #[arg(long = "trust-ip")]
+    trust_ip: Vec<String>,
     /// Free-text label.
     #[arg(long, default_value = "")]
     label: String,
@@ -266,7 +337,8 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Create(args) => create_key(args),
         KeysCommand::List { store, json } => {
             let cfg = load(&store)?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::edit::apply_due(&mut conn, store::now_ms())?;
             let keys = store::list_keys(&conn, None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
@@ -295,10 +367,16 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Show { store, key_id } => {
             let cfg = load(&store)?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::edit::apply_due(&mut conn, store::now_ms())?;
             let keys = store::list_keys(&conn, Some(&key_id))?;
             match keys.first() {
-                Some(k) => println!("{}", serde_json::to_string_pretty(k)?),
+                Some(k) => {
+                    let mut v = serde_json::to_value(k)?;
+                    v["pending_changes"] =
+                        serde_json::to_value(edit::list_pending(&conn, Some(&key_id), None)?)?;
+                    println!("{}", serde_json::to_string_pretty(&v)?)
+                }
                 None => bail!("no key with id {key_id}"),
             }
             Ok(())
@@ -306,6 +384,57 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Suspend(a) => set_status(a, KeyStatus::Suspended),
         KeysCommand::Resume(a) => set_status(a, KeyStatus::Active),
         KeysCommand::Revoke(a) => set_status(a, KeyStatus::Revoked),
+        KeysCommand::Edit(a) => edit_key(a),
+        KeysCommand::Pending {
+            store,
+            key_id,
+            json,
+        } => {
+            let cfg = load(&store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::edit::apply_due(&mut conn, store::now_ms())?;
+            let pending = edit::list_pending(&conn, key_id.as_deref(), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pending)?);
+            } else if pending.is_empty() {
+                eprintln!("no pending changes");
+            } else {
+                println!(
+                    "{:<6} {:<20} {:<21} {:<16} change",
+                    "id", "key_id", "effective", "asked by"
+                );
+                for p in pending {
+                    println!(
+                        "{:<6} {:<20} {:<21} {:<16} {}",
+                        p.id,
+                        p.key_id,
+                        time_text(p.effective_at),
+                        p.actor,
+                        p.description
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Cancel {
+            store,
+            change_id,
+            reason,
+            actor: who,
+        } => {
+            let cfg = load(&store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let p = edit::cancel(
+                &mut conn,
+                change_id,
+                None,
+                &actor(who),
+                &reason,
+                store::now_ms(),
+            )?;
+            eprintln!("#{} cancelled: {} on {}", p.id, p.description, p.key_id);
+            Ok(())
+        }
         KeysCommand::Reactivate(a) => {
             let cfg = load(&a.store)?;
             let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
@@ -395,6 +524,11 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
     if !addresses.is_empty() && !scopes.contains(Scope::Withdraw) {
         bail!("--withdraw-address given but the key has no withdraw scope");
     }
+    let trusted_ips = args
+        .trust_ip
+        .iter()
+        .map(|s| parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--trust-ip: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let key_id = format!("kg_{}", hex::encode(random_bytes::<8>()?));
     let api_key = random_alnum(64)?;
     let (credential, secret) = match &args.public_key {
@@ -432,6 +566,7 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
             label: args.label.clone(),
             scopes,
             allow_ips,
+            trusted_ips,
             withdraw_addresses: addresses,
             expires_at,
             credential,
@@ -448,6 +583,107 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
             println!("secret:  {s}");
             eprintln!("The secret is shown only now; it is stored encrypted and cannot be displayed again.");
         }
+    }
+    Ok(())
+}
+
+/// A time as the audit log writes it (`2026-01-02T03:04:05Z`).
+fn time_text(ms: u64) -> String {
+    crate::audit::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// The cool-downs the config sets for widening changes.
+pub fn cooldowns(cfg: &Config) -> Cooldowns {
+    Cooldowns {
+        widen_ms: cfg.admin.widen_cooldown_ms,
+        address_ms: cfg.withdraw.address_cooldown_ms,
+    }
+}
+
+fn edit_key(a: EditArgs) -> anyhow::Result<()> {
+    let cfg = load(&a.store)?;
+    let mut changes = Vec::new();
+    for s in &a.add_ip {
+        changes.push(Change::AddIp(
+            parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--add-ip: {e}"))?,
+        ));
+    }
+    for s in &a.add_scope {
+        let scope: Scope = s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--add-scope {s:?}: expected read, trade or withdraw"))?;
+        changes.push(Change::AddScope(scope));
+    }
+    for s in &a.add_address {
+        changes.push(
+            Change::parse_address(s, true).map_err(|e| anyhow::anyhow!("--add-address {e}"))?,
+        );
+    }
+    // Removals last: with additions queued first, removing the old last entry of an
+    // allowlist never leaves the key open to every network in between.
+    for s in &a.remove_ip {
+        changes.push(Change::RemoveIp(
+            parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--remove-ip: {e}"))?,
+        ));
+    }
+    for s in &a.remove_scope {
+        let scope: Scope = s.parse().map_err(|_| {
+            anyhow::anyhow!("--remove-scope {s:?}: expected read, trade or withdraw")
+        })?;
+        changes.push(Change::RemoveScope(scope));
+    }
+    for s in &a.remove_address {
+        changes.push(
+            Change::parse_address(s, false).map_err(|e| anyhow::anyhow!("--remove-address {e}"))?,
+        );
+    }
+    if changes.is_empty() {
+        bail!("nothing to change: give --add-ip, --remove-ip, --add-scope, --remove-scope, --add-address or --remove-address");
+    }
+    let reason = match (&a.reason, a.now) {
+        (Some(r), _) if !r.trim().is_empty() => r.clone(),
+        (_, true) => bail!("--now skips the cool-down that protects the key's owner: say why with --reason (it is audited)"),
+        _ => "operator request".to_owned(),
+    };
+    let who = actor(a.actor);
+    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+    let requester = Requester {
+        actor: &who,
+        reason: &reason,
+        now: a.now,
+    };
+    let mut results = Vec::new();
+    for c in &changes {
+        let outcome = edit::request(
+            &mut conn,
+            &a.key_id,
+            None,
+            c,
+            cooldowns(&cfg),
+            requester,
+            store::now_ms(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", c.describe()))?;
+        if !a.json {
+            match &outcome {
+                Outcome::Applied => eprintln!("{}: {}: applied", a.key_id, c.describe()),
+                Outcome::Unchanged => eprintln!("{}: {}: already so, nothing to do", a.key_id, c.describe()),
+                Outcome::Pending { id, effective_at } => eprintln!(
+                    "{}: {}: pending #{id}, takes effect {} (cancel with `keyguard keys cancel {id}`)",
+                    a.key_id,
+                    c.describe(),
+                    time_text(*effective_at)
+                ),
+            }
+        }
+        results.push(serde_json::json!({
+            "change": c.kind(),
+            "value": c.value(),
+            "outcome": outcome,
+        }));
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Array(results));
     }
     Ok(())
 }

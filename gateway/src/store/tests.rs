@@ -16,6 +16,7 @@ fn new_key(id: &str) -> NewKey {
         label: "bot".into(),
         scopes: "read,withdraw".parse().unwrap(),
         allow_ips: vec!["127.0.0.2/32".parse().unwrap()],
+        trusted_ips: vec![],
         withdraw_addresses: vec![("btc".into(), "bc1qdest".into())],
         expires_at: None,
         credential: NewCredential::Hmac(b"the-secret".to_vec()),
@@ -88,4 +89,27 @@ fn freezes_are_recorded_with_who_and_why() {
     assert_eq!(events[0].actor, "ops");
     mark_admin_events_audited(&conn, events[1].id).unwrap();
     assert_eq!(unaudited_admin_events(&conn).unwrap().len(), 1);
+}
+
+#[test]
+fn a_version_1_store_is_migrated_in_place() {
+    let (dir, store, master) = setup();
+    let mut conn = store.connect().unwrap();
+    insert_key(&mut conn, &master, &new_key("kg_1")).unwrap();
+    // Back to what version 1 wrote: no trusted_ips column.
+    conn.execute_batch(
+        "ALTER TABLE keys DROP COLUMN trusted_ips;
+         UPDATE meta SET v = '1' WHERE k = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(dir.path()).unwrap();
+    let conn = store.connect().unwrap();
+    let (keys, errors) = load_keys(&conn, &master).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(keys[0].trusted_ips.is_empty());
+    let v: String = conn
+        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "2");
 }
