@@ -36,10 +36,47 @@ enum Command {
     Keys(KeysCommand),
     /// Print the public key upstreams use to verify `X-Keyguard-Assertion` (SPKI PEM).
     AssertionKey(StoreArgs),
+    /// Manage web UI accounts (passwords are read from stdin, never from arguments).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
     /// Freeze withdrawals (globally, for an asset or for an account) at once.
     Freeze(FreezeArgs),
     /// Lift a withdrawal freeze.
     Unfreeze(FreezeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// Create an account; reads its password from stdin (one line).
+    Create(AccountArgs),
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the account's logins and end its sessions at once.
+    Disable(AccountArgs),
+    /// Allow the account's logins again.
+    Enable(AccountArgs),
+    /// Set a new password (from stdin); ends every session and lifts a lockout.
+    ResetPassword(AccountArgs),
+}
+
+#[derive(Debug, Args)]
+struct AccountArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Account name (the `account` of the keys it owns).
+    name: String,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "operator request")]
+    reason: String,
+    /// Who (recorded in the audit log; defaults to $USER).
+    #[arg(long)]
+    actor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +300,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(cmd),
+        Command::Accounts(cmd) => accounts_cmd(cmd),
         Command::Freeze(args) => freeze(args, true),
         Command::Unfreeze(args) => freeze(args, false),
     }
@@ -582,6 +620,82 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
         if let Some(s) = secret {
             println!("secret:  {s}");
             eprintln!("The secret is shown only now; it is stored encrypted and cannot be displayed again.");
+        }
+    }
+    Ok(())
+}
+
+/// One line from stdin without its line ending; the password never appears in argv.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    if pw.is_empty() {
+        bail!("no password on stdin (pipe it in: `printf '%s\\n' \"$PW\" | keyguard accounts …`)");
+    }
+    Ok(pw)
+}
+
+fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {
+    use crate::accounts;
+    match cmd {
+        AccountsCommand::Create(a) => {
+            let cfg = load(&a.store)?;
+            let pw = read_password()?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::create(&conn, &a.name, &pw, &actor(a.actor))?;
+            eprintln!(
+                "account {} created; it owns the keys whose account is {0}",
+                a.name
+            );
+        }
+        AccountsCommand::List { store, json } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let list = accounts::list(&conn)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:<9} {:<5} created", "name", "status", "totp");
+                let now = store::now_ms();
+                for a in list {
+                    let status = if a.disabled {
+                        "disabled"
+                    } else if a.locked_until > now {
+                        "locked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<24} {:<9} {:<5} {}",
+                        a.name,
+                        status,
+                        if a.totp { "yes" } else { "no" },
+                        time_text(a.created_at)
+                    );
+                }
+            }
+        }
+        AccountsCommand::Disable(a) => {
+            let cfg = load(&a.store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::set_disabled(&mut conn, &a.name, true, &actor(a.actor), &a.reason)?;
+            eprintln!("account {} disabled; its sessions ended", a.name);
+        }
+        AccountsCommand::Enable(a) => {
+            let cfg = load(&a.store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::set_disabled(&mut conn, &a.name, false, &actor(a.actor), &a.reason)?;
+            eprintln!("account {} enabled", a.name);
+        }
+        AccountsCommand::ResetPassword(a) => {
+            let cfg = load(&a.store)?;
+            let pw = read_password()?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::set_password(&mut conn, &a.name, &pw, &actor(a.actor))?;
+            eprintln!("password of {} set; its sessions ended", a.name);
         }
     }
     Ok(())

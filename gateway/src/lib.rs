@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the `keyguard` command line.
+//! - [`accounts`]: web UI logins: Argon2id passwords, TOTP, recovery codes, lockout.
 //! - [`activity`]: when keys were last used (dormant-key rule).
 //! - [`alerts`]: the operator's webhook, off the request path.
 //! - [`app`]: wiring a validated config into a running gateway.
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod activity;
 pub mod alerts;
 pub mod app;

@@ -208,6 +208,8 @@ impl Store {
         };
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA).context("creating schema")?;
+        conn.execute_batch(crate::accounts::SCHEMA)
+            .context("creating account tables")?;
         let version: Option<i64> = conn
             .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
                 r.get::<_, String>(0)

@@ -109,7 +109,9 @@ fn a_version_1_store_is_migrated_in_place() {
     assert!(errors.is_empty(), "{errors:?}");
     assert!(keys[0].trusted_ips.is_empty());
     let v: String = conn
-        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0))
+        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(v, "2");
 }
