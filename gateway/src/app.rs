@@ -120,6 +120,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .spawn(move || admin_audit_loop(store, weak))?;
     }
     tokio::spawn(sweep_loop(Arc::downgrade(&gateway)));
+    if let Some(addr) = s.admin_listen {
+        crate::admin::start(addr, &cfg, &store, &master, &keys).await?;
+    }
 
     let listener = TcpListener::bind(s.listen)
         .await

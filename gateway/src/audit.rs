@@ -155,6 +155,7 @@ impl AuditSink {
 
     /// Appends a request event.
     pub fn record(&self, event: AuditEvent) {
+        crate::admin::activity::tap(&event);
         self.record_line(&AuditLine::Request(event))
     }
 

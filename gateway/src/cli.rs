@@ -515,7 +515,8 @@ pub fn random_alnum(n: usize) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn parse_public_key(text: &str) -> anyhow::Result<[u8; 32]> {
+/// An Ed25519 public key: base64 of the 32 raw bytes or of its SPKI DER.
+pub fn parse_public_key(text: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = STANDARD
         .decode(text.trim())
         .context("--public-key must be base64")?;

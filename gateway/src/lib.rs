@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the `keyguard` command line.
+//! - [`admin`]: the admin listener: traders' web UI, health endpoints.
 //! - [`accounts`]: web UI logins: Argon2id passwords, TOTP, recovery codes, lockout.
 //! - [`activity`]: when keys were last used (dormant-key rule).
 //! - [`alerts`]: the operator's webhook, off the request path.
@@ -21,6 +22,7 @@
 
 pub mod accounts;
 pub mod activity;
+pub mod admin;
 pub mod alerts;
 pub mod app;
 pub mod assertion;

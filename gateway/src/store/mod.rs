@@ -210,6 +210,8 @@ impl Store {
         conn.execute_batch(SCHEMA).context("creating schema")?;
         conn.execute_batch(crate::accounts::SCHEMA)
             .context("creating account tables")?;
+        conn.execute_batch(crate::admin::activity::SCHEMA)
+            .context("creating the activity table")?;
         let version: Option<i64> = conn
             .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
                 r.get::<_, String>(0)
