@@ -209,7 +209,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
     );
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not `no-referrer`: under it browsers send `Origin: null` on our own forms, which
+    // the origin check must then refuse.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::CACHE_CONTROL, "no-store");
     set(
         h,

@@ -615,6 +615,17 @@ pub fn request(
     Ok(outcome)
 }
 
+/// Whether `change` would widen the key as it is now (`Ok(false)` also for changes that
+/// change nothing or would be refused). The web UI asks for the password again only then.
+pub fn widens(conn: &mut Connection, key_id: &str, change: &Change) -> Result<bool, EditError> {
+    let tx = conn.transaction()?;
+    let cur = current(&tx, key_id)?;
+    Ok(matches!(
+        classify(&tx, key_id, &cur, change),
+        Ok(Some(true))
+    ))
+}
+
 /// Replaces the allowlist with `nets` (the "lock to the networks this key used" button):
 /// one request per difference, additions first so that the list never passes through
 /// empty (which would mean "any network").

@@ -792,31 +792,32 @@ fn apply_changes(
     changes: &[Change],
     auth: Option<&Reauth>,
 ) -> Result<Response, Response> {
-    let widening = changes.iter().any(|c| {
-        matches!(
-            c,
-            Change::AddIp(_) | Change::AddScope(_) | Change::AddAddress { .. }
-        )
-    });
-    if widening {
-        match auth {
-            Some(r) if reauth(st, s, r) => {}
-            _ => {
-                return detail(
-                    st,
-                    s,
-                    key_id,
-                    None,
-                    Some(REAUTH_FAILED.into()),
-                    StatusCode::UNAUTHORIZED,
-                )
-            }
-        }
-    }
     let mut conn = st.store.connect().map_err(internal)?;
     let actor = format!("web:{}", s.account);
     let mut outcomes = Vec::new();
+    let mut authed = false;
     for c in changes {
+        // Asked per change, against the key as the earlier ones left it: the second
+        // network added to an open key widens what the first one narrowed.
+        let widening = match edit::widens(&mut conn, key_id, c) {
+            Ok(w) => w,
+            Err(e) => return edit_error(st, s, key_id, e),
+        };
+        if widening && !authed {
+            match auth {
+                Some(r) if reauth(st, s, r) => authed = true,
+                _ => {
+                    return detail(
+                        st,
+                        s,
+                        key_id,
+                        None,
+                        Some(REAUTH_FAILED.into()),
+                        StatusCode::UNAUTHORIZED,
+                    )
+                }
+            }
+        }
         match edit::request(
             &mut conn,
             key_id,
@@ -965,12 +966,7 @@ async fn scopes(
         }
         // Grants first: "read → trade" must not pass through "no scope at all".
         adds.extend(removes);
-        let auth = if adds.iter().any(|c| matches!(c, Change::AddScope(_))) {
-            Some(&f.auth)
-        } else {
-            None
-        };
-        apply_changes(&st2, &s, &id, &adds, auth)
+        apply_changes(&st2, &s, &id, &adds, Some(&f.auth))
     })
     .await;
     after_write(&st, r).await
