@@ -570,6 +570,27 @@ pub fn set_disabled(
     Ok(())
 }
 
+/// Turns TOTP off (a lost phone): the secret and recovery codes go, every session ends,
+/// and the user enrols again after logging in with the password.
+pub fn reset_totp(
+    conn: &mut Connection,
+    name: &str,
+    actor: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    let n = tx.execute(
+        "UPDATE accounts SET totp_sealed = NULL, totp_pending = NULL, totp_last_step = 0 WHERE name = ?1",
+        [name],
+    )?;
+    anyhow::ensure!(n == 1, "no account {name}");
+    tx.execute("DELETE FROM recovery_codes WHERE account = ?1", [name])?;
+    revoke_sessions(&tx, name)?;
+    crate::store::record_admin_event(&tx, actor, "account_totp_reset", name, reason)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Ends every session of `name`.
 pub fn revoke_sessions(conn: &Connection, name: &str) -> rusqlite::Result<usize> {
     conn.execute(

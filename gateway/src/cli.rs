@@ -63,6 +63,8 @@ enum AccountsCommand {
     Enable(AccountArgs),
     /// Set a new password (from stdin); ends every session and lifts a lockout.
     ResetPassword(AccountArgs),
+    /// Turn two-factor login off (a lost phone); ends every session. The user enrols again.
+    ResetTotp(AccountArgs),
 }
 
 #[derive(Debug, Args)]
@@ -690,6 +692,12 @@ fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {
             let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
             accounts::set_disabled(&mut conn, &a.name, false, &actor(a.actor), &a.reason)?;
             eprintln!("account {} enabled", a.name);
+        }
+        AccountsCommand::ResetTotp(a) => {
+            let cfg = load(&a.store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::reset_totp(&mut conn, &a.name, &actor(a.actor), &a.reason)?;
+            eprintln!("two-factor login of {} is off; its sessions ended", a.name);
         }
         AccountsCommand::ResetPassword(a) => {
             let cfg = load(&a.store)?;

@@ -610,7 +610,7 @@ fn notice_text(code: &str) -> Option<&'static str> {
         "resumed" => "The key is active again.",
         "reactivated" => "The key is usable for trades and withdrawals again.",
         "revoked" => "The key is revoked for good.",
-        "totp" => "Two-factor login is on. Keep your recovery codes somewhere safe.",
+        "totp_on" => "Two-factor login is already on. To move it to a new phone, log in with a recovery code and ask your operator to reset it.",
         _ => return None,
     })
 }
@@ -1393,6 +1393,9 @@ async fn totp_form(State(st): St, headers: HeaderMap) -> Response {
     let r = blocking(move || -> Result<Response, Response> {
         let s = full_session(&st2, &headers)?;
         let conn = st2.store.connect().map_err(internal)?;
+        if totp_on(&conn, &s.account)? {
+            return Ok(Redirect::to("/keys?notice=totp_on").into_response());
+        }
         let e = match st2
             .accounts
             .pending_enrolment(&conn, &s.account)
@@ -1415,6 +1418,13 @@ async fn totp_form(State(st): St, headers: HeaderMap) -> Response {
     flat(r)
 }
 
+fn totp_on(conn: &rusqlite::Connection, account: &str) -> Result<bool, Response> {
+    Ok(crate::accounts::list(conn)
+        .map_err(internal)?
+        .into_iter()
+        .any(|a| a.name == account && a.totp))
+}
+
 #[derive(Deserialize)]
 struct TotpForm {
     csrf: String,
@@ -1426,6 +1436,11 @@ async fn totp_confirm(State(st): St, headers: HeaderMap, Form(f): Form<TotpForm>
     let r = blocking(move || -> Result<Response, Response> {
         let s = posted_session(&st2, &headers, &f.csrf)?;
         let mut conn = st2.store.connect().map_err(internal)?;
+        // Replacing an enabled second factor is for the operator: a stolen session must
+        // not be able to swap in the thief's authenticator.
+        if totp_on(&conn, &s.account)? {
+            return Ok(Redirect::to("/keys?notice=totp_on").into_response());
+        }
         match st2.accounts.confirm_enrolment(&mut conn, &s.account, &f.code, now_ms()).map_err(internal)? {
             Some(codes) => Ok(render(&RecoveryPage {
                 account: Some(s.account.clone()),
