@@ -272,6 +272,7 @@ async fn trader_flow(javascript: bool, tag: &str) {
     // The list warns about the unrestricted key.
     c.goto(&format!("{base}/keys")).await.unwrap();
     assert!(body(c).await.contains("Not restricted"));
+    shot(c, &format!("{tag}-keys-open")).await;
 
     // Restrict it to one IP: narrowing, at once, no password needed.
     c.goto(&format!("{base}/keys/{key_id}")).await.unwrap();
