@@ -39,6 +39,9 @@ enum Command {
     /// Manage web UI accounts (passwords are read from stdin, never from arguments).
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Manage admin API bearer tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Freeze withdrawals (globally, for an asset or for an account) at once.
     Freeze(FreezeArgs),
     /// Lift a withdrawal freeze.
@@ -65,6 +68,39 @@ enum AccountsCommand {
     ResetPassword(AccountArgs),
     /// Turn two-factor login off (a lost phone); ends every session. The user enrols again.
     ResetTotp(AccountArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a token; prints it once (it is stored hashed).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Comma-separated: admin:read, admin:write.
+        #[arg(long)]
+        scopes: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Who (audit log; defaults to $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Token id (the part after `kgt_`, before the second `_`).
+        id: String,
+        /// Who (audit log; defaults to $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +339,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(cmd) => keys(cmd),
         Command::Accounts(cmd) => accounts_cmd(cmd),
+        Command::Tokens(cmd) => tokens_cmd(cmd),
         Command::Freeze(args) => freeze(args, true),
         Command::Unfreeze(args) => freeze(args, false),
     }
@@ -639,6 +676,43 @@ fn read_password() -> anyhow::Result<String> {
         bail!("no password on stdin (pipe it in: `printf '%s\\n' \"$PW\" | keyguard accounts …`)");
     }
     Ok(pw)
+}
+
+fn tokens_cmd(cmd: TokensCommand) -> anyhow::Result<()> {
+    use crate::admin::tokens;
+    match cmd {
+        TokensCommand::Create {
+            store,
+            scopes,
+            label,
+            actor: who,
+        } => {
+            let cfg = load(&store)?;
+            let scopes: tokens::TokenScopes = scopes
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let (id, token) = tokens::create(&conn, scopes, &label, &actor(who))?;
+            println!("{token}");
+            eprintln!("token {id} ({scopes}): shown only now; it is stored hashed");
+        }
+        TokensCommand::List { store } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            println!("{}", serde_json::to_string_pretty(&tokens::list(&conn)?)?);
+        }
+        TokensCommand::Revoke {
+            store,
+            id,
+            actor: who,
+        } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            tokens::revoke(&conn, &id, &actor(who))?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {

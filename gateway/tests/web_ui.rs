@@ -678,3 +678,174 @@ async fn widening_asks_for_the_password_again_and_narrowing_reaches_the_pipeline
         .await;
     assert_eq!(p.status, 404);
 }
+
+fn token(env: &Env, scopes: &str) -> String {
+    env.run_with_store(&["tokens", "create"], &["--scopes", scopes])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+async fn api(
+    c: &mut Client,
+    method: &str,
+    path: &str,
+    token: &str,
+    json: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let body = json.map(|j| j.to_string()).unwrap_or_default();
+    let p = c
+        .raw(
+            method,
+            path,
+            &body,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+        )
+        .await;
+    let v = serde_json::from_str(&p.body).unwrap_or(serde_json::Value::Null);
+    (p.status, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_a_token_with_the_right_scope_and_follows_the_widening_rules() {
+    let a = start(|cfg| set(cfg, "admin.widen_cooldown", "1h")).await;
+    let key = a.env.create_key(&KeySpec::scopes("read,trade"));
+    let mut c = Client::new(a.addr);
+    let p = c.get("/api/keys").await;
+    assert_eq!(p.status, 401);
+    assert_eq!(p.header("www-authenticate"), Some("Bearer"));
+    let v: serde_json::Value = serde_json::from_str(&p.body).unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized");
+    // A session cookie is not a token.
+    c.login("alice", PASSWORD).await;
+    assert_eq!(c.get("/api/keys").await.status, 401);
+    c.jar.clear();
+
+    let read = token(&a.env, "admin:read");
+    let write = token(&a.env, "admin:write");
+    assert!(read.starts_with("kgt_"));
+    let (status, keys) = api(&mut c, "GET", "/api/keys", &read, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(keys[0]["key_id"], key.key_id.as_str());
+    let changes = format!("/api/keys/{}/changes", key.key_id);
+    let add = serde_json::json!({"change": "add_ip", "value": "127.0.0.3"});
+    let (status, v) = api(&mut c, "POST", &changes, &read, Some(add.clone())).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("token_scope_missing"))
+    );
+
+    let (status, v) = api(&mut c, "POST", &changes, &write, Some(add)).await;
+    assert_eq!(
+        (status, v["result"].as_str()),
+        (200, Some("pending")),
+        "{v}"
+    );
+    let id = v["id"].as_i64().unwrap();
+    let (_, pending) = api(&mut c, "GET", "/api/pending", &read, None).await;
+    assert_eq!(pending[0]["id"], id);
+    let (status, v) = api(
+        &mut c,
+        "POST",
+        &changes,
+        &write,
+        Some(serde_json::json!({"change": "add_ip", "value": "127.0.0.4", "now": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_input")),
+        "now needs a reason"
+    );
+    let (status, v) = api(
+        &mut c,
+        "POST",
+        &changes,
+        &write,
+        Some(serde_json::json!({"change": "remove_scope", "value": "trade"})),
+    )
+    .await;
+    assert_eq!((status, v["result"].as_str()), (200, Some("applied")));
+    a.gw.request_from(ALLOWED_IP, &zaif::trade(&key))
+        .await
+        .assert_error(403, "scope_missing");
+    let (status, v) = api(
+        &mut c,
+        "POST",
+        &changes,
+        &write,
+        Some(serde_json::json!({"change": "remove_scope", "value": "read"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("last_scope"))
+    );
+    let (status, _) = api(
+        &mut c,
+        "DELETE",
+        &format!("/api/pending/{id}"),
+        &write,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, pending) = api(&mut c, "GET", "/api/pending", &read, None).await;
+    assert_eq!(pending, serde_json::json!([]));
+    let (status, v) = api(&mut c, "POST", "/api/freezes", &write, Some(serde_json::json!({"scope": "asset", "target": "BTC", "frozen": true, "reason": "incident"}))).await;
+    assert_eq!((status, v["assets"][0].as_str()), (200, Some("btc")));
+    let (status, v) = api(&mut c, "GET", "/api/nope", &read, None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    // Every documented operation is served (the router's own 404 never answers it).
+    let (_, doc) = api(&mut c, "GET", "/api/openapi.json", &read, None).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let real = path
+                .replace("{key_id}", &key.key_id)
+                .replace("{change_id}", "999999");
+            let body = (method == "post").then(|| serde_json::json!({}));
+            let p = c
+                .raw(
+                    &method.to_uppercase(),
+                    &real,
+                    &body.map(|b| b.to_string()).unwrap_or_default(),
+                    &[
+                        ("Authorization", &format!("Bearer {write}")),
+                        ("Content-Type", "application/json"),
+                    ],
+                )
+                .await;
+            let v: serde_json::Value =
+                serde_json::from_str(&p.body).unwrap_or(serde_json::Value::Null);
+            assert!(
+                p.status != 405 && v["error"]["code"] != "not_found",
+                "{method} {path}: {} {}",
+                p.status,
+                p.body
+            );
+        }
+    }
+
+    // A revoked token stops at once.
+    let id = read
+        .trim_start_matches("kgt_")
+        .split('_')
+        .next()
+        .unwrap()
+        .to_owned();
+    a.env.run_with_store(&["tokens", "revoke"], &[&id]).ok();
+    let (status, _) = api(&mut c, "GET", "/api/keys", &read, None).await;
+    assert_eq!(status, 401);
+    let list = a.env.run_with_store(&["tokens", "list"], &[]).ok();
+    assert!(!list.stdout.contains(&read[12..]), "no secrets in listings");
+}

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`activity`]: the per-key activity table, fed from the audit path off the request path.
+//! - [`api`]: the JSON admin API under `/api/` (bearer tokens, OpenAPI document).
+//! - [`tokens`]: the API's bearer tokens, stored hashed.
 //! - [`sessions`]: JWT session cookies backed by session rows, CSRF tokens, login tokens.
 //! - [`ui`]: the server-rendered pages (askama templates in `gateway/templates/`), one
 //!   handler per form, each calling one function of the store.
@@ -14,7 +16,9 @@
 //! change made here applies to the next exchange request.
 
 pub mod activity;
+pub mod api;
 pub mod sessions;
+pub mod tokens;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -90,6 +94,8 @@ impl AdminState {
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .merge(ui::routes())
+        .merge(api::routes())
+        .fallback(not_found)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Outermost first: headers go on every response, errors and redirects included;
@@ -142,6 +148,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) -> anyhow::Res
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        api::not_found()
+    } else {
+        ui::error_page(StatusCode::NOT_FOUND, "There is no such page.")
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -212,6 +212,8 @@ impl Store {
             .context("creating account tables")?;
         conn.execute_batch(crate::admin::activity::SCHEMA)
             .context("creating the activity table")?;
+        conn.execute_batch(crate::admin::tokens::SCHEMA)
+            .context("creating the API token table")?;
         let version: Option<i64> = conn
             .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
                 r.get::<_, String>(0)
