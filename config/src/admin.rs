@@ -10,7 +10,15 @@
 //! activity_max_rows = 1000000 # and never more rows than this
 //! lockout_after = 5           # failed logins before an account is locked
 //! lockout_base = "30s"        # first lockout; doubles with each further failure
+//!
+//! [admin.sso]                 # single sign-on from the exchange's own login
+//! public_key_file = "exchange-sso.pem"   # the exchange's public key (PEM), relative to this file
+//! algorithm = "EdDSA"         # or RS256, ES256
+//! audience = "keyguard"       # the JWT's `aud` must be this
+//! issuer = "https://exchange.example"    # optional: the JWT's `iss` must be this
 //! ```
+
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -34,11 +42,50 @@ pub struct AdminConfig {
     pub lockout_after: u32,
     /// The first lockout; each further failure doubles it (up to a day).
     pub lockout_base_ms: u64,
+    /// Single sign-on from the exchange, when configured.
+    pub sso: Option<SsoConfig>,
+}
+
+/// `[admin.sso]`: the exchange signs a short JWT naming the account; Keyguard opens a
+/// session for it without asking for a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoConfig {
+    /// The exchange's public key, PEM.
+    pub public_key_file: PathBuf,
+    /// `EdDSA`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+}
+
+/// `[admin.sso]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSso {
+    public_key_file: String,
+    #[serde(default = "default_alg")]
+    algorithm: Alg,
+    audience: String,
+    issuer: Option<String>,
+}
+
+fn default_alg() -> Alg {
+    Alg::EdDSA
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[allow(clippy::upper_case_acronyms)]
+enum Alg {
+    EdDSA,
+    RS256,
+    ES256,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        RawAdmin::default().resolve()
+        RawAdmin::default().resolve(Path::new(""))
     }
 }
 
@@ -54,6 +101,7 @@ pub(crate) struct RawAdmin {
     activity_max_rows: Bounded<1000, 1_000_000_000>,
     lockout_after: Bounded<1, 100>,
     lockout_base: Dur<100, { HOUR_MS }>,
+    sso: Option<RawSso>,
 }
 
 impl Default for RawAdmin {
@@ -66,12 +114,13 @@ impl Default for RawAdmin {
             activity_max_rows: Bounded(1_000_000),
             lockout_after: Bounded(5),
             lockout_base: Dur(30 * SECOND_MS),
+            sso: None,
         }
     }
 }
 
 impl RawAdmin {
-    pub(crate) fn resolve(self) -> AdminConfig {
+    pub(crate) fn resolve(self, config_dir: &Path) -> AdminConfig {
         AdminConfig {
             widen_cooldown_ms: self.widen_cooldown.ms(),
             session_ttl_ms: self.session_ttl.ms(),
@@ -80,6 +129,12 @@ impl RawAdmin {
             activity_max_rows: self.activity_max_rows.0,
             lockout_after: self.lockout_after.0 as u32,
             lockout_base_ms: self.lockout_base.ms(),
+            sso: self.sso.map(|s| SsoConfig {
+                public_key_file: config_dir.join(s.public_key_file),
+                algorithm: format!("{:?}", s.algorithm),
+                audience: s.audience,
+                issuer: s.issuer,
+            }),
         }
     }
 }

@@ -58,7 +58,7 @@ use keyguard_policy::{DialectConfig, RouteTable};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, SsoConfig};
 pub use alerts::AlertsConfig;
 pub use data::{AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
@@ -164,7 +164,7 @@ impl Config {
             velocity,
             anomaly: file.anomaly.resolve(),
             alerts: file.alerts.resolve(),
-            admin: file.admin.resolve(),
+            admin: file.admin.resolve(config_dir),
         })
     }
 

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     client_ip  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_account ON sessions(account);
+CREATE TABLE IF NOT EXISTS sso_jti (
+    jti TEXT PRIMARY KEY,
+    exp INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recovery_codes (
     account   TEXT NOT NULL REFERENCES accounts(name),
     code_hash TEXT NOT NULL,

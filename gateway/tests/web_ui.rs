@@ -849,3 +849,97 @@ async fn the_admin_api_needs_a_token_with_the_right_scope_and_follows_the_wideni
     let list = a.env.run_with_store(&["tokens", "list"], &[]).ok();
     assert!(!list.stdout.contains(&read[12..]), "no secrets in listings");
 }
+
+/// An Ed25519 key pair: (PKCS#8 DER for signing, SPKI PEM for the config).
+fn ed25519() -> (Vec<u8>, String) {
+    use base64::Engine;
+    use ring::signature::KeyPair;
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let mut spki = hex::decode("302a300506032b6570032100").unwrap();
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    );
+    (pkcs8.as_ref().to_vec(), pem)
+}
+
+fn sso_token(pkcs8: &[u8], claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_ed_der(pkcs8);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_tokens_from_the_exchange_open_a_session_once() {
+    let (signer, pem) = ed25519();
+    let (other_signer, _) = ed25519();
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("exchange.pem");
+    std::fs::write(&pem_path, pem).unwrap();
+    let p = pem_path.to_string_lossy().into_owned();
+    let a = start(move |cfg| {
+        set(cfg, "admin.sso.public_key_file", p);
+        set(cfg, "admin.sso.audience", "keyguard");
+        set(cfg, "admin.sso.issuer", "https://exchange.example");
+    })
+    .await;
+    let now = now_secs();
+    let claims = |sub: &str, aud: &str, exp: u64, jti: &str| serde_json::json!({"sub": sub, "aud": aud, "iss": "https://exchange.example", "iat": now, "exp": exp, "jti": jti});
+    let mut c = Client::new(a.addr);
+    let good = sso_token(&signer, claims("alice", "keyguard", now + 120, "j1"));
+    let p = c.get(&format!("/sso?token={good}")).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains("url=/keys"));
+    assert_eq!(
+        c.get("/keys").await.status,
+        200,
+        "a full session, no password"
+    );
+    // Single use: the same token again opens nothing.
+    let mut replay = Client::new(a.addr);
+    assert_eq!(replay.get(&format!("/sso?token={good}")).await.status, 401);
+    assert_eq!(replay.get("/keys").await.status, 303);
+    for (why, token) in [
+        (
+            "wrong audience",
+            sso_token(&signer, claims("alice", "someone-else", now + 120, "j2")),
+        ),
+        (
+            "lives longer than 5 min",
+            sso_token(&signer, claims("alice", "keyguard", now + 600, "j3")),
+        ),
+        (
+            "expired",
+            sso_token(&signer, claims("alice", "keyguard", now - 1, "j4")),
+        ),
+        (
+            "another key",
+            sso_token(&other_signer, claims("alice", "keyguard", now + 120, "j5")),
+        ),
+        (
+            "unknown account",
+            sso_token(&signer, claims("mallory", "keyguard", now + 120, "j6")),
+        ),
+        (
+            "no jti",
+            sso_token(
+                &signer,
+                serde_json::json!({"sub": "alice", "aud": "keyguard", "iss": "https://exchange.example", "exp": now + 120}),
+            ),
+        ),
+    ] {
+        let mut c = Client::new(a.addr);
+        assert_eq!(
+            c.get(&format!("/sso?token={token}")).await.status,
+            401,
+            "{why}"
+        );
+    }
+}

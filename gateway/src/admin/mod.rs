@@ -5,6 +5,7 @@
 //! - [`activity`]: the per-key activity table, fed from the audit path off the request path.
 //! - [`api`]: the JSON admin API under `/api/` (bearer tokens, OpenAPI document).
 //! - [`tokens`]: the API's bearer tokens, stored hashed.
+//! - [`sso`]: sessions from the exchange's own login (a signed JWT, single use).
 //! - [`sessions`]: JWT session cookies backed by session rows, CSRF tokens, login tokens.
 //! - [`ui`]: the server-rendered pages (askama templates in `gateway/templates/`), one
 //!   handler per form, each calling one function of the store.
@@ -18,6 +19,7 @@
 pub mod activity;
 pub mod api;
 pub mod sessions;
+pub mod sso;
 pub mod tokens;
 pub mod ui;
 
@@ -52,6 +54,8 @@ pub struct AdminState {
     pub accounts: Accounts,
     /// Session tokens.
     pub sessions: sessions::Sessions,
+    /// Single sign-on, when `[admin.sso]` is configured.
+    pub sso: Option<sso::Sso>,
     /// The config (dialect, cool-downs, admin tunables).
     pub cfg: Config,
 }
@@ -82,6 +86,7 @@ impl AdminState {
                 },
                 false,
             )?,
+            sso: cfg.admin.sso.as_ref().map(sso::Sso::load).transpose()?,
             store,
             master,
             keys,

@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/login", get(login_form).post(login))
         .route("/login/code", get(code_form).post(code))
         .route("/logout", post(logout))
+        .route("/sso", get(sso_login))
         .route("/keys", get(key_list))
         .route("/keys/new", get(new_key_form).post(create_key))
         .route("/keys/{id}", get(key_page))
@@ -329,6 +330,59 @@ async fn code(
         )
             .into_response(),
         Ok(Ok(Err(None))) => Redirect::to("/login").into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct SsoQuery {
+    token: String,
+}
+
+/// A session from the exchange's signed token. Answered with a page that moves on to
+/// `/keys` itself: the browser arrives here from the exchange's site, and a redirect in
+/// that same navigation would not carry our `SameSite=Strict` cookie.
+async fn sso_login(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Query(q): Query<SsoQuery>,
+) -> Response {
+    let st2 = st.clone();
+    let r = blocking(move || -> anyhow::Result<Option<HeaderValue>> {
+        let Some(sso) = &st2.sso else { return Ok(None) };
+        let mut conn = st2.store.connect()?;
+        let now = now_ms();
+        let Some(account) = sso.verify(&conn, &q.token, now) else {
+            return Ok(None);
+        };
+        let enabled = crate::accounts::list(&conn)?
+            .into_iter()
+            .any(|a| a.name == account && !a.disabled);
+        if !enabled {
+            return Ok(None);
+        }
+        let cookie = st2.sessions.start(
+            &mut conn,
+            &account,
+            Stage::Full,
+            None,
+            &addr.ip().to_string(),
+            now,
+        )?;
+        store::record_admin_event(
+            &conn,
+            &format!("web:{account}"),
+            "sso_login",
+            &account,
+            "signed in through the exchange",
+        )?;
+        Ok(Some(cookie))
+    })
+    .await;
+    match r {
+        Ok(Ok(Some(cookie))) => with_cookies(render(&SsoPage { account: None, csrf: String::new() }), [cookie]),
+        Ok(Ok(None)) => error_page(StatusCode::UNAUTHORIZED, "This sign-in link is not valid (expired, already used, or not for this Keyguard). Sign in again from the exchange."),
         Ok(Err(e)) => internal(e),
         Err(r) => r,
     }

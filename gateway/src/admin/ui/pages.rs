@@ -46,6 +46,13 @@ pub struct ErrorPage {
 }
 
 #[derive(Template)]
+#[template(path = "sso.html")]
+pub struct SsoPage {
+    pub account: Option<String>,
+    pub csrf: String,
+}
+
+#[derive(Template)]
 #[template(path = "login.html")]
 pub struct LoginPage {
     pub token: String,
