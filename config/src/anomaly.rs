@@ -9,6 +9,7 @@
 //! ```toml
 //! [anomaly.dormant]
 //! after = "90d"
+//! first_use_within = "7d"
 //! [anomaly.shared_ip]
 //! max_keys = 5
 //! exempt = ["203.0.113.0/24"]
@@ -47,6 +48,7 @@ struct RawDormant {
     enabled: Option<bool>,
     shadow: Option<bool>,
     after: Option<Dur<1, MAX_DORMANT_MS>>,
+    first_use_within: Option<Dur<1, MAX_DORMANT_MS>>,
 }
 
 /// `[anomaly.new_ip]`.
@@ -123,6 +125,9 @@ impl RawAnomaly {
                 dormant.enabled,
                 DormantRule {
                     after_ms: dormant.after.map_or(dd.after_ms, Dur::ms),
+                    first_use_within_ms: dormant
+                        .first_use_within
+                        .map_or(dd.first_use_within_ms, Dur::ms),
                     shadow: dormant.shadow.unwrap_or(dd.shadow),
                 },
             ),

@@ -25,6 +25,7 @@
 //! - `anomaly`: `[anomaly]` — the policy's [`AnomalyConfig`], every rule on by default.
 //! - `alerts`: `[alerts]` — [`AlertsConfig`], the alert webhook.
 //! - `canary`: `[canary]` — the reaction to a canary key's use (`anomaly.canary`).
+//! - `admin`: `[admin]` — [`AdminConfig`]: widening cool-down, sessions, activity, lockout.
 //!
 //! Durations are strings with one unit (`500ms`, `30s`, `5m`, `1h`, `90d`) and amounts are
 //! decimal strings (`"2.5"`), read exactly; both are parsed in `de`.
@@ -35,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod alerts;
 mod anomaly;
 mod canary;
@@ -58,6 +60,7 @@ use keyguard_policy::{DialectConfig, RouteTable};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use admin::{AdminConfig, SsoConfig};
 pub use alerts::AlertsConfig;
 pub use data::{AssertionAlg, AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
@@ -92,6 +95,8 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// `[alerts]`; without a `webhook_url`, no alerts are sent.
     pub alerts: AlertsConfig,
+    /// `[admin]`: the web UI and admin API.
+    pub admin: AdminConfig,
 }
 
 /// The file's top level as written. Every section but `[dialect]` has defaults.
@@ -121,6 +126,7 @@ struct ConfigFile {
     alerts: alerts::RawAlerts,
     #[serde(default)]
     canary: canary::RawCanary,
+    admin: admin::RawAdmin,
 }
 
 impl Config {
@@ -163,6 +169,7 @@ impl Config {
             velocity,
             anomaly,
             alerts: file.alerts.resolve(),
+            admin: file.admin.resolve(config_dir),
         })
     }
 

@@ -1000,6 +1000,7 @@ fn anomaly_parses() {
         a.dormant,
         Some(DormantRule {
             after_ms: 30 * 86_400_000,
+            first_use_within_ms: 7 * 86_400_000,
             shadow: true
         })
     );

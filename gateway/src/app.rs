@@ -127,6 +127,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(sweep_loop(Arc::downgrade(&gateway)));
     tokio::spawn(assertion_key_loop(Arc::downgrade(&gateway)));
+    if let Some(addr) = s.admin_listen {
+        crate::admin::start(addr, &cfg, &store, &master, &keys).await?;
+    }
 
     let workers = s
         .workers
@@ -260,17 +263,23 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
         };
         for e in events {
             let ts = timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts));
-            if matches!(e.action.as_str(), "freeze" | "key_suspend") {
+            if matches!(
+                e.action.as_str(),
+                "freeze" | "key_suspend" | "widen_requested" | "widen_now"
+            ) {
                 alerts.send(Alert {
                     ts: ts.clone(),
-                    event: if e.action == "freeze" {
-                        "withdrawals_frozen"
-                    } else {
-                        "key_suspended"
+                    event: match e.action.as_str() {
+                        "freeze" => "withdrawals_frozen",
+                        "key_suspend" => "key_suspended",
+                        // DESIGN §6: every widening is announced, so an owner hears of
+                        // one they did not ask for while it still waits.
+                        "widen_requested" => "key_widening_requested",
+                        _ => "key_widened_now",
                     }
                     .into(),
                     code: e.action.clone(),
-                    key_id: (e.action == "key_suspend").then(|| e.target.clone()),
+                    key_id: (e.action != "freeze").then(|| e.target.clone()),
                     account: None,
                     client_ip: None,
                     detail: format!("{} by {}: {}", e.target, e.actor, e.reason),

@@ -207,6 +207,7 @@ impl AuditSink {
 
     /// Appends a request event.
     pub fn record(&self, event: AuditEvent<'_>) {
+        crate::admin::activity::tap(&event);
         self.record_line(&AuditLine::Request(event))
     }
 

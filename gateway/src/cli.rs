@@ -14,6 +14,7 @@ use keyguard_policy::{DialectKind, KeyStatus, Scope, Scopes};
 
 use crate::assertion::{self, SigningKey};
 use crate::secrets::{random_bytes, MasterKey};
+use crate::store::edit::{self, Change, Cooldowns, Outcome, Requester};
 use crate::store::{self, NewCredential, NewKey, Store};
 
 /// Keyguard: API-key abuse protection for exchange trading APIs.
@@ -37,10 +38,85 @@ enum Command {
     /// the current key and, for one TTL after a rotation, the previous one. For HS256 the
     /// JWKS holds the shared secret: hand it to the exchange over a private channel.
     AssertionKey(AssertionKeyArgs),
+    /// Manage web UI accounts (passwords are read from stdin, never from arguments).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Manage admin API bearer tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Freeze withdrawals (globally, for an asset or for an account) at once.
     Freeze(FreezeArgs),
     /// Lift a withdrawal freeze.
     Unfreeze(FreezeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// Create an account; reads its password from stdin (one line).
+    Create(AccountArgs),
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the account's logins and end its sessions at once.
+    Disable(AccountArgs),
+    /// Allow the account's logins again.
+    Enable(AccountArgs),
+    /// Set a new password (from stdin); ends every session and lifts a lockout.
+    ResetPassword(AccountArgs),
+    /// Turn two-factor login off (a lost phone); ends every session. The user enrols again.
+    ResetTotp(AccountArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a token; prints it once (it is stored hashed).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Comma-separated: admin:read, admin:write.
+        #[arg(long)]
+        scopes: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Who (audit log; defaults to $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Token id (the part after `kgt_`, before the second `_`).
+        id: String,
+        /// Who (audit log; defaults to $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AccountArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Account name (the `account` of the keys it owns).
+    name: String,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "operator request")]
+    reason: String,
+    /// Who (recorded in the audit log; defaults to $USER).
+    #[arg(long)]
+    actor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +218,71 @@ enum KeysCommand {
     Revoke(StatusArgs),
     /// Make a dormant key usable for trades and withdrawals again.
     Reactivate(StatusArgs),
+    /// Change a key's allowlist, withdrawal addresses or scopes. Removals apply at once;
+    /// additions wait out their cool-down unless `--now`.
+    Edit(EditArgs),
+    /// List pending (widening) changes waiting out their cool-down.
+    Pending {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this key's.
+        key_id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pending change (takes effect at once).
+    Cancel {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The pending change's id (see `keys pending`).
+        change_id: i64,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "operator request")]
+        reason: String,
+        /// Who (recorded in the audit log; defaults to $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct EditArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Key id (kg_…).
+    key_id: String,
+    /// Allow a network (CIDR or address); repeatable. Widening: waits `[admin] widen_cooldown`.
+    #[arg(long = "add-ip")]
+    add_ip: Vec<String>,
+    /// Stop allowing a network; repeatable. Immediate (unless it is the last one).
+    #[arg(long = "remove-ip")]
+    remove_ip: Vec<String>,
+    /// Grant a scope (read, trade, withdraw); repeatable. Widening.
+    #[arg(long = "add-scope")]
+    add_scope: Vec<String>,
+    /// Remove a scope; repeatable. Immediate.
+    #[arg(long = "remove-scope")]
+    remove_scope: Vec<String>,
+    /// Allow a withdrawal destination ASSET:ADDRESS; repeatable. Waits
+    /// `[withdraw] address_cooldown_secs`.
+    #[arg(long = "add-address")]
+    add_address: Vec<String>,
+    /// Remove a withdrawal destination ASSET:ADDRESS; repeatable. Immediate.
+    #[arg(long = "remove-address")]
+    remove_address: Vec<String>,
+    /// Apply widening changes at once, skipping their cool-down (audited; needs --reason).
+    #[arg(long)]
+    now: bool,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Who (recorded in the audit log; defaults to $USER).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Print the outcomes as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +315,11 @@ struct CreateArgs {
     /// Allowed withdrawal destination ASSET:ADDRESS; repeatable.
     #[arg(long = "withdraw-address")]
     withdraw_address: Vec<String>,
+    /// A network the key's owner uses (CIDR or address); repeatable. Known from the
+    /// start for the new-IP rule, so the key's first use from anywhere else is on
+    /// probation instead of being trusted as a first use.
+    #[arg(long = "trust-ip")]
+    trust_ip: Vec<String>,
     /// Free-text label.
     #[arg(long, default_value = "")]
     label: String,
@@ -211,6 +357,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::AssertionKey(args) => assertion_key(args),
         Command::Keys(cmd) => keys(cmd),
+        Command::Accounts(cmd) => accounts_cmd(cmd),
+        Command::Tokens(cmd) => tokens_cmd(cmd),
         Command::Freeze(args) => freeze(args, true),
         Command::Unfreeze(args) => freeze(args, false),
     }
@@ -324,7 +472,8 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Create(args) => create_key(args),
         KeysCommand::List { store, json } => {
             let cfg = load(&store)?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::edit::apply_due(&mut conn, store::now_ms())?;
             let keys = store::list_keys(&conn, None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
@@ -357,10 +506,16 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Show { store, key_id } => {
             let cfg = load(&store)?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::edit::apply_due(&mut conn, store::now_ms())?;
             let keys = store::list_keys(&conn, Some(&key_id))?;
             match keys.first() {
-                Some(k) => println!("{}", serde_json::to_string_pretty(k)?),
+                Some(k) => {
+                    let mut v = serde_json::to_value(k)?;
+                    v["pending_changes"] =
+                        serde_json::to_value(edit::list_pending(&conn, Some(&key_id), None)?)?;
+                    println!("{}", serde_json::to_string_pretty(&v)?)
+                }
                 None => bail!("no key with id {key_id}"),
             }
             Ok(())
@@ -368,6 +523,57 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Suspend(a) => set_status(a, KeyStatus::Suspended),
         KeysCommand::Resume(a) => set_status(a, KeyStatus::Active),
         KeysCommand::Revoke(a) => set_status(a, KeyStatus::Revoked),
+        KeysCommand::Edit(a) => edit_key(a),
+        KeysCommand::Pending {
+            store,
+            key_id,
+            json,
+        } => {
+            let cfg = load(&store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::edit::apply_due(&mut conn, store::now_ms())?;
+            let pending = edit::list_pending(&conn, key_id.as_deref(), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pending)?);
+            } else if pending.is_empty() {
+                eprintln!("no pending changes");
+            } else {
+                println!(
+                    "{:<6} {:<20} {:<21} {:<16} change",
+                    "id", "key_id", "effective", "asked by"
+                );
+                for p in pending {
+                    println!(
+                        "{:<6} {:<20} {:<21} {:<16} {}",
+                        p.id,
+                        p.key_id,
+                        time_text(p.effective_at),
+                        p.actor,
+                        p.description
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Cancel {
+            store,
+            change_id,
+            reason,
+            actor: who,
+        } => {
+            let cfg = load(&store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let p = edit::cancel(
+                &mut conn,
+                change_id,
+                None,
+                &actor(who),
+                &reason,
+                store::now_ms(),
+            )?;
+            eprintln!("#{} cancelled: {} on {}", p.id, p.description, p.key_id);
+            Ok(())
+        }
         KeysCommand::Reactivate(a) => {
             let cfg = load(&a.store)?;
             let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
@@ -410,7 +616,8 @@ pub fn random_alnum(n: usize) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn parse_public_key(text: &str) -> anyhow::Result<[u8; 32]> {
+/// An Ed25519 public key: base64 of the 32 raw bytes or of its SPKI DER.
+pub fn parse_public_key(text: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = STANDARD
         .decode(text.trim())
         .context("--public-key must be base64")?;
@@ -459,6 +666,11 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
     if !addresses.is_empty() && !scopes.contains(Scope::Withdraw) {
         bail!("--withdraw-address given but the key has no withdraw scope");
     }
+    let trusted_ips = args
+        .trust_ip
+        .iter()
+        .map(|s| parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--trust-ip: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let key_id = format!("kg_{}", hex::encode(random_bytes::<8>()?));
     let api_key = random_alnum(64)?;
     let (credential, secret) = match &args.public_key {
@@ -496,6 +708,7 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
             label: args.label.clone(),
             scopes,
             allow_ips,
+            trusted_ips,
             withdraw_addresses: addresses,
             expires_at,
             credential,
@@ -513,6 +726,226 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
             println!("secret:  {s}");
             eprintln!("The secret is shown only now; it is stored encrypted and cannot be displayed again.");
         }
+    }
+    Ok(())
+}
+
+/// One line from stdin without its line ending; the password never appears in argv.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    if pw.is_empty() {
+        bail!("no password on stdin (pipe it in: `printf '%s\\n' \"$PW\" | keyguard accounts …`)");
+    }
+    Ok(pw)
+}
+
+fn tokens_cmd(cmd: TokensCommand) -> anyhow::Result<()> {
+    use crate::admin::tokens;
+    match cmd {
+        TokensCommand::Create {
+            store,
+            scopes,
+            label,
+            actor: who,
+        } => {
+            let cfg = load(&store)?;
+            let scopes: tokens::TokenScopes = scopes
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let (id, token) = tokens::create(&conn, scopes, &label, &actor(who))?;
+            println!("{token}");
+            eprintln!("token {id} ({scopes}): shown only now; it is stored hashed");
+        }
+        TokensCommand::List { store } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            println!("{}", serde_json::to_string_pretty(&tokens::list(&conn)?)?);
+        }
+        TokensCommand::Revoke {
+            store,
+            id,
+            actor: who,
+        } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            tokens::revoke(&conn, &id, &actor(who))?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {
+    use crate::accounts;
+    match cmd {
+        AccountsCommand::Create(a) => {
+            let cfg = load(&a.store)?;
+            let pw = read_password()?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::create(&conn, &a.name, &pw, &actor(a.actor))?;
+            eprintln!(
+                "account {} created; it owns the keys whose account is {0}",
+                a.name
+            );
+        }
+        AccountsCommand::List { store, json } => {
+            let cfg = load(&store)?;
+            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            let list = accounts::list(&conn)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:<9} {:<5} created", "name", "status", "totp");
+                let now = store::now_ms();
+                for a in list {
+                    let status = if a.disabled {
+                        "disabled"
+                    } else if a.locked_until > now {
+                        "locked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<24} {:<9} {:<5} {}",
+                        a.name,
+                        status,
+                        if a.totp { "yes" } else { "no" },
+                        time_text(a.created_at)
+                    );
+                }
+            }
+        }
+        AccountsCommand::Disable(a) => {
+            let cfg = load(&a.store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::set_disabled(&mut conn, &a.name, true, &actor(a.actor), &a.reason)?;
+            eprintln!("account {} disabled; its sessions ended", a.name);
+        }
+        AccountsCommand::Enable(a) => {
+            let cfg = load(&a.store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::set_disabled(&mut conn, &a.name, false, &actor(a.actor), &a.reason)?;
+            eprintln!("account {} enabled", a.name);
+        }
+        AccountsCommand::ResetTotp(a) => {
+            let cfg = load(&a.store)?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::reset_totp(&mut conn, &a.name, &actor(a.actor), &a.reason)?;
+            eprintln!("two-factor login of {} is off; its sessions ended", a.name);
+        }
+        AccountsCommand::ResetPassword(a) => {
+            let cfg = load(&a.store)?;
+            let pw = read_password()?;
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            accounts::set_password(&mut conn, &a.name, &pw, &actor(a.actor))?;
+            eprintln!("password of {} set; its sessions ended", a.name);
+        }
+    }
+    Ok(())
+}
+
+/// A time as the audit log writes it (`2026-01-02T03:04:05Z`).
+fn time_text(ms: u64) -> String {
+    crate::audit::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// The cool-downs the config sets for widening changes.
+pub fn cooldowns(cfg: &Config) -> Cooldowns {
+    Cooldowns {
+        widen_ms: cfg.admin.widen_cooldown_ms,
+        address_ms: cfg.withdraw.address_cooldown_ms,
+    }
+}
+
+fn edit_key(a: EditArgs) -> anyhow::Result<()> {
+    let cfg = load(&a.store)?;
+    let mut changes = Vec::new();
+    for s in &a.add_ip {
+        changes.push(Change::AddIp(
+            parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--add-ip: {e}"))?,
+        ));
+    }
+    for s in &a.add_scope {
+        let scope: Scope = s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--add-scope {s:?}: expected read, trade or withdraw"))?;
+        changes.push(Change::AddScope(scope));
+    }
+    for s in &a.add_address {
+        changes.push(
+            Change::parse_address(s, true).map_err(|e| anyhow::anyhow!("--add-address {e}"))?,
+        );
+    }
+    // Removals last: with additions queued first, removing the old last entry of an
+    // allowlist never leaves the key open to every network in between.
+    for s in &a.remove_ip {
+        changes.push(Change::RemoveIp(
+            parse_allow_ip(s).map_err(|e| anyhow::anyhow!("--remove-ip: {e}"))?,
+        ));
+    }
+    for s in &a.remove_scope {
+        let scope: Scope = s.parse().map_err(|_| {
+            anyhow::anyhow!("--remove-scope {s:?}: expected read, trade or withdraw")
+        })?;
+        changes.push(Change::RemoveScope(scope));
+    }
+    for s in &a.remove_address {
+        changes.push(
+            Change::parse_address(s, false).map_err(|e| anyhow::anyhow!("--remove-address {e}"))?,
+        );
+    }
+    if changes.is_empty() {
+        bail!("nothing to change: give --add-ip, --remove-ip, --add-scope, --remove-scope, --add-address or --remove-address");
+    }
+    let reason = match (&a.reason, a.now) {
+        (Some(r), _) if !r.trim().is_empty() => r.clone(),
+        (_, true) => bail!("--now skips the cool-down that protects the key's owner: say why with --reason (it is audited)"),
+        _ => "operator request".to_owned(),
+    };
+    let who = actor(a.actor);
+    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+    let requester = Requester {
+        actor: &who,
+        reason: &reason,
+        now: a.now,
+    };
+    let mut results = Vec::new();
+    for c in &changes {
+        let outcome = edit::request(
+            &mut conn,
+            &a.key_id,
+            None,
+            c,
+            cooldowns(&cfg),
+            requester,
+            store::now_ms(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", c.describe()))?;
+        if !a.json {
+            match &outcome {
+                Outcome::Applied => eprintln!("{}: {}: applied", a.key_id, c.describe()),
+                Outcome::Unchanged => eprintln!("{}: {}: already so, nothing to do", a.key_id, c.describe()),
+                Outcome::Pending { id, effective_at } => eprintln!(
+                    "{}: {}: pending #{id}, takes effect {} (cancel with `keyguard keys cancel {id}`)",
+                    a.key_id,
+                    c.describe(),
+                    time_text(*effective_at)
+                ),
+            }
+        }
+        results.push(serde_json::json!({
+            "change": c.kind(),
+            "value": c.value(),
+            "outcome": outcome,
+        }));
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Array(results));
     }
     Ok(())
 }

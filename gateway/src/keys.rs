@@ -1,6 +1,8 @@
 //! The hot-path view of the store: every key, decrypted, in a map swapped atomically.
 //! A background task polls the store's key-change counter so a key created, suspended or
-//! revoked from the CLI applies to the running gateway within the poll interval.
+//! revoked from the CLI applies to the running gateway within the poll interval; it also
+//! applies pending widening changes whose cool-down has passed. The admin listener, in
+//! the same process, reloads at once after each write ([`KeyCache::reload_now`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +68,10 @@ impl Snapshot {
 /// Shared, atomically replaced key snapshot.
 pub struct KeyCache {
     current: ArcSwap<Snapshot>,
+    /// Wakes the refresher before its next tick (a write from the admin listener).
+    wake: tokio::sync::Notify,
+    /// The generation of the snapshot in force, for [`KeyCache::caught_up`].
+    loaded: tokio::sync::watch::Sender<i64>,
     started: Instant,
     /// Milliseconds after `started` of the last successful look at the store.
     confirmed_ms: AtomicU64,
@@ -77,6 +83,8 @@ impl KeyCache {
         let conn = store.connect()?;
         let snap = read_snapshot(&conn, master)?;
         Ok(KeyCache {
+            loaded: tokio::sync::watch::Sender::new(snap.generation),
+            wake: tokio::sync::Notify::new(),
             current: ArcSwap::from_pointee(snap),
             started: Instant::now(),
             confirmed_ms: AtomicU64::new(0),
@@ -100,6 +108,29 @@ impl KeyCache {
         self.confirmed_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Wakes the refresher and waits (up to two seconds) until the snapshot holds store
+    /// generation `generation` or later. The admin listener calls this after each write
+    /// with the generation its write produced, so its changes reach the pipeline before
+    /// its response does. Returns whether they did in time.
+    pub async fn caught_up(&self, generation: i64) -> bool {
+        let mut rx = self.loaded.subscribe();
+        self.wake.notify_one();
+        let reached = async {
+            loop {
+                if *rx.borrow_and_update() >= generation {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    // No refresher running (tests): nothing will load it.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), reached)
+            .await
+            .is_ok()
+    }
+
     /// The current snapshot (an `Arc`, so it may be held across awaits).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
@@ -121,16 +152,24 @@ impl KeyCache {
         let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.wake.notified() => {}
+            }
             let store = store.clone();
             let master = master.clone();
             let seen = self.current.load().generation;
             let taken = conn.take();
             let result = tokio::task::spawn_blocking(move || {
-                let c = match taken {
+                let mut c = match taken {
                     Some(c) => c,
                     None => store.connect()?,
                 };
+                // Widening changes whose cool-down has passed apply here; applying one
+                // bumps the generation, so this very tick loads it.
+                if let Err(e) = store::edit::apply_due(&mut c, store::now_ms()) {
+                    tracing::error!(error = %format!("{e:#}"), "applying due key changes failed");
+                }
                 let generation = store::keys_generation(&c)?;
                 let snap = if generation != seen {
                     Some(read_snapshot(&c, &master)?)
@@ -151,7 +190,9 @@ impl KeyCache {
                             generation = snap.generation,
                             "keys reloaded"
                         );
+                        let generation = snap.generation;
                         self.current.store(Arc::new(snap));
+                        self.loaded.send_replace(generation);
                     }
                 }
                 Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "key refresh failed"),

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the `keyguard` command line.
+//! - [`admin`]: the admin listener: traders' web UI, health endpoints.
+//! - [`accounts`]: web UI logins: Argon2id passwords, TOTP, recovery codes, lockout.
 //! - [`activity`]: when keys were last used (dormant-key rule).
 //! - [`alerts`]: the operator's webhook, off the request path.
 //! - [`app`]: wiring a validated config into a running gateway.
@@ -20,7 +22,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod activity;
+pub mod admin;
 pub mod alerts;
 pub mod app;
 pub mod assertion;

@@ -196,6 +196,7 @@ fn key(id: &str, api_key: &str, account: &str) -> KeyRecord {
         // No allowlist: every anomaly rule applies.
         allow_ips: Vec::new(),
         withdraw_addresses: Vec::new(),
+        trusted_ips: Vec::new(),
         created_at: NOW - 1000,
         expires_at: None,
         status: KeyStatus::Active,

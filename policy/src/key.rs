@@ -180,6 +180,10 @@ pub struct KeyRecord {
     pub allow_ips: Vec<IpNet>,
     /// Withdrawal destinations per asset.
     pub withdraw_addresses: Vec<WithdrawAddress>,
+    /// Networks trusted from the key's creation (the creator's network in the web UI,
+    /// `keys create --trust-ip`): known at once for the new-IP rule, and they make the
+    /// first other network a new one rather than a trusted first use.
+    pub trusted_ips: Vec<IpNet>,
     /// When the key was created.
     pub created_at: UnixMillis,
     /// When it stops working, if ever.

@@ -6,6 +6,7 @@
 //! durability costs one commit per batch, not per request. Accepted nonces reach the
 //! [`journal`] first, with one append per request.
 
+pub mod edit;
 pub mod journal;
 pub mod writer;
 
@@ -24,7 +25,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::secrets::MasterKey;
 
-/// 2: `keys.canary`.
+/// 2: `keys.canary`, `keys.trusted_ips` and the `pending_changes` table (canary keys, key
+/// editing).
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS keys (
     cred_sealed   BLOB,
     cred_public   BLOB,
     last_used_at  INTEGER,
-    canary        INTEGER NOT NULL DEFAULT 0
+    canary        INTEGER NOT NULL DEFAULT 0,
+    trusted_ips   TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS keys_account ON keys(account);
 CREATE TABLE IF NOT EXISTS withdraw_addresses (
@@ -85,6 +88,21 @@ CREATE TABLE IF NOT EXISTS learned_ips (
     usable_from INTEGER NOT NULL,
     PRIMARY KEY (key_id, net)
 );
+CREATE TABLE IF NOT EXISTS pending_changes (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id       TEXT NOT NULL REFERENCES keys(key_id),
+    kind         TEXT NOT NULL,
+    value        TEXT NOT NULL,
+    requested_at INTEGER NOT NULL,
+    effective_at INTEGER NOT NULL,
+    actor        TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    decided_at   INTEGER,
+    note         TEXT
+);
+CREATE INDEX IF NOT EXISTS pending_due ON pending_changes(state, effective_at);
+CREATE INDEX IF NOT EXISTS pending_key ON pending_changes(key_id, state);
 CREATE TABLE IF NOT EXISTS admin_events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     ts       INTEGER NOT NULL,
@@ -124,6 +142,8 @@ pub struct NewKey {
     pub scopes: Scopes,
     /// Allowlist.
     pub allow_ips: Vec<ipnet::IpNet>,
+    /// Networks trusted from creation (the creator's, `--trust-ip`).
+    pub trusted_ips: Vec<ipnet::IpNet>,
     /// Withdrawal addresses as (asset, address).
     pub withdraw_addresses: Vec<(String, String)>,
     /// Expiry.
@@ -147,6 +167,8 @@ pub struct KeySummary {
     pub scopes: Vec<&'static str>,
     /// Allowlist CIDRs.
     pub allow_ips: Vec<String>,
+    /// Networks trusted since creation.
+    pub trusted_ips: Vec<String>,
     /// Withdrawal addresses.
     pub withdraw_addresses: Vec<AddressSummary>,
     /// Status name.
@@ -161,6 +183,8 @@ pub struct KeySummary {
     pub expires_at: Option<UnixMillis>,
     /// A canary key: shown to operators only (the CLI and admin views), never to clients.
     pub canary: bool,
+    /// Last use as stored (at most a minute behind; `None`: never used).
+    pub last_used_at: Option<UnixMillis>,
 }
 
 /// A withdrawal address in a listing.
@@ -190,6 +214,12 @@ impl Store {
         };
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA).context("creating schema")?;
+        conn.execute_batch(crate::accounts::SCHEMA)
+            .context("creating account tables")?;
+        conn.execute_batch(crate::admin::activity::SCHEMA)
+            .context("creating the activity table")?;
+        conn.execute_batch(crate::admin::tokens::SCHEMA)
+            .context("creating the API token table")?;
         let version: Option<i64> = conn
             .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
                 r.get::<_, String>(0)
@@ -204,14 +234,16 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
+            // New tables come from SCHEMA above (CREATE IF NOT EXISTS); columns need ALTER.
+            // Version 1 had no canary keys: every existing key is a real one.
             Some(1) => {
-                // Version 1 had no canary keys: every existing key is a real one.
                 let tx = conn.unchecked_transaction()?;
                 tx.execute_batch(
                     "ALTER TABLE keys ADD COLUMN canary INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE keys ADD COLUMN trusted_ips TEXT NOT NULL DEFAULT '[]';
                      UPDATE meta SET v = '2' WHERE k = 'schema_version';",
                 )
-                .context("migrating the schema from version 1 to 2")?;
+                .context("migrating the store to schema version 2")?;
                 tx.commit()?;
             }
             Some(v) => bail!(
@@ -266,11 +298,13 @@ pub fn insert_key(conn: &mut Connection, master: &MasterKey, key: &NewKey) -> an
         NewCredential::Ed25519(pk) => ("ed25519", None, Some(pk.to_vec())),
     };
     let allow: Vec<String> = key.allow_ips.iter().map(|n| n.to_string()).collect();
+    let trusted: Vec<String> = key.trusted_ips.iter().map(|n| n.to_string()).collect();
     let tx = conn.transaction()?;
     tx.execute(
         "INSERT INTO keys (key_id, api_key, account, label, scopes, allow_ips, status, created_at,
-                           updated_at, expires_at, cred_kind, cred_sealed, cred_public, canary)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
+                           updated_at, expires_at, cred_kind, cred_sealed, cred_public, canary,
+                           trusted_ips)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             key.key_id,
             key.api_key,
@@ -283,7 +317,8 @@ pub fn insert_key(conn: &mut Connection, master: &MasterKey, key: &NewKey) -> an
             kind,
             sealed,
             public,
-            key.canary
+            key.canary,
+            serde_json::to_string(&trusted)?
         ],
     )?;
     for (asset, address) in &key.withdraw_addresses {
@@ -581,11 +616,14 @@ struct KeyRow {
     cred_sealed: Option<Vec<u8>>,
     cred_public: Option<Vec<u8>>,
     canary: bool,
+    trusted_ips: String,
+    last_used_at: Option<i64>,
 }
 
 fn key_rows(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<KeyRow>> {
     let sql = "SELECT key_id, api_key, account, label, scopes, allow_ips, status, status_reason,
-                      created_at, expires_at, cred_kind, cred_sealed, cred_public, canary
+                      created_at, expires_at, cred_kind, cred_sealed, cred_public, canary,
+                      trusted_ips, last_used_at
                FROM keys WHERE ?1 IS NULL OR key_id = ?1 ORDER BY created_at, key_id";
     let mut stmt = conn.prepare(sql)?;
     let rows = stmt
@@ -605,6 +643,8 @@ fn key_rows(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<KeyRo
                 cred_sealed: r.get(11)?,
                 cred_public: r.get(12)?,
                 canary: r.get(13)?,
+                trusted_ips: r.get(14)?,
+                last_used_at: r.get(15)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -633,22 +673,43 @@ fn addresses(conn: &Connection) -> anyhow::Result<HashMap<String, Vec<WithdrawAd
     Ok(out)
 }
 
-fn parse_row_common(row: &KeyRow) -> anyhow::Result<(Scopes, Vec<ipnet::IpNet>, KeyStatus)> {
+/// A stored JSON list of networks (`allow_ips`, `trusted_ips`).
+pub(crate) fn parse_nets(
+    key_id: &str,
+    what: &str,
+    json: &str,
+) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    let list: Vec<String> =
+        serde_json::from_str(json).with_context(|| format!("key {key_id}: bad {what}"))?;
+    list.iter()
+        .map(|s| keyguard_policy::key::parse_allow_ip(s).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("key {key_id}: bad {what}"))
+}
+
+/// Parsed common columns of a key row.
+struct RowParts {
+    scopes: Scopes,
+    allow_ips: Vec<ipnet::IpNet>,
+    trusted_ips: Vec<ipnet::IpNet>,
+    status: KeyStatus,
+}
+
+fn parse_row_common(row: &KeyRow) -> anyhow::Result<RowParts> {
     let scopes: Scopes = row
         .scopes
         .parse()
         .map_err(|_| anyhow::anyhow!("key {}: bad scopes {:?}", row.key_id, row.scopes))?;
-    let allow: Vec<String> = serde_json::from_str(&row.allow_ips)
-        .with_context(|| format!("key {}: bad allow_ips", row.key_id))?;
-    let allow = allow
-        .iter()
-        .map(|s| keyguard_policy::key::parse_allow_ip(s).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let status: KeyStatus = row
         .status
         .parse()
         .map_err(|_| anyhow::anyhow!("key {}: bad status {:?}", row.key_id, row.status))?;
-    Ok((scopes, allow, status))
+    Ok(RowParts {
+        scopes,
+        allow_ips: parse_nets(&row.key_id, "allow_ips", &row.allow_ips)?,
+        trusted_ips: parse_nets(&row.key_id, "trusted_ips", &row.trusted_ips)?,
+        status,
+    })
 }
 
 /// Loads every key with its credential opened, for the gateway's in-memory cache.
@@ -665,7 +726,12 @@ pub fn load_keys(
     let mut errors = Vec::new();
     for row in key_rows(conn, None)? {
         let decoded = (|| -> anyhow::Result<KeyRecord> {
-            let (scopes, allow_ips, status) = parse_row_common(&row)?;
+            let RowParts {
+                scopes,
+                allow_ips,
+                trusted_ips,
+                status,
+            } = parse_row_common(&row)?;
             let credential = match row.cred_kind.as_str() {
                 "hmac" => {
                     let sealed = row.cred_sealed.as_deref().unwrap_or_default();
@@ -689,6 +755,7 @@ pub fn load_keys(
                 scopes,
                 allow_ips,
                 withdraw_addresses: addrs.remove(&row.key_id).unwrap_or_default(),
+                trusted_ips,
                 created_at: row.created_at as u64,
                 expires_at: row.expires_at.map(|e| e as u64),
                 status,
@@ -710,7 +777,12 @@ pub fn list_keys(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<
     key_rows(conn, key_id)?
         .into_iter()
         .map(|row| {
-            let (scopes, allow_ips, status) = parse_row_common(&row)?;
+            let RowParts {
+                scopes,
+                allow_ips,
+                trusted_ips,
+                status,
+            } = parse_row_common(&row)?;
             Ok(KeySummary {
                 withdraw_addresses: addrs
                     .remove(&row.key_id)
@@ -727,12 +799,14 @@ pub fn list_keys(conn: &Connection, key_id: Option<&str>) -> anyhow::Result<Vec<
                 label: row.label,
                 scopes: scopes.names(),
                 allow_ips: allow_ips.iter().map(|n| n.to_string()).collect(),
+                trusted_ips: trusted_ips.iter().map(|n| n.to_string()).collect(),
                 status: status.as_str(),
                 status_reason: row.status_reason,
                 credential: row.cred_kind,
                 created_at: row.created_at as u64,
                 expires_at: row.expires_at.map(|e| e as u64),
                 canary: row.canary,
+                last_used_at: row.last_used_at.map(|t| t as u64),
             })
         })
         .collect()

@@ -16,6 +16,7 @@ fn new_key(id: &str) -> NewKey {
         label: "bot".into(),
         scopes: "read,withdraw".parse().unwrap(),
         allow_ips: vec!["127.0.0.2/32".parse().unwrap()],
+        trusted_ips: vec![],
         withdraw_addresses: vec![("btc".into(), "bc1qdest".into())],
         expires_at: None,
         credential: NewCredential::Hmac(b"the-secret".to_vec()),
@@ -115,7 +116,9 @@ fn canary_flag_roundtrips_and_version_1_files_are_migrated() {
     let path = old.path().join("keyguard.db");
     {
         let c = Connection::open(&path).unwrap();
-        let v1 = SCHEMA.replace(",\n    canary        INTEGER NOT NULL DEFAULT 0", "");
+        let v1 = SCHEMA
+            .replace(",\n    canary        INTEGER NOT NULL DEFAULT 0", "")
+            .replace(",\n    trusted_ips   TEXT NOT NULL DEFAULT '[]'", "");
         assert_ne!(v1, SCHEMA);
         c.execute_batch(&v1).unwrap();
         c.execute(
@@ -145,4 +148,30 @@ fn canary_flag_roundtrips_and_version_1_files_are_migrated() {
     // Opening again is a no-op.
     Store::open(old.path()).unwrap();
     drop(dir);
+}
+
+#[test]
+fn a_version_1_store_is_migrated_in_place() {
+    let (dir, store, master) = setup();
+    let mut conn = store.connect().unwrap();
+    insert_key(&mut conn, &master, &new_key("kg_1")).unwrap();
+    // Back to what version 1 wrote: no trusted_ips column.
+    conn.execute_batch(
+        "ALTER TABLE keys DROP COLUMN trusted_ips;
+         ALTER TABLE keys DROP COLUMN canary;
+         UPDATE meta SET v = '1' WHERE k = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(dir.path()).unwrap();
+    let conn = store.connect().unwrap();
+    let (keys, errors) = load_keys(&conn, &master).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(keys[0].trusted_ips.is_empty());
+    let v: String = conn
+        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(v, "2");
 }

@@ -397,6 +397,11 @@ impl Env {
 
     /// Starts `keyguard serve --upstream URL`.
     pub async fn start_with_upstream(&self, upstream: &str) -> Gateway {
+        self.start_with_args(upstream, &[]).await
+    }
+
+    /// Starts `keyguard serve --upstream URL EXTRA...` (e.g. `--admin-listen ADDR`).
+    pub async fn start_with_args(&self, upstream: &str, extra: &[String]) -> Gateway {
         let mut last_log = String::new();
         // The listen port is picked by binding :0 and releasing it; another process can
         // take it in between, so a failed bind is retried with a fresh port.
@@ -413,6 +418,7 @@ impl Env {
                 "--upstream".into(),
                 upstream.to_owned(),
             ]);
+            args.extend(extra.iter().cloned());
             let child = Command::new(BIN)
                 .args(&args)
                 .env_remove("KEYGUARD_MASTER_KEY")
@@ -446,7 +452,8 @@ impl Env {
     }
 }
 
-fn free_port() -> u16 {
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
     l.local_addr().expect("local addr").port()
 }

@@ -47,14 +47,28 @@ pub struct Sighting {
 /// Durable known-network history per key.
 pub trait IpHistory: Send + Sync {
     /// Looks `net` up for `key_id`, learning it if new: usable after `probation_ms`, or at
-    /// once if the key was never seen from anywhere (trust on first use, DESIGN.md §6).
+    /// once if `trust_first` and the key was never seen from anywhere (trust on first
+    /// use, DESIGN.md §6). `trust_first` is false for keys that trust a network from
+    /// their creation: their first use from elsewhere is not a first use.
+    fn sight(
+        &self,
+        key_id: &str,
+        net: ClientNet,
+        now: UnixMillis,
+        probation_ms: u64,
+        trust_first: bool,
+    ) -> Result<Sighting, Deny>;
+
+    /// [`IpHistory::sight`] with trust on first use.
     fn observe(
         &self,
         key_id: &str,
         net: ClientNet,
         now: UnixMillis,
         probation_ms: u64,
-    ) -> Result<Sighting, Deny>;
+    ) -> Result<Sighting, Deny> {
+        self.sight(key_id, net, now, probation_ms, true)
+    }
 
     /// Forgets `net` as known for every key seen from it at or after `since` (a canary
     /// was used from it): their next use from it is a new network's, on probation.
@@ -213,12 +227,13 @@ impl MemoryIpHistory {
 }
 
 impl IpHistory for MemoryIpHistory {
-    fn observe(
+    fn sight(
         &self,
         key_id: &str,
         net: ClientNet,
         now: UnixMillis,
         probation_ms: u64,
+        trust_first: bool,
     ) -> Result<Sighting, Deny> {
         let mut shard = self.shard(key_id);
         if let Some(list) = shard.get_mut(key_id) {
@@ -245,7 +260,7 @@ impl IpHistory for MemoryIpHistory {
         }
         let list = shard.entry(key_id.to_owned()).or_default();
         // Trust on first use: the key's very first network is known at once.
-        let usable_from = if list.is_empty() {
+        let usable_from = if list.is_empty() && trust_first {
             now
         } else {
             now.saturating_add(probation_ms)

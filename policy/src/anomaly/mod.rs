@@ -4,7 +4,7 @@
 //!
 //! | rule | deny code | what it stops |
 //! | --- | --- | --- |
-//! | [`DormantRule`] | `key_dormant` | a key unused for N days trades or withdraws before its owner reactivates it |
+//! | [`DormantRule`] | `key_dormant` | a key unused for N days (or never used within M days of its creation) trades or withdraws before its owner reactivates it |
 //! | [`NewIpRule`] | `new_ip_probation` | a key without allowlist trades or withdraws from a network first seen minutes ago |
 //! | [`ManyIpsRule`] | `too_many_ips` | a key used from more than K networks in a window: suspended |
 //! | [`SharedIpRule`] | `ip_blocked` | a network presenting more than K keys or accounts in a window: blocked for a while |
@@ -105,10 +105,15 @@ impl Verdict {
 }
 
 /// A key unused for `after_ms` may read, but not trade or withdraw, until reactivated.
+/// A key never used at all is dormant much sooner, `first_use_within_ms` after its
+/// creation (DESIGN.md §6): a forgotten, never-used key that leaks later must not hand
+/// trust on first use to whoever found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DormantRule {
     /// Inactivity after which a key is dormant (default 90 days).
     pub after_ms: u64,
+    /// How long a never-used key stays usable after its creation (default 7 days).
+    pub first_use_within_ms: u64,
     /// Report instead of enforcing.
     pub shadow: bool,
 }
@@ -117,6 +122,7 @@ impl Default for DormantRule {
     fn default() -> Self {
         DormantRule {
             after_ms: 90 * DAY,
+            first_use_within_ms: 7 * DAY,
             shadow: false,
         }
     }
@@ -336,16 +342,24 @@ pub struct AnomalyDecision {
     pub learned: Option<LearnedIp>,
 }
 
-/// Whether `key` is dormant at `now`: unused (by the gateway's record of use, or since its
-/// creation) for at least `rule.after_ms`.
+/// Whether `key` is dormant at `now`: unused (by the gateway's record of use) for at
+/// least `rule.after_ms`, or never used and created at least `rule.first_use_within_ms`
+/// ago. Reactivation records a use, so a reactivated never-used key gets the long rule.
 pub fn is_dormant(
     rule: &DormantRule,
     key: &KeyRecord,
     last_used: Option<UnixMillis>,
     now: UnixMillis,
 ) -> bool {
-    let since = last_used.unwrap_or(key.created_at).max(key.created_at);
-    now >= since.saturating_add(rule.after_ms)
+    match last_used {
+        // A last use before creation (bad data) counts as the creation itself.
+        Some(used) => now >= used.max(key.created_at).saturating_add(rule.after_ms),
+        None => {
+            now >= key
+                .created_at
+                .saturating_add(rule.first_use_within_ms.min(rule.after_ms))
+        }
+    }
 }
 
 /// The anomaly rules over their state.
@@ -550,11 +564,20 @@ impl<S: AnomalyStore, H: IpHistory> Anomaly<S, H> {
         }
 
         if let Some(rule) = &self.cfg.new_ip {
-            if no_allowlist {
-                match self
-                    .history
-                    .observe(&req.key.key_id, net, req.now, rule.probation_ms)
-                {
+            let ip = crate::key::canonical_ip(req.client_ip);
+            // A network trusted at creation is known from the start; and because the key
+            // then already has a known network, the first other one is on probation
+            // instead of being trusted on first use.
+            let trusted = req.key.trusted_ips.iter().any(|n| n.contains(&ip));
+            if no_allowlist && !trusted {
+                let trust_first = req.key.trusted_ips.is_empty();
+                match self.history.sight(
+                    &req.key.key_id,
+                    net,
+                    req.now,
+                    rule.probation_ms,
+                    trust_first,
+                ) {
                     Ok(sighting) => {
                         if sighting.learned {
                             decision.learned = Some(LearnedIp {

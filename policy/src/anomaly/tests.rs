@@ -16,6 +16,7 @@ fn key(id: &str, account: &str) -> KeyRecord {
         scopes: "read,trade,withdraw".parse::<Scopes>().unwrap(),
         allow_ips: Vec::new(),
         withdraw_addresses: Vec::new(),
+        trusted_ips: Vec::new(),
         created_at: T0 - DAY,
         expires_at: None,
         status: KeyStatus::Active,
@@ -87,6 +88,7 @@ fn dormant(shadow: bool) -> Anomaly {
     only(AnomalyConfig {
         dormant: Some(DormantRule {
             after_ms: 90 * DAY,
+            first_use_within_ms: 7 * DAY,
             shadow,
         }),
         ..none()
@@ -122,16 +124,54 @@ fn dormant_boundary() {
 }
 
 #[test]
-fn never_used_keys_are_dormant_from_creation() {
+fn never_used_keys_are_dormant_after_first_use_within() {
     let rule = DormantRule::default();
     let k = KeyRecord {
         created_at: T0,
         ..key("k", "a")
     };
-    assert!(!is_dormant(&rule, &k, None, T0 + 90 * DAY - 1));
-    assert!(is_dormant(&rule, &k, None, T0 + 90 * DAY));
+    assert!(!is_dormant(&rule, &k, None, T0 + 7 * DAY - 1));
+    assert!(is_dormant(&rule, &k, None, T0 + 7 * DAY));
+    // Once used (or reactivated), the long inactivity rule applies.
+    assert!(!is_dormant(&rule, &k, Some(T0 + 1), T0 + 90 * DAY));
+    assert!(is_dormant(&rule, &k, Some(T0 + 1), T0 + 90 * DAY + 1));
     // A last-used time before creation (bad data) does not age the key.
     assert!(!is_dormant(&rule, &k, Some(0), T0 + 1));
+    // first_use_within never exceeds the inactivity rule.
+    let short = DormantRule {
+        after_ms: DAY,
+        first_use_within_ms: 30 * DAY,
+        shadow: false,
+    };
+    assert!(is_dormant(&short, &k, None, T0 + DAY));
+}
+
+#[test]
+fn a_trusted_network_is_known_and_the_first_other_is_on_probation() {
+    let a = only(AnomalyConfig {
+        new_ip: Some(NewIpRule {
+            probation_ms: HOUR,
+            ..NewIpRule::default()
+        }),
+        ..none()
+    });
+    let k = KeyRecord {
+        trusted_ips: vec!["198.51.100.0/24".parse().unwrap()],
+        ..key("k", "a")
+    };
+    let home = a.check_request(&req(&k, Action::Trade, "198.51.100.7", T0));
+    assert_eq!((home.verdict, home.learned), (Verdict::Allow, None));
+    // Not a first use: the key already trusts its creator's network.
+    let elsewhere = a.check_request(&req(&k, Action::Trade, "203.0.113.9", T0 + 1));
+    assert_eq!(elsewhere.verdict, Verdict::Deny(Deny::NewIpProbation));
+    assert_eq!(
+        elsewhere.learned.map(|l| l.usable_from),
+        Some(T0 + 1 + HOUR)
+    );
+    // Without a trusted network the first network is trusted on first use, as before.
+    let plain = key("p", "a");
+    let first = a.check_request(&req(&plain, Action::Trade, "203.0.113.9", T0));
+    assert_eq!(first.verdict, Verdict::Allow);
 }
 
 #[test]

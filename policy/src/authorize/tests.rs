@@ -15,6 +15,7 @@ fn key(scopes: &[Scope], ips: &[&str]) -> KeyRecord {
             address: "bc1qdest".into(),
             added_at: 1_000,
         }],
+        trusted_ips: Vec::new(),
         created_at: 0,
         expires_at: Some(10_000_000),
         status: KeyStatus::Active,

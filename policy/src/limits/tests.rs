@@ -18,6 +18,7 @@ fn key(id: &str, account: &str) -> KeyRecord {
         scopes: "read,trade,withdraw".parse::<Scopes>().unwrap(),
         allow_ips: Vec::new(),
         withdraw_addresses: Vec::new(),
+        trusted_ips: Vec::new(),
         created_at: 0,
         expires_at: None,
         status: KeyStatus::Active,

@@ -254,6 +254,7 @@ fn reservation_for_request() {
         scopes: crate::Scopes::NONE,
         allow_ips: Vec::new(),
         withdraw_addresses: Vec::new(),
+        trusted_ips: Vec::new(),
         created_at: 0,
         expires_at: None,
         status: crate::KeyStatus::Active,
