@@ -799,6 +799,16 @@ async fn the_admin_api_needs_a_token_with_the_right_scope_and_follows_the_wideni
     assert_eq!(pending, serde_json::json!([]));
     let (status, v) = api(&mut c, "POST", "/api/freezes", &write, Some(serde_json::json!({"scope": "asset", "target": "BTC", "frozen": true, "reason": "incident"}))).await;
     assert_eq!((status, v["assets"][0].as_str()), (200, Some("btc")));
+    // Without a token a bad body is still just unauthorized.
+    let p = c
+        .raw(
+            "POST",
+            &changes,
+            "not json",
+            &[("Content-Type", "application/json")],
+        )
+        .await;
+    assert_eq!(p.status, 401);
     let (status, v) = api(&mut c, "GET", "/api/nope", &read, None).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
