@@ -799,6 +799,16 @@ async fn the_admin_api_needs_a_token_with_the_right_scope_and_follows_the_wideni
     assert_eq!(pending, serde_json::json!([]));
     let (status, v) = api(&mut c, "POST", "/api/freezes", &write, Some(serde_json::json!({"scope": "asset", "target": "BTC", "frozen": true, "reason": "incident"}))).await;
     assert_eq!((status, v["assets"][0].as_str()), (200, Some("btc")));
+    // Without a token a bad body is still just unauthorized.
+    let p = c
+        .raw(
+            "POST",
+            &changes,
+            "not json",
+            &[("Content-Type", "application/json")],
+        )
+        .await;
+    assert_eq!(p.status, 401);
     let (status, v) = api(&mut c, "GET", "/api/nope", &read, None).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
@@ -942,4 +952,64 @@ async fn sso_tokens_from_the_exchange_open_a_session_once() {
             "{why}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_key_validates_networks_and_trusts_the_creators_network() {
+    let a = start(|_| {}).await;
+    let mut c = Client::new(a.addr);
+    c.login("alice", PASSWORD).await;
+    let csrf = c.csrf().await;
+    let create = |allow: &'static str, withdraw: bool| {
+        let mut f = vec![
+            ("csrf", csrf.clone()),
+            ("label", "bot".to_owned()),
+            ("scope_read", "on".to_owned()),
+            ("allow", allow.to_owned()),
+        ];
+        if withdraw {
+            f.push(("scope_withdraw", "on".to_owned()));
+        }
+        f
+    };
+    let p = post_owned(&mut c, create("10.0.0.1/8", false)).await;
+    assert_eq!(p.status, 400);
+    assert!(p.body.contains("host bits"), "{}", p.body);
+    let p = post_owned(&mut c, create("not-an-ip", false)).await;
+    assert!(
+        p.status == 400 && p.body.contains("not an IP address"),
+        "{}",
+        p.body
+    );
+    let p = post_owned(&mut c, create("", true)).await;
+    assert!(
+        p.status == 400 && p.body.contains("needs at least one allowed network"),
+        "{}",
+        p.body
+    );
+    let p = post_owned(&mut c, create("2001:db8::/48\n203.0.113.7", true)).await;
+    assert!(
+        p.status == 200 && p.body.contains("Key created"),
+        "{}",
+        p.body
+    );
+
+    let t = token(&a.env, "admin:read");
+    let (_, keys) = api(&mut c, "GET", "/api/keys", &t, None).await;
+    assert_eq!(
+        keys[0]["allow_ips"],
+        serde_json::json!(["2001:db8::/48", "203.0.113.7/32"])
+    );
+    assert_eq!(keys[0]["scopes"], serde_json::json!(["read", "withdraw"]));
+    assert_eq!(
+        keys[0]["trusted_ips"],
+        serde_json::json!(["127.0.0.1/32"]),
+        "the creator's network"
+    );
+    assert_eq!(keys[0]["account"], "alice");
+}
+
+async fn post_owned(c: &mut Client, f: Vec<(&'static str, String)>) -> Page {
+    let pairs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    c.post("/keys/new", &pairs).await
 }

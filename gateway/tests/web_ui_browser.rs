@@ -224,6 +224,7 @@ async fn trader_flow(javascript: bool, tag: &str) {
         c.find_all(Locator::Css("ul.codes li")).await.unwrap().len(),
         10
     );
+    shot(c, &format!("{tag}-recovery")).await;
 
     // Log out, log in again: password, then a code of a later step (the enrolment's
     // step is spent).
@@ -237,6 +238,7 @@ async fn trader_flow(javascript: bool, tag: &str) {
         .unwrap()
         .path()
         .ends_with("/login/code"));
+    shot(c, &format!("{tag}-code")).await;
     while now_secs() / 30 == enrolled_at / 30 {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -250,6 +252,7 @@ async fn trader_flow(javascript: bool, tag: &str) {
     // Create a key (read + trade, no allowlist yet): the secret is shown once.
     c.goto(&format!("{base}/keys/new")).await.unwrap();
     fill(c, "#label", "trading bot").await;
+    shot(c, &format!("{tag}-new-key")).await;
     c.find(Locator::Css("input[name=scope_trade]"))
         .await
         .unwrap()
@@ -262,6 +265,7 @@ async fn trader_flow(javascript: bool, tag: &str) {
     let api_key = codes[1].text().await.unwrap();
     let secret_key = codes[2].text().await.unwrap();
     assert!(body(c).await.contains("shown only once"));
+    shot(c, &format!("{tag}-created")).await;
     let key = TestKey {
         key_id: key_id.clone(),
         api_key,
@@ -333,6 +337,12 @@ async fn trader_flow(javascript: bool, tag: &str) {
     c.goto(&format!("{base}/keys")).await.unwrap();
     shot(c, &format!("{tag}-keys")).await;
 
+    c.goto(&format!("{base}/keys/{key_id}/revoke"))
+        .await
+        .unwrap();
+    assert!(body(c).await.contains("Type the key id to confirm"));
+    shot(c, &format!("{tag}-revoke")).await;
+
     // Phone width.
     c.set_window_size(390, 844).await.unwrap();
     shot(c, &format!("{tag}-keys-phone")).await;
@@ -340,6 +350,8 @@ async fn trader_flow(javascript: bool, tag: &str) {
         .await
         .unwrap();
     shot(c, &format!("{tag}-activity-phone")).await;
+    c.goto(&format!("{base}/keys/{key_id}")).await.unwrap();
+    shot(c, &format!("{tag}-key-phone")).await;
     drop(gw);
 }
 

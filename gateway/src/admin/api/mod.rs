@@ -423,10 +423,11 @@ async fn change_key(
     Path(key_id): Path<String>,
     body: Result<Json<ChangeRequest>, JsonRejection>,
 ) -> ApiResult<ChangeResult> {
-    let Json(c) = body.map_err(bad_body)?;
     let st2 = st.clone();
     let r = blocking(move || {
         let actor = authorize(&st2, &headers, true)?;
+        // After the token check: a caller without one learns nothing about bodies.
+        let Json(c) = body.map_err(bad_body)?;
         let change = parse_change(&c)?;
         let reason = c.reason.clone().filter(|r| !r.trim().is_empty());
         if c.now && reason.is_none() {
@@ -494,10 +495,11 @@ async fn set_status(
     Path(key_id): Path<String>,
     body: Result<Json<StatusRequest>, JsonRejection>,
 ) -> ApiResult<KeyJson> {
-    let Json(s) = body.map_err(bad_body)?;
     let st2 = st.clone();
     let r = blocking(move || {
         let actor = authorize(&st2, &headers, true)?;
+        // After the token check: a caller without one learns nothing about bodies.
+        let Json(s) = body.map_err(bad_body)?;
         let mut conn = st2.store.connect().map_err(ApiError::internal)?;
         let exists = !store::list_keys(&conn, Some(&key_id))
             .map_err(ApiError::internal)?
@@ -678,10 +680,11 @@ async fn set_freeze(
     headers: HeaderMap,
     body: Result<Json<FreezeRequest>, JsonRejection>,
 ) -> ApiResult<FreezeJson> {
-    let Json(f) = body.map_err(bad_body)?;
     let st2 = st.clone();
     let r = blocking(move || {
         let actor = authorize(&st2, &headers, true)?;
+        // After the token check: a caller without one learns nothing about bodies.
+        let Json(f) = body.map_err(bad_body)?;
         let target = f.target.as_deref().map(str::trim).filter(|t| !t.is_empty());
         let scope = match (f.scope.as_str(), target) {
             ("global", None) => store::FreezeScope::Global,
