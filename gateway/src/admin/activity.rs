@@ -76,8 +76,7 @@ static TAP: OnceLock<Tap> = OnceLock::new();
 
 /// Offers one audit event to the activity writer, if one runs. Never blocks.
 pub fn tap(event: &AuditEvent<'_>) {
-    let (Some(tap), Some(key_id), Some(account)) = (TAP.get(), event.key_id, event.account)
-    else {
+    let (Some(tap), Some(key_id), Some(account)) = (TAP.get(), event.key_id, event.account) else {
         return;
     };
     let row = Row {
