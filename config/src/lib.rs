@@ -126,6 +126,7 @@ struct ConfigFile {
     alerts: alerts::RawAlerts,
     #[serde(default)]
     canary: canary::RawCanary,
+    #[serde(default)]
     admin: admin::RawAdmin,
 }
 

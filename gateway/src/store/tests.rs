@@ -107,8 +107,9 @@ fn canary_flag_roundtrips_and_version_1_files_are_migrated() {
     )
     .unwrap();
     let (keys, _) = load_keys(&conn, &master).unwrap();
-    let flags: Vec<(&str, bool)> = keys.iter().map(|k| (k.key_id.as_str(), k.canary)).collect();
-    assert_eq!(flags, [("kg_real", false), ("kg_canary", true)]);
+    let mut flags: Vec<(&str, bool)> = keys.iter().map(|k| (k.key_id.as_str(), k.canary)).collect();
+    flags.sort();
+    assert_eq!(flags, [("kg_canary", true), ("kg_real", false)]);
     assert!(list_keys(&conn, Some("kg_canary")).unwrap()[0].canary);
 
     // A version-1 file: no canary column. Opening it adds one, every key real.
