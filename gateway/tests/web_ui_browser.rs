@@ -8,6 +8,7 @@
 
 mod utils;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +30,12 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // chromedriver runs in a process group of its own, and the Chromium it starts
+        // joins it; killing only chromedriver left every browser of the run behind
+        // (dozens of idle Chromium processes eating CPU after the suite). Kill the group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -43,6 +50,7 @@ async fn browser(javascript: bool) -> Option<Browser> {
     }
     let port = free_port();
     let driver = Command::new(CHROMEDRIVER)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

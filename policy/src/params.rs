@@ -97,6 +97,10 @@ pub enum ParamSource {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params {
     entries: Vec<(String, ParamValue, ParamSource)>,
+    /// Each entry's [`folded_name`] where it differs from the name (rare: only names with
+    /// spaces, dots, brackets or leading whitespace fold), so duplicate checks compare
+    /// plain strings instead of re-folding every pair.
+    folded: Vec<Option<String>>,
 }
 
 impl Params {
@@ -115,14 +119,20 @@ impl Params {
         value: ParamValue,
         source: ParamSource,
     ) -> Result<(), Deny> {
+        let folds = name.starts_with(|c: char| c.is_ascii_whitespace())
+            || name.bytes().any(|b| matches!(b, b' ' | b'.' | b'['));
+        let folded = folds.then(|| folded_name(&name));
+        let key = folded.as_deref().unwrap_or(&name);
         if self
             .entries
             .iter()
-            .any(|(n, _, _)| *n == name || folded_chars(n).eq(folded_chars(&name)))
+            .zip(&self.folded)
+            .any(|((n, _, _), f)| *n == name || f.as_deref().unwrap_or(n) == key)
         {
             return Err(Deny::DuplicateParameter);
         }
         self.entries.push((name, value, source));
+        self.folded.push(folded);
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<String, Deny>
         .iter()
         .all(|b| matches!(b, 0x20..=0x7e) && !matches!(b, b'%' | b'+' | b';'))
     {
-        return Ok(String::from_utf8_lossy(raw).into_owned());
+        return Ok(std::str::from_utf8(raw).unwrap_or_default().to_owned());
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
