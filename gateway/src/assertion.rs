@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -300,11 +300,6 @@ impl AssertionSigner {
         self.ttl_secs
     }
 
-    /// The algorithm.
-    pub fn alg(&self) -> AssertionAlg {
-        self.alg
-    }
-
     /// The key signing now.
     pub fn current(&self) -> Arc<SigningKey> {
         self.current.load_full()
@@ -381,10 +376,7 @@ pub fn jwks(alg: AssertionAlg, path: &Path, ttl_secs: u64) -> anyhow::Result<ser
             .duration_since(retired)
             .unwrap_or(Duration::ZERO);
         if age <= Duration::from_secs(ttl_secs) {
-            match SigningKey::load(alg, &previous) {
-                Ok(k) => keys.push(k.jwk()),
-                Err(e) => bail!("{e:#}"),
-            }
+            keys.push(SigningKey::load(alg, &previous)?.jwk());
         }
     }
     Ok(serde_json::json!({ "keys": keys }))

@@ -38,8 +38,6 @@ const HOP_BY_HOP: &[&str] = &[
 /// Where and how requests are forwarded.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `http` (TLS to the upstream is not supported yet).
-    pub scheme: http::uri::Scheme,
     /// Host and port.
     pub authority: http::uri::Authority,
     /// The `Host` header value sent upstream.
@@ -73,7 +71,6 @@ impl Upstream {
             .ok_or_else(|| anyhow::anyhow!("upstream {base} has no host"))?;
         let host = http::HeaderValue::from_str(authority.as_str())?;
         Ok(Upstream {
-            scheme,
             authority,
             host,
             connect_timeout,

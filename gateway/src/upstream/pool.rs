@@ -53,11 +53,6 @@ impl Pool {
         })
     }
 
-    /// Idle connections right now.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().len()
-    }
-
     /// Sends `req` and waits for the response head (bounded by the response timeout).
     /// A request refused by a pooled connection that had gone stale (the exchange closed
     /// it while idle) before anything was written is retried once on a new connection.
@@ -109,10 +104,7 @@ impl Pool {
             return;
         }
         if sender.is_ready() {
-            let mut idle = self.idle.lock();
-            if idle.len() < self.upstream.max_idle_per_worker {
-                idle.push(sender);
-            }
+            self.keep(sender);
             return;
         }
         // The body's last frame arrived before the connection task marked itself ready
@@ -120,12 +112,17 @@ impl Pool {
         let mut sender = sender;
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                let mut idle = self.idle.lock();
-                if idle.len() < self.upstream.max_idle_per_worker {
-                    idle.push(sender);
-                }
+                self.keep(sender);
             }
         });
+    }
+
+    /// Adds a ready connection to the idle list, unless the list is full.
+    fn keep(&self, sender: Sender) {
+        let mut idle = self.idle.lock();
+        if idle.len() < self.upstream.max_idle_per_worker {
+            idle.push(sender);
+        }
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {
