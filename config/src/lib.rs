@@ -47,6 +47,7 @@ mod error;
 mod limits;
 mod route;
 mod server;
+mod store;
 mod velocity;
 mod withdraw;
 
@@ -65,6 +66,7 @@ pub use alerts::AlertsConfig;
 pub use data::{AssertionAlg, AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
 pub use server::{InvalidUpstream, ServerConfig, Upstream};
+pub use store::{ReadWhenUnavailable, RedisConfig, RedisTarget, StoreConfig};
 
 use error::{error_without_line, Source};
 
@@ -97,6 +99,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `[admin]`: the web UI and admin API.
     pub admin: AdminConfig,
+    /// `[store]`: embedded (default) or Redis.
+    pub store: StoreConfig,
 }
 
 /// The file's top level as written. Every section but `[dialect]` has defaults.
@@ -128,6 +132,8 @@ struct ConfigFile {
     canary: canary::RawCanary,
     #[serde(default)]
     admin: admin::RawAdmin,
+    #[serde(default)]
+    store: store::RawStore,
 }
 
 impl Config {
@@ -171,6 +177,7 @@ impl Config {
             anomaly,
             alerts: file.alerts.resolve(),
             admin: file.admin.resolve(config_dir),
+            store: file.store.resolve(&src)?,
         })
     }
 

@@ -13,10 +13,13 @@ use crate::alerts::{Alert, AlertSettings, Alerts};
 use crate::assertion::AssertionSigner;
 use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSink};
 use crate::keys::KeyCache;
+use crate::proxy::Shared;
 use crate::proxy::{BodyLimits, Gateway, RequestIds};
 use crate::replay::ReplayGuard;
 use crate::secrets::MasterKey;
 use crate::server::{bind_workers, serve, ConnLimits};
+use crate::store::redis::admit::{Scripts, SharedRules};
+use crate::store::redis::RedisStore;
 use crate::store::writer::StoreWriter;
 use crate::store::{self, Store};
 use crate::upstream::pool::Pool;
@@ -34,7 +37,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         &cfg.secrets.master_key_env,
         cfg.secrets.master_key_file.path(),
     )?);
-    let keys = Arc::new(KeyCache::load(&store, &master)?);
+    let redis = match &cfg.store {
+        keyguard_config::StoreConfig::Embedded => None,
+        keyguard_config::StoreConfig::Redis(rc) => {
+            if s.admin_listen.is_some() {
+                anyhow::bail!(
+                    "the admin listener (web UI, admin API) keeps its accounts and sessions in the \
+                     embedded store and cannot run with [store] kind = \"redis\" yet; run it on a \
+                     gateway with the embedded store"
+                );
+            }
+            Some(Arc::new(RedisStore::new(rc)?))
+        }
+    };
+    let keys = Arc::new(match &redis {
+        None => KeyCache::load(&store, &master)?,
+        Some(r) => {
+            // The catalogue must be readable to start: without keys nothing works.
+            let snap = r
+                .snapshot(&master)
+                .await
+                .context("loading the key catalogue from redis")?;
+            let cache = KeyCache::from_snapshot(snap);
+            cache.confirm();
+            cache
+        }
+    });
     let conn = store.connect()?;
     let nonces = store::load_nonces(&conn)?;
     let clock = Arc::new(SystemClock);
@@ -109,17 +137,48 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         upstream: upstream.clone(),
         clock,
         ids: RequestIds::new()?,
+        shared: match (&redis, &cfg.store) {
+            (Some(r), keyguard_config::StoreConfig::Redis(rc)) => Some(Shared {
+                store: r.clone(),
+                scripts: Arc::new(Scripts::default()),
+                rules: Arc::new(SharedRules {
+                    anomaly: cfg.anomaly.clone(),
+                    limits: cfg.limits.clone(),
+                    velocity: cfg.velocity.clone(),
+                }),
+                read_when_unavailable: rc.read_when_unavailable,
+                local_reads: governor::RateLimiter::direct(governor::Quota::per_second(
+                    std::num::NonZeroU32::new(rc.local_read_rate.max(1)).expect("at least 1"),
+                )),
+            }),
+            _ => None,
+        },
     });
     let resumed = Arc::downgrade(&gateway);
-    tokio::spawn(
-        keys.clone()
-            .refresh_loop(store.clone(), master.clone(), move |snap| {
-                if let Some(gw) = resumed.upgrade() {
-                    gw.notice_resumed_keys(snap);
-                }
-            }),
-    );
-    {
+    let on_reload = move |snap: &crate::keys::Snapshot| {
+        if let Some(gw) = resumed.upgrade() {
+            gw.notice_resumed_keys(snap);
+        }
+    };
+    if let Some(r) = &redis {
+        tokio::spawn(crate::store::redis::catalog::refresh_loop(
+            r.clone(),
+            keys.clone(),
+            master.clone(),
+            on_reload,
+        ));
+        tokio::spawn(redis_admin_audit_loop(
+            r.clone(),
+            s.data_dir.join("redis-admin-cursor"),
+            Arc::downgrade(&gateway),
+        ));
+    } else {
+        tokio::spawn(
+            keys.clone()
+                .refresh_loop(store.clone(), master.clone(), on_reload),
+        );
+    }
+    if redis.is_none() {
         let (store, weak) = (store.clone(), Arc::downgrade(&gateway));
         std::thread::Builder::new()
             .name("keyguard-admin-events".into())
@@ -168,6 +227,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         .enable_all()
                         .build()?;
                     rt.block_on(async move {
+                        if let Some(sh) = &gateway.shared {
+                            // Connect this worker's Redis connection before the first
+                            // request needs it, so that one does not pay for the handshake.
+                            let store = sh.store.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = store.conn().await {
+                                    tracing::warn!(error = %e, "redis not reachable yet; requests fail closed until it is");
+                                }
+                            });
+                        }
                         let listener = TcpListener::from_std(listener)?;
                         let shutdown = async move {
                             let _ = stopped.wait_for(|s| *s).await;
@@ -302,6 +371,65 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
     }
 }
 
+/// Distributed mode: copies the operator changes recorded in Redis into this replica's
+/// audit log, each once: the stream id of the last one copied is kept in `cursor` in the
+/// data dir, so a restarted replica goes on where it stopped (and a new one logs the
+/// stream from the start).
+async fn redis_admin_audit_loop(
+    store: Arc<RedisStore>,
+    cursor: std::path::PathBuf,
+    gateway: std::sync::Weak<Gateway>,
+) {
+    let mut last = std::fs::read_to_string(&cursor)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "0".to_owned());
+    let mut ticker = tokio::time::interval(crate::keys::REFRESH_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let Some(gw) = gateway.upgrade() else { return };
+        let events = match store.admin_events(&last).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "reading admin events from redis failed");
+                continue;
+            }
+        };
+        let Some(newest) = events.last().map(|e| e.id.clone()) else {
+            continue;
+        };
+        for e in events {
+            let ts = timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts));
+            if matches!(e.action.as_str(), "freeze" | "key_suspend") {
+                gw.alerts.send(Alert {
+                    ts: ts.clone(),
+                    event: if e.action == "freeze" {
+                        "withdrawals_frozen"
+                    } else {
+                        "key_suspended"
+                    }
+                    .into(),
+                    code: e.action.clone(),
+                    key_id: (e.action != "freeze").then(|| e.target.clone()),
+                    detail: format!("{} by {}: {}", e.target, e.actor, e.reason),
+                    ..Alert::default()
+                });
+            }
+            gw.audit.record_line(&AuditLine::Admin(AdminAudit {
+                ts,
+                kind: "admin",
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                reason: e.reason,
+            }));
+        }
+        if let Err(e) = std::fs::write(&cursor, &newest) {
+            tracing::error!(error = %e, "saving the admin event cursor failed; events may be logged twice");
+        }
+        last = newest;
+    }
+}
+
 /// Evicts idle rate-limit, velocity and anomaly state so memory stays bounded however
 /// many keys and addresses a flood brings.
 async fn sweep_loop(gateway: std::sync::Weak<Gateway>) {
@@ -313,6 +441,9 @@ async fn sweep_loop(gateway: std::sync::Weak<Gateway>) {
         gw.limits.sweep();
         gw.velocity.sweep(now);
         gw.anomaly.sweep(now);
+        if let Some(sh) = &gw.shared {
+            sh.store.sweep(now);
+        }
     }
 }
 

@@ -15,7 +15,10 @@ use keyguard_policy::{DialectKind, KeyStatus, Scope, Scopes};
 use crate::assertion::{self, SigningKey};
 use crate::secrets::{random_bytes, MasterKey};
 use crate::store::edit::{self, Change, Cooldowns, Outcome, Requester};
+use crate::store::redis::RedisStore;
 use crate::store::{self, NewCredential, NewKey, Store};
+use keyguard_config::StoreConfig;
+use std::sync::Arc;
 
 /// Keyguard: API-key abuse protection for exchange trading APIs.
 #[derive(Debug, Parser)]
@@ -48,6 +51,31 @@ enum Command {
     Freeze(FreezeArgs),
     /// Lift a withdrawal freeze.
     Unfreeze(FreezeArgs),
+    /// Copy an embedded store (keys, freezes, nonces, velocity ledger, learned networks)
+    /// into Redis, for running several replicas.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// The data dir of the embedded store.
+    #[arg(long)]
+    from: PathBuf,
+    /// The Redis to copy into: redis://HOST:PORT[/DB] or rediss://…; several,
+    /// comma-separated, for the seed nodes of a Redis Cluster.
+    #[arg(long)]
+    to: String,
+    /// The config whose velocity windows say which ledger entries still count (and
+    /// whose [store] prefix to use); without it, the last 30 days of the ledger are
+    /// copied under the prefix `kg`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Environment variable holding the Redis password.
+    #[arg(long)]
+    password_env: Option<String>,
+    /// Overwrite a target that already holds keys.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,7 +389,77 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(cmd) => tokens_cmd(cmd),
         Command::Freeze(args) => freeze(args, true),
         Command::Unfreeze(args) => freeze(args, false),
+        Command::Migrate(args) => migrate(args),
     }
+}
+
+/// The Redis store of `cfg`, if it names one.
+fn redis_store(cfg: &Config) -> anyhow::Result<Option<Arc<RedisStore>>> {
+    match &cfg.store {
+        StoreConfig::Embedded => Ok(None),
+        StoreConfig::Redis(rc) => {
+            // The CLI talks to Redis once; a short deadline would only make it flaky.
+            let mut rc = rc.clone();
+            rc.timeout_ms = rc.timeout_ms.max(5_000);
+            Ok(Some(Arc::new(RedisStore::new(&rc)?)))
+        }
+    }
+}
+
+/// Runs one async operation on Redis from the (synchronous) CLI.
+fn on_redis<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn not_on_redis(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} keeps its state in the embedded store and is not available with [store] kind = \"redis\" yet"
+    )
+}
+
+fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let cfg = args.config.as_deref().map(Config::load).transpose()?;
+    let nodes: Vec<String> = args.to.split(',').map(|s| s.trim().to_owned()).collect();
+    let target = if nodes.len() > 1 {
+        keyguard_config::RedisTarget::Cluster(nodes)
+    } else {
+        keyguard_config::RedisTarget::Single(args.to.clone())
+    };
+    let prefix = match cfg.as_ref().map(|c| &c.store) {
+        Some(StoreConfig::Redis(rc)) => rc.prefix.clone(),
+        _ => "kg".to_owned(),
+    };
+    let rc = keyguard_config::RedisConfig {
+        target,
+        password_env: args.password_env.clone(),
+        username_env: None,
+        timeout_ms: 10_000,
+        read_when_unavailable: keyguard_config::ReadWhenUnavailable::Deny,
+        local_read_rate: 1,
+        prefix,
+    };
+    let store = RedisStore::new(&rc)?;
+    let velocity = match &cfg {
+        Some(c) => c.velocity.clone(),
+        None => keyguard_policy::velocity::VelocityConfig {
+            rules: vec![keyguard_policy::velocity::VelocityRule {
+                kind: keyguard_policy::velocity::LedgerKind::Withdraw,
+                subject: keyguard_policy::velocity::SubjectKind::Key,
+                asset: keyguard_policy::velocity::AssetMatch::Any,
+                window_ms: 30 * 86_400_000,
+                max_amount: None,
+                max_count: Some(u64::MAX),
+            }],
+        },
+    };
+    let done = on_redis(crate::store::redis::migrate::migrate(
+        &args.from, &store, &velocity, args.force,
+    ))?;
+    println!("{}", serde_json::to_string(&done)?);
+    Ok(())
 }
 
 fn actor(given: Option<String>) -> String {
@@ -420,8 +518,13 @@ fn freeze(args: FreezeArgs, frozen: bool) -> anyhow::Result<()> {
         }
         _ => bail!("name exactly one of --global, --asset ASSET, --account ACCOUNT"),
     };
-    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-    let changed = store::set_freeze(&mut conn, &scope, frozen, &actor(args.actor), &args.reason)?;
+    let changed = match redis_store(&cfg)? {
+        Some(r) => on_redis(r.set_freeze(&scope, frozen, &actor(args.actor), &args.reason))?,
+        None => {
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            store::set_freeze(&mut conn, &scope, frozen, &actor(args.actor), &args.reason)?
+        }
+    };
     let what = if frozen { "frozen" } else { "unfrozen" };
     if changed {
         eprintln!("withdrawals {what}: {scope:?}");
@@ -472,9 +575,14 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Create(args) => create_key(args),
         KeysCommand::List { store, json } => {
             let cfg = load(&store)?;
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            store::edit::apply_due(&mut conn, store::now_ms())?;
-            let keys = store::list_keys(&conn, None)?;
+            let keys = match redis_store(&cfg)? {
+                Some(r) => on_redis(r.list_keys(None))?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    store::edit::apply_due(&mut conn, store::now_ms())?;
+                    store::list_keys(&conn, None)?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
@@ -506,6 +614,11 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Show { store, key_id } => {
             let cfg = load(&store)?;
+            if let Some(r) = redis_store(&cfg)? {
+                let keys = on_redis(r.list_keys(Some(&key_id)))?;
+                println!("{}", serde_json::to_string_pretty(&keys[0])?);
+                return Ok(());
+            }
             let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
             store::edit::apply_due(&mut conn, store::now_ms())?;
             let keys = store::list_keys(&conn, Some(&key_id))?;
@@ -523,13 +636,21 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Suspend(a) => set_status(a, KeyStatus::Suspended),
         KeysCommand::Resume(a) => set_status(a, KeyStatus::Active),
         KeysCommand::Revoke(a) => set_status(a, KeyStatus::Revoked),
-        KeysCommand::Edit(a) => edit_key(a),
+        KeysCommand::Edit(a) => {
+            if redis_store(&load(&a.store)?)?.is_some() {
+                return Err(not_on_redis("keys edit (pending changes)"));
+            }
+            edit_key(a)
+        }
         KeysCommand::Pending {
             store,
             key_id,
             json,
         } => {
             let cfg = load(&store)?;
+            if redis_store(&cfg)?.is_some() {
+                return Err(not_on_redis("keys pending"));
+            }
             let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
             store::edit::apply_due(&mut conn, store::now_ms())?;
             let pending = edit::list_pending(&conn, key_id.as_deref(), None)?;
@@ -562,6 +683,9 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             actor: who,
         } => {
             let cfg = load(&store)?;
+            if redis_store(&cfg)?.is_some() {
+                return Err(not_on_redis("keys cancel"));
+            }
             let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
             let p = edit::cancel(
                 &mut conn,
@@ -576,8 +700,13 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Reactivate(a) => {
             let cfg = load(&a.store)?;
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            store::reactivate(&mut conn, &a.key_id, &actor(a.actor), &a.reason)?;
+            match redis_store(&cfg)? {
+                Some(r) => on_redis(r.reactivate(&a.key_id, &actor(a.actor), &a.reason))?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    store::reactivate(&mut conn, &a.key_id, &actor(a.actor), &a.reason)?;
+                }
+            }
             eprintln!("{}: reactivated", a.key_id);
             Ok(())
         }
@@ -586,6 +715,11 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
 
 fn set_status(args: StatusArgs, status: KeyStatus) -> anyhow::Result<()> {
     let cfg = load(&args.store)?;
+    if let Some(r) = redis_store(&cfg)? {
+        on_redis(r.set_status(&args.key_id, status, &actor(args.actor), &args.reason))?;
+        eprintln!("{}: {}", args.key_id, status.as_str());
+        return Ok(());
+    }
     let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
     store::set_status(
         &mut conn,
@@ -695,26 +829,28 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
     let expires_at = args
         .expires_in_days
         .map(|d| store::now_ms() + d * 86_400_000);
-    let store = Store::open(&cfg.server.data_dir)?;
     let master = master(&cfg)?;
-    let mut conn = store.connect()?;
-    store::insert_key(
-        &mut conn,
-        &master,
-        &NewKey {
-            key_id: key_id.clone(),
-            api_key: api_key.clone(),
-            account: args.account.clone(),
-            label: args.label.clone(),
-            scopes,
-            allow_ips,
-            trusted_ips,
-            withdraw_addresses: addresses,
-            expires_at,
-            credential,
-            canary: args.canary,
-        },
-    )?;
+    let new_key = NewKey {
+        key_id: key_id.clone(),
+        api_key: api_key.clone(),
+        account: args.account.clone(),
+        label: args.label.clone(),
+        scopes,
+        allow_ips,
+        trusted_ips,
+        withdraw_addresses: addresses,
+        expires_at,
+        credential,
+        canary: args.canary,
+    };
+    match redis_store(&cfg)? {
+        Some(r) => on_redis(r.insert_key(&master, &new_key))?,
+        None => {
+            let store = Store::open(&cfg.server.data_dir)?;
+            let mut conn = store.connect()?;
+            store::insert_key(&mut conn, &master, &new_key)?;
+        }
+    }
     if args.json {
         println!(
             "{}",

@@ -77,7 +77,67 @@ pub struct KeyCache {
     confirmed_ms: AtomicU64,
 }
 
+impl Snapshot {
+    /// A snapshot of `keys` (each with its last use and last change) and `freezes`;
+    /// `generation` orders snapshots of one source.
+    pub fn build(
+        keys: Vec<(KeyRecord, Option<UnixMillis>, UnixMillis)>,
+        freezes: Freezes,
+        generation: i64,
+    ) -> Snapshot {
+        let mut by_key_id = HashMap::with_capacity(keys.len());
+        let mut by_api_key = HashMap::with_capacity(keys.len());
+        for (k, last_used, changed_at) in keys {
+            let k = Arc::new(k);
+            by_api_key.insert(k.api_key.clone(), k.clone());
+            by_key_id.insert(
+                k.key_id.clone(),
+                KeyTimes {
+                    key: k,
+                    last_used,
+                    changed_at,
+                },
+            );
+        }
+        Snapshot {
+            by_api_key,
+            freezes,
+            by_key_id,
+            generation,
+        }
+    }
+
+    /// Its generation.
+    pub fn generation(&self) -> i64 {
+        self.generation
+    }
+
+    /// Every key with its times.
+    pub fn entries(&self) -> impl Iterator<Item = &KeyTimes> {
+        self.by_key_id.values()
+    }
+}
+
 impl KeyCache {
+    /// A cache holding `snap` (the distributed store loads its own first snapshot).
+    pub fn from_snapshot(snap: Snapshot) -> KeyCache {
+        KeyCache {
+            loaded: tokio::sync::watch::Sender::new(snap.generation),
+            wake: tokio::sync::Notify::new(),
+            current: ArcSwap::from_pointee(snap),
+            started: Instant::now(),
+            confirmed_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Puts `snap` in force and confirms it as current.
+    pub fn install(&self, snap: Snapshot) {
+        let generation = snap.generation;
+        self.current.store(Arc::new(snap));
+        self.confirm();
+        self.loaded.send_replace(generation);
+    }
+
     /// Loads the first snapshot; failing here stops startup (no keys means nothing works).
     pub fn load(store: &Store, master: &MasterKey) -> anyhow::Result<KeyCache> {
         let conn = store.connect()?;
@@ -103,7 +163,8 @@ impl KeyCache {
         age <= max.as_millis() as u64
     }
 
-    fn confirm(&self) {
+    /// Records that the source was read successfully just now.
+    pub fn confirm(&self) {
         let now = self.started.elapsed().as_millis() as u64;
         self.confirmed_ms.store(now, Ordering::Relaxed);
     }

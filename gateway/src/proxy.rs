@@ -94,6 +94,22 @@ pub struct Gateway {
     pub clock: Arc<dyn Clock>,
     /// Request id generator.
     pub ids: RequestIds,
+    /// Distributed mode: the state every replica shares in Redis. `None`: embedded.
+    pub shared: Option<Shared>,
+}
+
+/// The distributed store as the pipeline uses it.
+pub struct Shared {
+    /// Redis.
+    pub store: Arc<crate::store::redis::RedisStore>,
+    /// The scripts.
+    pub scripts: Arc<crate::store::redis::admit::Scripts>,
+    /// The rules the scripts apply.
+    pub rules: Arc<crate::store::redis::admit::SharedRules>,
+    /// What reads do while Redis is unavailable.
+    pub read_when_unavailable: keyguard_config::ReadWhenUnavailable,
+    /// The per-replica budget of reads let through while Redis is unavailable.
+    pub local_reads: governor::DefaultDirectRateLimiter,
 }
 
 /// What the pipeline learned about a request, for the audit event.
@@ -241,7 +257,15 @@ impl Gateway {
         // Pre-auth: banned or blocked networks and the per-IP rate limit are checked before
         // reading the body or computing any HMAC, so floods cannot burn CPU.
         let now = self.clock.now_ms();
-        self.apply(ctx, self.anomaly.check_client(ctx.client_ip, now), false)?;
+        let standing = match &self.shared {
+            // Bans and blocks every replica announced; the script checks them again.
+            Some(sh) => self.anomaly.standing_verdict(
+                sh.store
+                    .cached_standing(keyguard_policy::limits::ClientNet::of(ctx.client_ip), now),
+            ),
+            None => self.anomaly.check_client(ctx.client_ip, now),
+        };
+        self.apply(ctx, standing, false)?;
         self.limits.check_ip(ctx.client_ip)?;
 
         // Read the whole body (bounded in size and time): the signature covers it and the
@@ -282,6 +306,64 @@ impl Gateway {
         }
         dialect::check_freshness(&self.dialect, &creds.replay, now)?;
         key_usable(&key, now)?;
+
+        if let Some(sh) = &self.shared {
+            let route = &self.routes.routes()[classified.route];
+            let (last_used, reservation) = {
+                let reservation = Reservation::for_request(route, &classified, &key);
+                let last_used = snapshot.by_key_id(&key.key_id).and_then(|t| t.last_used);
+                (last_used, reservation)
+            };
+            let moves_funds = matches!(classified.action, Action::Trade | Action::Withdraw);
+            let local = if moves_funds && !self.keys.is_fresh() {
+                Err(Deny::StateUnavailable)
+            } else {
+                authorize(
+                    &self.authz,
+                    &key,
+                    &AccessRequest {
+                        action: classified.action,
+                        facts: &classified.facts,
+                        client_ip: ctx.client_ip,
+                        now,
+                    },
+                    &snapshot.freezes,
+                )
+            };
+            drop(snapshot);
+            let settle = self
+                .admit_shared(
+                    sh,
+                    ctx,
+                    &key,
+                    &classified,
+                    &creds.replay,
+                    reservation,
+                    last_used,
+                    local,
+                )
+                .await?;
+            let assertion = self.assertion(ctx, &key, classified.action, &parts, &body, now);
+            ctx.forwarded = true;
+            let result = self.forward(ctx, pool, &parts, body, Some(assertion)).await;
+            if let Some(s) = settle {
+                let definitive_failure = match &result {
+                    Ok(resp) => resp.status().is_client_error(),
+                    Err(_) => ctx.not_sent,
+                };
+                if definitive_failure {
+                    // Off the response path: the client has its answer either way.
+                    let store = sh.store.clone();
+                    let scripts = sh.scripts.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store.release(&scripts, &s).await {
+                            tracing::error!(error = %e, "velocity entry could not be released; it stays spent");
+                        }
+                    });
+                }
+            }
+            return result;
+        }
 
         // Anomaly rules: shared IPs, many IPs, dormancy, new-IP probation.
         let last_used = self.activity.last_used(
@@ -353,6 +435,121 @@ impl Gateway {
         result
     }
 
+    /// Distributed mode: the anomaly rules, rates, replay and velocity of one request in
+    /// one Redis call (`local`: the outcome of the checks that need no shared state, which
+    /// runs first; a request they refuse still records its sightings, as in the embedded
+    /// pipeline). Redis unavailable: trades and withdrawals are refused at once, reads
+    /// follow `read_when_unavailable`.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit_shared(
+        &self,
+        sh: &Shared,
+        ctx: &mut RequestCtx,
+        key: &Arc<KeyRecord>,
+        classified: &keyguard_policy::route::Classified,
+        replay: &dialect::Replay,
+        reservation: Option<Reservation<'_>>,
+        last_used: Option<u64>,
+        local: Result<(), Deny>,
+    ) -> Result<Option<crate::store::redis::admit::Settle>, Refusal> {
+        use crate::store::redis::admit::AdmitRequest;
+        let moves_funds = matches!(classified.action, Action::Trade | Action::Withdraw);
+        let net = keyguard_policy::limits::ClientNet::of(ctx.client_ip);
+        let req = AdmitRequest {
+            key,
+            net,
+            client_ip: ctx.client_ip,
+            action: classified.action,
+            authorized: local.is_ok(),
+            replay: Some(replay),
+            reservation,
+            stored_last_used: last_used,
+        };
+        let admitted = match sh.store.admit(&sh.scripts, &sh.rules, &req).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared state unavailable");
+                local?;
+                if moves_funds {
+                    return Err(Deny::StateUnavailable.into());
+                }
+                return match sh.read_when_unavailable {
+                    keyguard_config::ReadWhenUnavailable::Deny => {
+                        Err(Deny::StateUnavailable.into())
+                    }
+                    keyguard_config::ReadWhenUnavailable::Local => {
+                        if sh.local_reads.check().is_err() {
+                            return Err(Deny::StateUnavailable.into());
+                        }
+                        // Allowed on this replica's word alone: audited as such.
+                        ctx.would_deny.get_or_insert(Deny::StateUnavailable);
+                        Ok(None)
+                    }
+                };
+            }
+        };
+        if let Some(w) = admitted.would_deny {
+            ctx.would_deny.get_or_insert(w);
+        }
+        if admitted.suspend {
+            self.suspend_shared(sh, ctx, key);
+        }
+        if let Some(deny) = admitted.deny {
+            if matches!(
+                deny,
+                Deny::IpBlocked
+                    | Deny::IpBanned
+                    | Deny::TooManyIps
+                    | Deny::KeyDormant
+                    | Deny::NewIpProbation
+            ) {
+                self.alert(ctx, "anomaly_deny", deny.code(), String::new());
+            }
+            if deny == Deny::IpBlocked {
+                sh.store
+                    .remember_standing(net, "blocked", self.clock.now_ms() + 1000);
+            }
+            return Err(match admitted.rate_limited {
+                Some(r) => r.into(),
+                None => deny.into(),
+            });
+        }
+        local?;
+        Ok(admitted.settle)
+    }
+
+    /// Suspends `key` in the shared catalogue, once per process, off the request path.
+    fn suspend_shared(&self, sh: &Shared, ctx: &RequestCtx, key: &KeyRecord) {
+        let now = self.clock.now_ms();
+        match self.suspended_by_rules.lock().entry(key.key_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(now);
+            }
+        }
+        let store = sh.store.clone();
+        let key_id = key.key_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .set_status(
+                    &key_id,
+                    keyguard_policy::KeyStatus::Suspended,
+                    "keyguard",
+                    "too_many_ips",
+                )
+                .await
+            {
+                tracing::error!(error = %format!("{e:#}"), key_id, "could not suspend the key in redis");
+            }
+        });
+        self.alert(
+            ctx,
+            "key_suspended",
+            "too_many_ips",
+            "suspended by an anomaly rule".into(),
+        );
+    }
+
     /// Applies an anomaly verdict: enforced denies refuse (and alert, when `alert`),
     /// shadow-mode denies are remembered for the audit log and let the request pass.
     fn apply(&self, ctx: &mut RequestCtx, verdict: Verdict, alert: bool) -> Result<(), Deny> {
@@ -374,6 +571,19 @@ impl Gateway {
     /// Counts a failed authentication against the client's network; the request is
     /// refused with `deny` either way, and a ban it triggers is alerted.
     fn auth_failed(&self, ctx: &mut RequestCtx, deny: Deny, now: u64) -> Refusal {
+        if let Some(sh) = &self.shared {
+            // Counted in Redis off the response path; a ban reaches every replica's
+            // pre-auth cache through pub/sub (and this one's at once).
+            let (store, scripts) = (sh.store.clone(), sh.scripts.clone());
+            let rules = sh.rules.clone();
+            let net = keyguard_policy::limits::ClientNet::of(ctx.client_ip);
+            tokio::spawn(async move {
+                if let Err(e) = store.auth_failed(&scripts, &rules.anomaly, net).await {
+                    tracing::warn!(error = %e, "auth failure not counted in redis");
+                }
+            });
+            return deny.into();
+        }
         match self.anomaly.auth_failed(ctx.client_ip, now) {
             Verdict::Deny(ban) => self.alert(
                 ctx,
@@ -400,6 +610,17 @@ impl Gateway {
         parts: &request::Parts,
         now: u64,
     ) -> Refusal {
+        if let Some(sh) = &self.shared {
+            // Every replica blocks the network: through Redis and its announcement.
+            let (store, scripts) = (sh.store.clone(), sh.scripts.clone());
+            let net = keyguard_policy::limits::ClientNet::of(ctx.client_ip);
+            let until = now.saturating_add(self.anomaly.config().canary.block_ms);
+            tokio::spawn(async move {
+                if let Err(e) = store.trip(&scripts, net, until).await {
+                    tracing::error!(error = %e, "canary block not recorded in redis");
+                }
+            });
+        }
         let detail = match self.anomaly.canary_used(ctx.client_ip, now) {
             Ok(trip) => {
                 let n = trip.forgotten.len();

@@ -8,6 +8,7 @@
 
 pub mod edit;
 pub mod journal;
+pub mod redis;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -383,7 +384,7 @@ pub enum FreezeScope {
 }
 
 impl FreezeScope {
-    fn parts(&self) -> (&'static str, &str) {
+    pub(crate) fn parts(&self) -> (&'static str, &str) {
         match self {
             FreezeScope::Global => ("global", "*"),
             FreezeScope::Asset(a) => ("asset", a),

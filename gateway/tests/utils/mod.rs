@@ -12,6 +12,7 @@
 //!   are sent byte for byte.
 //! - [`sign`]: independent HMAC signers (ring) for the three dialects, pinned by
 //!   known-answer tests; [`zaif`], [`binance`], [`kraken`]: request builders.
+//! - [`redis`]: real `redis-server` processes and a Redis Cluster for distributed mode.
 //! - [`verify_assertion`]: checks `X-Keyguard-Assertion` with `jsonwebtoken` and the PEM
 //!   printed by `keyguard assertion-key`.
 //!
@@ -19,6 +20,7 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod scenarios;
 
 use std::collections::VecDeque;

@@ -424,7 +424,9 @@ impl<S: AnomalyStore, H: IpHistory> Anomaly<S, H> {
         self.standing_verdict(standing)
     }
 
-    fn standing_verdict(&self, standing: Standing) -> Verdict {
+    /// The verdict on a client network's bans and blocks (a shared store's cache of them
+    /// before authentication).
+    pub fn standing_verdict(&self, standing: Standing) -> Verdict {
         // A canary's network is blocked whatever the other rules say: it is known to hold
         // a leaked key set.
         if standing.tripped_until.is_some() {

@@ -208,6 +208,35 @@ pub struct RateLimitConfig {
     pub max_entries: usize,
 }
 
+impl RateLimitConfig {
+    /// The per-key limits a request of `action` by `key_id` (of `account`) must pass, in
+    /// the order the in-process limiter checks them, each with the subject it counts
+    /// (the key id, or the account). A shared (Redis) limiter applies the same list.
+    pub fn key_rates<'a>(
+        &'a self,
+        key_id: &'a str,
+        account: &'a str,
+        action: Action,
+    ) -> impl Iterator<Item = (LimitKind, Rate, &'a str)> + 'a {
+        let tier_name = self.key_tiers.get(key_id).unwrap_or(&self.default_tier);
+        let tier = self.tiers.get(tier_name);
+        let class = tier.and_then(|t| match action {
+            Action::Public => None,
+            Action::Read => t.read.map(|r| (LimitKind::Read, r)),
+            Action::Trade => t.trade.map(|r| (LimitKind::Trade, r)),
+            Action::Withdraw => t.withdraw.map(|r| (LimitKind::Withdraw, r)),
+        });
+        let public = action == Action::Public;
+        let key = tier.and_then(|t| t.key).filter(|_| !public);
+        let acct = tier.and_then(|t| t.account).filter(|_| !public);
+        class
+            .map(|(k, r)| (k, r, key_id))
+            .into_iter()
+            .chain(key.map(|r| (LimitKind::Key, r, key_id)))
+            .chain(acct.map(|r| (LimitKind::Account, r, account)))
+    }
+}
+
 impl Default for RateLimitConfig {
     /// One empty `default` tier (no per-key limits), no IP limit, 100 000 entries a limiter.
     fn default() -> Self {

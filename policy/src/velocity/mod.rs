@@ -178,6 +178,31 @@ impl VelocityConfig {
     }
 }
 
+impl VelocityConfig {
+    /// The rules that apply to a reservation of `kind` on `asset` for `subject`: the rules
+    /// naming the asset if there are any, else the `*` rules (the same choice as
+    /// [`MemoryVelocity`]). A shared (Redis) ledger applies the same list.
+    pub fn applicable(
+        &self,
+        kind: LedgerKind,
+        subject: SubjectKind,
+        asset: &str,
+    ) -> Vec<&VelocityRule> {
+        let of_set = || {
+            self.rules
+                .iter()
+                .filter(move |r| r.kind == kind && r.subject == subject)
+        };
+        let exact: Vec<&VelocityRule> = of_set()
+            .filter(|r| matches!(&r.asset, AssetMatch::Exact(a) if a == asset))
+            .collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        of_set().filter(|r| r.asset == AssetMatch::Any).collect()
+    }
+}
+
 /// What one request would add to the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation<'a> {

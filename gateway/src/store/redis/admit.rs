@@ -1,0 +1,576 @@
+//! The per-request script: what the pipeline asks Redis before forwarding, encoded for
+//! `admit.lua`, and its answer decoded into the pipeline's terms. The rules' thresholds
+//! come from the same config as the in-process store; the rule *order* and semantics
+//! follow `keyguard_policy::anomaly::Anomaly::check_request`, rates, replay and velocity
+//! as the embedded pipeline applies them.
+
+use std::fmt::Write as _;
+
+use keyguard_policy::anomaly::{AnomalyConfig, LearnedIp};
+use keyguard_policy::decimal::Decimal;
+use keyguard_policy::dialect::Replay;
+use keyguard_policy::limits::{ClientNet, LimitKind, Rate, RateLimitConfig, RateLimited};
+use keyguard_policy::velocity::{LedgerKind, Reservation, SubjectKind, VelocityConfig};
+use keyguard_policy::{Action, Deny, KeyRecord, UnixMillis};
+use redis::Script;
+
+use super::{RedisStore, StoreError};
+
+/// Digits of the fixed-width amounts the script adds: 30 before the point, 18 after.
+const AMOUNT_INT: usize = 30;
+const AMOUNT_FRAC: usize = 18;
+/// Fixed-width nonces compare as strings: 30 digits before the point, 28 after.
+const NONCE_INT: usize = 30;
+const NONCE_FRAC: usize = 28;
+
+/// The rules the script applies, from the validated config.
+#[derive(Debug, Clone)]
+pub struct SharedRules {
+    /// Anomaly rules.
+    pub anomaly: AnomalyConfig,
+    /// Rate limits.
+    pub limits: RateLimitConfig,
+    /// Velocity rules.
+    pub velocity: VelocityConfig,
+}
+
+/// One request as the script needs it.
+pub struct AdmitRequest<'a> {
+    /// The key that signed it (signature verified).
+    pub key: &'a KeyRecord,
+    /// The client's network.
+    pub net: ClientNet,
+    /// The client IP (for exemptions and trusted networks).
+    pub client_ip: std::net::IpAddr,
+    /// Its action.
+    pub action: Action,
+    /// `false`: the local checks already refused it; record the sightings only.
+    pub authorized: bool,
+    /// The freshness proof to consume.
+    pub replay: Option<&'a Replay>,
+    /// What it would add to the velocity ledger.
+    pub reservation: Option<Reservation<'a>>,
+    /// The key's last use as the catalogue has it (reactivation sets it).
+    pub stored_last_used: Option<UnixMillis>,
+}
+
+/// A velocity entry to give back if the upstream definitively refuses.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    account_base: String,
+    member: String,
+    buckets: Vec<String>,
+}
+
+/// The script's decision.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// The enforced refusal, if any.
+    pub deny: Option<Deny>,
+    /// A rate limit's details when `deny` is `rate_limited`.
+    pub rate_limited: Option<RateLimited>,
+    /// A shadow rule that would have refused.
+    pub would_deny: Option<Deny>,
+    /// Suspend the key (many-IPs rule, enforced).
+    pub suspend: bool,
+    /// A network learned for the key.
+    pub learned: Option<LearnedIp>,
+    /// The velocity entry made.
+    pub settle: Option<Settle>,
+}
+
+/// The scripts, hashed once.
+pub struct Scripts {
+    admit: Script,
+    settle: Script,
+    auth_fail: Script,
+    trip: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts {
+            admit: Script::new(include_str!("admit.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+            auth_fail: Script::new(include_str!("auth_fail.lua")),
+            trip: Script::new(include_str!("trip.lua")),
+        }
+    }
+}
+
+fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// GCRA parameters in microseconds: the emission interval and the burst.
+fn gcra(rate: &Rate) -> (u64, u32) {
+    let interval = (rate.per().as_micros() / u128::from(rate.count())).max(1) as u64;
+    (interval, rate.burst())
+}
+
+/// `d` as a fixed-width digit string (`int` digits, then `frac`), or `None` when it does
+/// not fit exactly (negative, too large, or finer than `frac` places).
+fn fixed(d: Decimal, int: usize, frac: usize, with_point: bool) -> Option<String> {
+    if d.is_sign_negative() && !d.is_zero() {
+        return None;
+    }
+    let text = d.normalize().to_string();
+    let (i, f) = text.split_once('.').unwrap_or((&text, ""));
+    if i.len() > int || f.len() > frac {
+        return None;
+    }
+    let mut out = String::with_capacity(int + frac + 1);
+    for _ in i.len()..int {
+        out.push('0');
+    }
+    out.push_str(i);
+    if with_point {
+        out.push('.');
+    }
+    out.push_str(f);
+    for _ in f.len()..frac {
+        out.push('0');
+    }
+    Some(out)
+}
+
+/// A nonce as the script stores and compares it.
+pub(crate) fn fixed_nonce(n: Decimal) -> Option<String> {
+    fixed(n, NONCE_INT, NONCE_FRAC, true)
+}
+
+/// A ledger entry copied from the embedded store, as a bucket member.
+pub(crate) fn ledger_member(id: u64, amount: Option<Decimal>) -> Option<String> {
+    let amount = match amount {
+        None => "0".repeat(AMOUNT_INT + AMOUNT_FRAC),
+        Some(a) => fixed(a, AMOUNT_INT, AMOUNT_FRAC, false)?,
+    };
+    Some(format!("m{id}:{amount}"))
+}
+
+/// The bucket name part of an asset.
+pub(crate) fn asset_key(asset: &str) -> String {
+    asset_name(asset)
+}
+
+/// Assets come from the request: only plain names are used as they are.
+fn asset_name(asset: &str) -> String {
+    if asset.is_empty() {
+        return "-".to_owned();
+    }
+    super::safe_name(asset)
+}
+
+impl RedisStore {
+    /// Runs the request's checks and updates in Redis: one call on a single node, two
+    /// concurrent calls (network part, account part) in a cluster.
+    pub async fn admit(
+        &self,
+        scripts: &Scripts,
+        rules: &SharedRules,
+        req: &AdmitRequest<'_>,
+    ) -> Result<Admitted, StoreError> {
+        let key = req.key;
+        let ip = keyguard_policy::key::canonical_ip(req.client_ip);
+        let moves = matches!(req.action, Action::Trade | Action::Withdraw);
+        let no_allowlist = key.allow_ips.is_empty();
+        let a = &rules.anomaly;
+        let net_text = req.net.to_string();
+
+        let auth_rule = a
+            .auth_failures
+            .as_ref()
+            .map_or("-".to_owned(), |r| flag(r.shadow).to_owned());
+        let shared = a
+            .shared_ip
+            .as_ref()
+            .filter(|r| !r.exempt.iter().any(|n| n.contains(&ip)))
+            .map_or("-".to_owned(), |r| {
+                format!(
+                    "{},{},{},{},{}",
+                    r.window_ms,
+                    r.max_keys,
+                    r.max_accounts,
+                    r.block_ms,
+                    flag(r.shadow)
+                )
+            });
+        let ip_rate = rules.limits.ip.as_ref().map_or("-".to_owned(), |r| {
+            let (i, b) = gcra(r);
+            format!("{i},{b}")
+        });
+        let many = a
+            .many_ips
+            .as_ref()
+            .filter(|r| no_allowlist || r.include_allowlisted)
+            .map_or("-".to_owned(), |r| {
+                format!("{},{},{}", r.window_ms, r.max_ips, flag(r.shadow))
+            });
+        let dormant = a.dormant.as_ref().map_or("-".to_owned(), |r| {
+            format!(
+                "{},{},{},{},{}",
+                r.after_ms,
+                r.first_use_within_ms,
+                key.created_at,
+                req.stored_last_used
+                    .map_or("-".to_owned(), |t| t.to_string()),
+                flag(r.shadow)
+            )
+        });
+        let trusted = key.trusted_ips.iter().any(|n| n.contains(&ip));
+        let new_ip = a
+            .new_ip
+            .as_ref()
+            .filter(|_| no_allowlist && !trusted)
+            .map_or("-".to_owned(), |r| {
+                format!(
+                    "{},{},{},{}",
+                    r.probation_ms,
+                    flag(key.trusted_ips.is_empty()),
+                    r.max_per_key.max(1),
+                    flag(r.shadow)
+                )
+            });
+        let mut limits_used: Vec<(LimitKind, Rate)> = Vec::new();
+        let mut rates = String::new();
+        for (kind, rate, _) in rules
+            .limits
+            .key_rates(&key.key_id, &key.account, req.action)
+        {
+            let (i, b) = gcra(&rate);
+            let subject = if kind == LimitKind::Account { "a" } else { "k" };
+            if !rates.is_empty() {
+                rates.push(';');
+            }
+            let _ = write!(rates, "{},{subject},{i},{b}", kind.as_str());
+            limits_used.push((kind, rate));
+        }
+        if rates.is_empty() {
+            rates.push('-');
+        }
+        let replay = match req.replay {
+            None => "-".to_owned(),
+            Some(Replay::Nonce(n)) => match fixed(*n, NONCE_INT, NONCE_FRAC, true) {
+                Some(s) => format!("n,{s}"),
+                None => return Ok(deny(Deny::InvalidNonce)),
+            },
+            Some(Replay::Timestamp {
+                at_ms,
+                recv_window_ms,
+                fingerprint,
+            }) => format!(
+                "s,{},{}",
+                hex::encode(fingerprint),
+                at_ms.saturating_add(*recv_window_ms)
+            ),
+        };
+        let account_base = self.account_base(&key.account);
+        let mut buckets = Vec::new();
+        let velocity = match &req.reservation {
+            None => "-".to_owned(),
+            Some(r) => {
+                let key_rules = rules.velocity.applicable(r.kind, SubjectKind::Key, r.asset);
+                let acct_rules = rules
+                    .velocity
+                    .applicable(r.kind, SubjectKind::Account, r.asset);
+                if key_rules.is_empty() && acct_rules.is_empty() {
+                    "-".to_owned()
+                } else {
+                    let amount = match r.amount {
+                        None => "-".to_owned(),
+                        Some(d) => match fixed(d, AMOUNT_INT, AMOUNT_FRAC, false) {
+                            Some(s) => s,
+                            // An amount the ledger cannot add exactly cannot be shown
+                            // to fit.
+                            None => return Ok(deny(r.kind.deny())),
+                        },
+                    };
+                    let kind = r.kind.as_str();
+                    let asset = asset_name(r.asset);
+                    let longest = key_rules
+                        .iter()
+                        .chain(&acct_rules)
+                        .map(|v| v.window_ms)
+                        .max()
+                        .unwrap_or(1);
+                    let mut s = format!("{kind},{asset},{amount},{longest}");
+                    for (subject, list) in [("k", &key_rules), ("a", &acct_rules)] {
+                        if list.is_empty() {
+                            continue;
+                        }
+                        buckets.push(format!(
+                            ":vel:{kind}:{asset}:{}",
+                            if subject == "a" { "" } else { &key.key_id }
+                        ));
+                        for v in list.iter() {
+                            let max_amount = match v.max_amount {
+                                None => "-".to_owned(),
+                                Some(m) => fixed(m, AMOUNT_INT, AMOUNT_FRAC, false)
+                                    .unwrap_or_else(|| "9".repeat(AMOUNT_INT + AMOUNT_FRAC)),
+                            };
+                            let max_count = v.max_count.map_or("-".to_owned(), |c| c.to_string());
+                            let _ =
+                                write!(s, ";{subject},{},{max_amount},{max_count}", v.window_ms);
+                        }
+                    }
+                    s
+                }
+            }
+        };
+        let net_base = self.net_base(req.net);
+        let args = |parts: &str| {
+            let mut inv = scripts.admit.prepare_invoke();
+            inv.key(&account_base)
+                .key(&net_base)
+                .arg(parts)
+                .arg(&key.key_id)
+                .arg(&key.account)
+                .arg(&net_text)
+                .arg(flag(req.authorized))
+                .arg(flag(moves))
+                .arg(&auth_rule)
+                .arg(&shared)
+                .arg(&ip_rate)
+                .arg(&many)
+                .arg(&dormant)
+                .arg(&new_ip)
+                .arg(&rates)
+                .arg(&replay)
+                .arg(&velocity);
+            inv
+        };
+        let reply: Vec<String> = if self.is_cluster() {
+            // The two parts live on different nodes: ask both at once. The network part
+            // decides first (as it does on one node); if it refuses, what the account
+            // part reserved is given back.
+            let (net_inv, acct_inv) = (args("net"), args("acct"));
+            let (mut c1, mut c2) = (self.conn().await?, self.conn().await?);
+            let (net, acct) = tokio::join!(
+                self.deadline(net_inv.invoke_async::<Vec<String>>(&mut c1)),
+                self.deadline(acct_inv.invoke_async::<Vec<String>>(&mut c2))
+            );
+            let (net, acct) = (net?, acct?);
+            if net.first().map(String::as_str) != Some("ok") {
+                if let Some(member) = acct.get(5).filter(|m| !m.is_empty()) {
+                    let s = Settle {
+                        account_base: account_base.clone(),
+                        member: member.clone(),
+                        buckets: buckets.clone(),
+                    };
+                    self.release(scripts, &s).await.ok();
+                }
+                net
+            } else {
+                merge(net, acct)
+            }
+        } else {
+            let inv = args("both");
+            let mut c = self.conn().await?;
+            self.deadline(inv.invoke_async::<Vec<String>>(&mut c))
+                .await?
+        };
+        if let Some(r) = rules.limits.ip {
+            limits_used.push((LimitKind::Ip, r));
+        }
+        self.decode(reply, req, &limits_used, account_base, buckets)
+    }
+
+    fn decode(
+        &self,
+        reply: Vec<String>,
+        req: &AdmitRequest<'_>,
+        limits_used: &[(LimitKind, Rate)],
+        account_base: String,
+        buckets: Vec<String>,
+    ) -> Result<Admitted, StoreError> {
+        let [status, would, suspend, learned, detail, member]: [String; 6] = reply
+            .try_into()
+            .map_err(|r: Vec<String>| StoreError::Reply(format!("{} fields", r.len())))?;
+        let mut out = Admitted {
+            would_deny: (!would.is_empty()).then(|| code_to_deny(&would)).flatten(),
+            suspend: suspend == "1",
+            ..Admitted::default()
+        };
+        if let Some((first, usable)) = learned.split_once(',') {
+            let parse = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| StoreError::Reply(learned.clone()))
+            };
+            out.learned = Some(LearnedIp {
+                key_id: req.key.key_id.clone(),
+                net: req.net.to_net(),
+                first_seen: parse(first)?,
+                usable_from: parse(usable)?,
+            });
+        }
+        if !member.is_empty() {
+            out.settle = Some(Settle {
+                account_base,
+                member,
+                buckets,
+            });
+        }
+        if status == "ok" {
+            return Ok(out);
+        }
+        let deny = code_to_deny(&status).ok_or_else(|| StoreError::Reply(status.clone()))?;
+        if deny == Deny::RateLimited {
+            let (kind, wait) = detail
+                .split_once(',')
+                .ok_or_else(|| StoreError::Reply(detail.clone()))?;
+            let wait_ms: u64 = wait
+                .parse()
+                .map_err(|_| StoreError::Reply(detail.clone()))?;
+            let (kind, rate) = limits_used
+                .iter()
+                .find(|(k, _)| k.as_str() == kind)
+                .ok_or_else(|| StoreError::Reply(detail.clone()))?;
+            let (quota, window_secs) = rate.policy();
+            out.rate_limited = Some(RateLimited {
+                kind: *kind,
+                quota,
+                window_secs,
+                wait_ms,
+            });
+        }
+        out.deny = Some(deny);
+        Ok(out)
+    }
+
+    /// Gives a velocity entry back (a definitive upstream failure).
+    pub async fn release(&self, scripts: &Scripts, s: &Settle) -> Result<(), StoreError> {
+        let mut inv = scripts.settle.prepare_invoke();
+        inv.key(&s.account_base).arg(&s.member);
+        for b in &s.buckets {
+            inv.arg(b);
+        }
+        let mut c = self.conn().await?;
+        self.deadline(inv.invoke_async::<i64>(&mut c)).await?;
+        Ok(())
+    }
+
+    /// Counts a failed authentication from `net`; returns the ban's end if it is banned.
+    pub async fn auth_failed(
+        &self,
+        scripts: &Scripts,
+        rules: &AnomalyConfig,
+        net: ClientNet,
+    ) -> Result<Option<UnixMillis>, StoreError> {
+        let Some(rule) = &rules.auth_failures else {
+            return Ok(None);
+        };
+        let mut inv = scripts.auth_fail.prepare_invoke();
+        inv.key(self.net_base(net))
+            .arg(rule.window_ms)
+            .arg(rule.max_failures)
+            .arg(rule.ban_ms)
+            .arg(net.to_string());
+        let mut c = self.conn().await?;
+        let until: u64 = self.deadline(inv.invoke_async(&mut c)).await?;
+        if until > 0 {
+            self.remember_standing(net, "banned", until);
+        }
+        Ok((until > 0).then_some(until))
+    }
+
+    /// Blocks `net` for every key until `until` (a canary was used from it).
+    pub async fn trip(
+        &self,
+        scripts: &Scripts,
+        net: ClientNet,
+        until: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.remember_standing(net, "tripped", until);
+        let mut inv = scripts.trip.prepare_invoke();
+        inv.key(self.net_base(net)).arg(until).arg(net.to_string());
+        let mut c = self.conn().await?;
+        self.deadline(inv.invoke_async::<u64>(&mut c)).await?;
+        Ok(())
+    }
+}
+
+/// A cluster's two replies as one: the network part allowed; the account part decides,
+/// and a shadow verdict of either is kept.
+fn merge(net: Vec<String>, mut acct: Vec<String>) -> Vec<String> {
+    if acct.len() == 6 && acct[1].is_empty() {
+        if let Some(w) = net.get(1) {
+            acct[1] = w.clone();
+        }
+    }
+    acct
+}
+
+fn deny(d: Deny) -> Admitted {
+    Admitted {
+        deny: Some(d),
+        ..Admitted::default()
+    }
+}
+
+/// The deny codes the scripts return.
+fn code_to_deny(code: &str) -> Option<Deny> {
+    Some(match code {
+        "ip_blocked" => Deny::IpBlocked,
+        "ip_banned" => Deny::IpBanned,
+        "rate_limited" => Deny::RateLimited,
+        "too_many_ips" => Deny::TooManyIps,
+        "key_dormant" => Deny::KeyDormant,
+        "new_ip_probation" => Deny::NewIpProbation,
+        "invalid_nonce" => Deny::InvalidNonce,
+        "replay" => Deny::Replay,
+        "withdraw_limit" => LedgerKind::Withdraw.deny(),
+        "order_limit" => LedgerKind::Order.deny(),
+        "invalid_field" => Deny::InvalidField,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyguard_policy::decimal::parse_decimal;
+
+    #[test]
+    fn fixed_width_numbers_compare_and_add_as_strings() {
+        let f = |s: &str| fixed(parse_decimal(s).unwrap(), 30, 18, false).unwrap();
+        assert_eq!(f("1.5").len(), 48);
+        assert!(f("9.99") < f("10"));
+        assert!(f("0.000000000000000001") > f("0"));
+        assert_eq!(
+            fixed(
+                parse_decimal("0.0000000000000000001").unwrap(),
+                30,
+                18,
+                false
+            ),
+            None
+        );
+        let n = |s: &str| fixed(parse_decimal(s).unwrap(), 30, 28, true).unwrap();
+        assert!(n("1733000000.5") > n("1733000000"));
+        assert!(n("99") < n("100"));
+        assert_eq!(n("100"), n("100.000"));
+    }
+
+    #[test]
+    fn every_script_code_is_a_deny_code() {
+        for code in [
+            "ip_blocked",
+            "ip_banned",
+            "rate_limited",
+            "too_many_ips",
+            "key_dormant",
+            "new_ip_probation",
+            "invalid_nonce",
+            "replay",
+            "withdraw_limit",
+            "order_limit",
+            "invalid_field",
+        ] {
+            assert_eq!(code_to_deny(code).map(Deny::code), Some(code));
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The distributed store: state shared by every gateway replica in Redis (one node or a
+//! Redis Cluster), so a leaked key gains nothing by spreading its requests over them.
+//!
+//! # Layout
+//! - this file: connections (one per worker thread, each call under a deadline), the
+//!   names of Redis keys, and the bans/blocks cache the pre-auth stage reads.
+//! - [`admit`]: the one script per request (`admit.lua`): bans, blocks, the network's
+//!   rate, shared-IP and many-IPs sightings, dormancy, new-network probation, per-key
+//!   rates, the nonce or seen signature, and the velocity reservation.
+//! - [`catalog`]: key records and freezes as JSON documents, the per-replica key cache
+//!   fed by pub/sub with a periodic full check, and the operator commands on them.
+//! - [`migrate`]: `keyguard migrate`, from an embedded data dir into Redis.
+//!
+//! # Slots
+//! Everything of one account shares the hash tag `{a:<account>}` and everything of one
+//! client network `{n:<network>}`, so on one node the whole request is one script, and
+//! in a cluster it is at most two calls sent at once (the account's part and the
+//! network's part live on different nodes). The catalogue index and freezes are small
+//! and live under `<prefix>:{cat}:*` (one slot).
+//!
+//! # Bounded memory
+//! Keys per client network (bans, shared-IP sets, rate cells, auth failures) carry a TTL;
+//! per-key state (nonce, history, last use) exists only for keys in the catalogue and
+//! each is bounded (history: `max_per_key` networks; sightings: `max_ips + 1`); signature
+//! and velocity entries expire with their window.
+
+pub mod admit;
+pub mod catalog;
+pub mod migrate;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use keyguard_config::{RedisConfig, RedisTarget};
+use keyguard_policy::anomaly::Standing;
+use keyguard_policy::limits::ClientNet;
+use keyguard_policy::UnixMillis;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+
+/// Why a Redis call gave no answer: the caller fails closed (trade, withdraw) or follows
+/// `read_when_unavailable` (reads).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within the configured timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting or the call failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The answer did not have the expected shape (a script or version mismatch).
+    #[error("redis: unexpected reply: {0}")]
+    Reply(String),
+}
+
+/// A connection to one node (reconnecting by itself) or to a cluster (following slot
+/// moves and failovers by itself).
+#[derive(Clone)]
+pub enum Conn {
+    /// One node.
+    Single(ConnectionManager),
+    /// A cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Each worker thread's own connection per store: a worker's runtime drives its own
+    /// connection, so a request never waits for another thread.
+    static CONNS: RefCell<HashMap<u64, Conn>> = RefCell::new(HashMap::new());
+}
+
+/// Redis as the shared store of several replicas.
+pub struct RedisStore {
+    id: u64,
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+    /// Bans and blocks this replica knows of (from script replies and pub/sub), for the
+    /// pre-auth stage, which must not cost a round trip.
+    standing: Mutex<HashMap<ClientNet, Standing>>,
+    cfg: RedisConfig,
+}
+
+/// Most networks whose bans the pre-auth cache holds; past it new bans are still
+/// enforced by the script, only not before authentication.
+const MAX_CACHED_STANDINGS: usize = 100_000;
+
+fn env_secret(var: &Option<String>, what: &str) -> anyhow::Result<Option<String>> {
+    match var {
+        None => Ok(None),
+        Some(name) => match std::env::var(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => anyhow::bail!("[store] {what}_env names {name}, which is not set"),
+        },
+    }
+}
+
+impl RedisStore {
+    /// A store for `cfg`; connects lazily (per thread), so a gateway starts, and fails
+    /// closed, while Redis is down.
+    pub fn new(cfg: &RedisConfig) -> anyhow::Result<RedisStore> {
+        let password = env_secret(&cfg.password_env, "password")?;
+        let username = env_secret(&cfg.username_env, "username")?;
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let client = match &cfg.target {
+            RedisTarget::Single(url) => {
+                let mut info = url.as_str().into_connection_info()?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(p) = &password {
+                    settings = settings.set_password(p);
+                }
+                if let Some(u) = &username {
+                    settings = settings.set_username(u);
+                }
+                info = info.set_redis_settings(settings);
+                Client::Single(redis::Client::open(info)?)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let mut b = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1);
+                if let Some(p) = &password {
+                    b = b.password(p);
+                }
+                if let Some(u) = &username {
+                    b = b.username(u);
+                }
+                Client::Cluster(b.build()?)
+            }
+        };
+        Ok(RedisStore {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            client,
+            prefix: cfg.prefix.clone(),
+            timeout,
+            standing: Mutex::new(HashMap::new()),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The settings it was made from.
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    /// The deadline of each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// This thread's connection, made on first use.
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = CONNS.with(|m| m.borrow().get(&self.id).cloned()) {
+            return Ok(c);
+        }
+        let c = match tokio::time::timeout(self.timeout, self.connect()).await {
+            Ok(c) => c?,
+            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+        };
+        CONNS.with(|m| m.borrow_mut().insert(self.id, c.clone()));
+        Ok(c)
+    }
+
+    /// A new connection, not cached (pub/sub and one-off CLI use).
+    pub async fn connect(&self) -> Result<Conn, StoreError> {
+        Ok(match &self.client {
+            Client::Single(c) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(200));
+                Conn::Single(c.get_connection_manager_with_config(cfg).await?)
+            }
+            Client::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
+        })
+    }
+
+    /// A plain client for SUBSCRIBE on a single node; `None` for a cluster, whose
+    /// subscriber connects to a seed node itself ([`catalog::events_loop`]).
+    pub(crate) fn pubsub_client(&self) -> anyhow::Result<redis::Client> {
+        match (&self.client, &self.cfg.target) {
+            (Client::Single(c), _) => Ok(c.clone()),
+            (Client::Cluster(_), RedisTarget::Cluster(nodes)) => {
+                let password = env_secret(&self.cfg.password_env, "password")?;
+                let username = env_secret(&self.cfg.username_env, "username")?;
+                // A PUBLISH reaches the subscribers of every node of a cluster, so any
+                // one node will do; the loop moves on to the next when one fails.
+                let n = NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed) as usize % nodes.len();
+                let mut info = nodes[n].as_str().into_connection_info()?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(p) = &password {
+                    settings = settings.set_password(p);
+                }
+                if let Some(u) = &username {
+                    settings = settings.set_username(u);
+                }
+                info = info.set_redis_settings(settings);
+                Ok(redis::Client::open(info)?)
+            }
+            (Client::Cluster(_), RedisTarget::Single(_)) => unreachable!("built from the target"),
+        }
+    }
+
+    /// Runs `f` under the store's deadline; a connection that timed out is dropped so
+    /// the next call starts afresh.
+    pub async fn deadline<T>(
+        &self,
+        f: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// One command on this thread's connection, under the deadline.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut c = self.conn().await?;
+        self.deadline(cmd.query_async(&mut c)).await
+    }
+
+    /// Whether this is a cluster (network and account parts run as separate calls).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.client, Client::Cluster(_))
+    }
+
+    /// The slot base of an account's state.
+    pub fn account_base(&self, account: &str) -> String {
+        format!("{}:{{a:{}}}", self.prefix, safe_name(account))
+    }
+
+    /// The slot base of a client network's state.
+    pub fn net_base(&self, net: ClientNet) -> String {
+        format!("{}:{{n:{}}}", self.prefix, net)
+    }
+
+    /// The catalogue's keys, all in one slot: `<prefix>:{cat}:<name>`.
+    pub fn cat_key(&self, name: &str) -> String {
+        format!("{}:{{cat}}:{name}", self.prefix)
+    }
+
+    /// The pub/sub channel for bans and blocks (the scripts publish on it too).
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// The pub/sub channel for key and freeze changes.
+    pub fn changes_channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
+    /// The bans and blocks this replica knows of for `net`.
+    pub fn cached_standing(&self, net: ClientNet, now: UnixMillis) -> Standing {
+        let mut map = self.standing.lock();
+        let Some(s) = map.get(&net).copied() else {
+            return Standing::CLEAR;
+        };
+        let live = |t: Option<UnixMillis>| t.filter(|&t| t > now);
+        let s = Standing {
+            banned_until: live(s.banned_until),
+            blocked_until: live(s.blocked_until),
+            tripped_until: live(s.tripped_until),
+        };
+        if s == Standing::CLEAR {
+            map.remove(&net);
+        }
+        s
+    }
+
+    /// Remembers a ban or block for the pre-auth stage (`what`: `banned`, `blocked`,
+    /// `tripped`).
+    pub fn remember_standing(&self, net: ClientNet, what: &str, until: UnixMillis) {
+        let mut map = self.standing.lock();
+        if map.len() >= MAX_CACHED_STANDINGS && !map.contains_key(&net) {
+            return;
+        }
+        let s = map.entry(net).or_default();
+        let slot = match what {
+            "banned" => &mut s.banned_until,
+            "blocked" => &mut s.blocked_until,
+            "tripped" => &mut s.tripped_until,
+            _ => return,
+        };
+        *slot = Some(slot.map_or(until, |t| t.max(until)));
+    }
+
+    /// Drops expired bans from the cache.
+    pub fn sweep(&self, now: UnixMillis) {
+        self.standing.lock().retain(|_, s| {
+            [s.banned_until, s.blocked_until, s.tripped_until]
+                .iter()
+                .any(|t| t.is_some_and(|t| t > now))
+        });
+    }
+}
+
+/// A name safe inside a Redis key and a hash tag: kept when it is plain, hex otherwise
+/// (an account named `a}b` must not end the tag early).
+pub fn safe_name(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("~{}", hex::encode(s.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_their_hash_tag() {
+        assert_eq!(safe_name("alice"), "alice");
+        assert_eq!(safe_name("a}b"), "~617d62");
+        assert_eq!(safe_name("a,b"), "~612c62");
+        assert_eq!(safe_name(""), "~");
+        assert!(safe_name(&"x".repeat(65)).starts_with('~'));
+    }
+}

@@ -1,0 +1,448 @@
+//! Distributed mode (issue 12) against real servers: three `keyguard serve` replicas
+//! sharing one real `redis-server`, and a real three-master Redis Cluster. Requests are
+//! spread round-robin over the replicas; the recording origin is the verdict (a refused
+//! request never reaches it).
+//!
+//! Times are measured and printed (revocation propagation, fail-closed latency); the
+//! assertions use the contract's bounds with slack for a loaded 2-core CI machine.
+
+mod utils;
+
+use std::time::{Duration, Instant};
+
+use utils::redis::{RedisCluster, RedisServer};
+use utils::*;
+
+/// A config for replica `i` of a set sharing `store` (TOML for `[store]`) and one master
+/// key file, each with its own data dir.
+fn replica_env(
+    shared_dir: &std::path::Path,
+    store: toml::Table,
+    tweak: impl Fn(&mut toml::Table),
+) -> Env {
+    let master = shared_dir.join("master.key");
+    Env::new(Dialect::Zaif, |cfg| {
+        set(cfg, "store", toml::Value::Table(store.clone()));
+        set(
+            cfg,
+            "secrets.master_key_file",
+            master.to_string_lossy().into_owned(),
+        );
+        tweak(cfg);
+    })
+}
+
+fn single(url: &str) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("kind".into(), "redis".into());
+    t.insert("url".into(), url.into());
+    t.insert("timeout".into(), "50ms".into());
+    t
+}
+
+fn cluster(urls: &[String]) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("kind".into(), "redis".into());
+    t.insert(
+        "cluster".into(),
+        toml::Value::Array(urls.iter().map(|u| u.clone().into()).collect()),
+    );
+    t.insert("timeout".into(), "200ms".into());
+    t
+}
+
+/// Three replicas in front of one origin.
+struct Replicas {
+    gws: Vec<Gateway>,
+    envs: Vec<Env>,
+    origin: Origin,
+}
+
+impl Replicas {
+    async fn start(
+        shared: &std::path::Path,
+        store: toml::Table,
+        tweak: impl Fn(&mut toml::Table),
+    ) -> Replicas {
+        let envs: Vec<Env> = (0..3)
+            .map(|_| replica_env(shared, store.clone(), &tweak))
+            .collect();
+        let origin = Origin::start().await;
+        let mut gws = Vec::new();
+        for e in &envs {
+            gws.push(e.start(origin.addr).await);
+        }
+        Replicas { gws, envs, origin }
+    }
+
+    fn gw(&self, i: usize) -> &Gateway {
+        &self.gws[i % self.gws.len()]
+    }
+}
+
+fn withdraw_rule(cfg: &mut toml::Table, max_count: i64) {
+    let t: toml::Table = format!(
+        r#"
+        [[rule]]
+        kind = "withdraw"
+        subject = "key"
+        asset = "*"
+        window = "1h"
+        max_count = {max_count}
+        "#
+    )
+    .parse()
+    .unwrap();
+    set(cfg, "velocity.rule", t["rule"].clone());
+    // Only the velocity window may refuse here.
+    set(
+        cfg,
+        "limits.tiers.default.withdraw",
+        inline("{ count = 1000, per = \"1s\" }"),
+    );
+    set(
+        cfg,
+        "limits.tiers.default.key",
+        inline("{ count = 1000, per = \"1s\" }"),
+    );
+    set(
+        cfg,
+        "limits.tiers.default.account",
+        inline("{ count = 1000, per = \"1s\" }"),
+    );
+}
+
+fn inline(value: &str) -> toml::Value {
+    let t: toml::Table = format!("v = {value}").parse().unwrap();
+    t["v"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_nonces_velocity_rates_and_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let r = Replicas::start(dir.path(), single(&redis.url()), |cfg| {
+        withdraw_rule(cfg, 5);
+        set(
+            cfg,
+            "limits.tiers.default.read",
+            inline("{ count = 20, per = \"1m\" }"),
+        );
+    })
+    .await;
+    let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
+    // Every replica sees a key created on any of them (pub/sub, within the second).
+    for i in 0..3 {
+        let gw = r.gw(i);
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                gw.request_from(ALLOWED_IP, &zaif::read(&key)).await.status == 200
+            })
+            .await,
+            "replica {i} never saw the new key"
+        );
+    }
+
+    // A nonce accepted by one replica is spent on all of them.
+    let req = zaif::read(&key);
+    let first = r.gw(0).request_from(ALLOWED_IP, &req).await;
+    assert_eq!(first.status, 200, "{}\n{}", first.text(), r.gw(0).log());
+    for i in 1..3 {
+        let resp = r.gw(i).request_from(ALLOWED_IP, &req).await;
+        assert_eq!(resp.status, 401, "replayed on replica {i}: {}", resp.text());
+        assert!(resp.text().contains("invalid_nonce"), "{}", resp.text());
+    }
+
+    // Global rate: 20 reads a minute for a fresh key, however they are spread.
+    let rk = r.envs[2].create_key(&KeySpec::scopes("read"));
+    for i in 0..3 {
+        let gw = r.gw(i);
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                gw.log().contains("keys=2")
+            })
+            .await,
+            "replica {i} never loaded the second key"
+        );
+    }
+    let mut allowed = 0;
+    for i in 0..60 {
+        if r.gw(i)
+            .request_from(ALLOWED_IP, &zaif::read(&rk))
+            .await
+            .status
+            == 200
+        {
+            allowed += 1;
+        }
+    }
+    println!("reads allowed across 3 replicas: {allowed} of a limit of 20");
+    assert!(allowed <= 21, "{allowed} reads allowed, limit 20 (+5%)");
+    assert!(
+        allowed >= 20,
+        "{allowed} reads allowed, limit 20: the limit refused early"
+    );
+
+    // Velocity: 30 concurrent withdrawals over 3 replicas, 5 may pass.
+    let before = r.origin.count();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let addr = r.gw(i).addr;
+        let req = zaif::withdraw(&key, WITHDRAW_ADDR);
+        tasks.push(tokio::spawn(async move { send_to(addr, &req).await }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    let forwarded = r.origin.count() - before;
+    println!("withdrawals: {ok} answered 200, {forwarded} forwarded, limit 5");
+    assert_eq!(
+        forwarded, 5,
+        "velocity overshoot or undershoot across replicas"
+    );
+    assert_eq!(ok, 5);
+
+    // Revocation on one replica's CLI reaches all three.
+    let started = Instant::now();
+    r.envs[1].set_key_status("revoke", &key);
+    let cli_done = started.elapsed();
+    let mut last = Duration::ZERO;
+    for i in 0..3 {
+        let gw = r.gw(i);
+        let t0 = Instant::now();
+        loop {
+            let resp = gw.request_from(ALLOWED_IP, &zaif::read(&key)).await;
+            if resp.status == 403 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "replica {i} still accepts a revoked key"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        last = last.max(started.elapsed());
+    }
+    println!(
+        "revocation: CLI returned after {cli_done:?}; refused on all 3 replicas {:?} after the CLI returned",
+        last.saturating_sub(cli_done)
+    );
+    assert!(last.saturating_sub(cli_done) < Duration::from_secs(1));
+}
+
+/// One request to `addr` from the allowed IP; the status (0 if no answer).
+async fn send_to(addr: std::net::SocketAddr, req: &Req) -> u16 {
+    send_raw(addr, ALLOWED_IP, &req.to_bytes(&addr.to_string()))
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_fails_closed_then_recovers_without_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let r = Replicas::start(dir.path(), single(&redis.url()), |cfg| {
+        withdraw_rule(cfg, 100)
+    })
+    .await;
+    let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            r.gw(2)
+                .request_from(ALLOWED_IP, &zaif::read(&key))
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+
+    redis.kill();
+    let before = r.origin.count();
+    let mut worst = Duration::ZERO;
+    for i in 0..6 {
+        for req in [
+            zaif::trade(&key),
+            zaif::withdraw(&key, WITHDRAW_ADDR),
+            zaif::read(&key),
+        ] {
+            let t0 = Instant::now();
+            let resp = r.gw(i).request_from(ALLOWED_IP, &req).await;
+            worst = worst.max(t0.elapsed());
+            assert_eq!(resp.status, 503, "{}", resp.text());
+            assert!(resp.text().contains("state_unavailable"), "{}", resp.text());
+        }
+    }
+    println!("redis down: worst refusal took {worst:?} (timeout 50 ms)");
+    // 2× the timeout is the target; the bound here leaves room for a loaded CI machine.
+    assert!(worst < Duration::from_secs(1), "a refusal took {worst:?}");
+    r.origin
+        .assert_unchanged(before, "nothing is forwarded while redis is down");
+
+    redis.restart();
+    for i in 0..3 {
+        let gw = r.gw(i);
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                gw.request_from(ALLOWED_IP, &zaif::trade(&key)).await.status == 200
+            })
+            .await,
+            "replica {i} did not recover after redis came back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_reads_while_redis_is_down_are_audited_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let mut store = single(&redis.url());
+    store.insert("read_when_unavailable".into(), "local".into());
+    let r = Replicas::start(dir.path(), store, |_| {}).await;
+    let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            r.gw(0)
+                .request_from(ALLOWED_IP, &zaif::read(&key))
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+    redis.kill();
+    assert_eq!(
+        r.gw(0)
+            .request_from(ALLOWED_IP, &zaif::read(&key))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        r.gw(0)
+            .request_from(ALLOWED_IP, &zaif::trade(&key))
+            .await
+            .status,
+        503
+    );
+    let audit = r.envs[0].data.join("audit.jsonl");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            std::fs::read_to_string(&audit)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.contains("\"decision\":\"would_deny\"") && l.contains("state_unavailable")
+                })
+        })
+        .await,
+        "the local read is not audited as allowed without shared state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_copies_an_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    // An embedded gateway that used a key.
+    let master = dir.path().join("master.key");
+    let embedded = Env::new(Dialect::Zaif, |cfg| {
+        set(
+            cfg,
+            "secrets.master_key_file",
+            master.to_string_lossy().into_owned(),
+        );
+    });
+    let key = embedded.create_key(&KeySpec::full(Dialect::Zaif));
+    let origin = Origin::start().await;
+    let used = zaif::read(&key);
+    {
+        let gw = embedded.start(origin.addr).await;
+        assert_eq!(gw.request_from(ALLOWED_IP, &used).await.status, 200);
+        // Nonces reach SQLite at the checkpoint (once a second); a graceful stop flushes.
+        let mut gw = gw;
+        gw.terminate(Duration::from_secs(5));
+    }
+    let data = embedded.data.to_string_lossy().into_owned();
+    let run = embedded
+        .run(&["migrate", "--from", &data, "--to", &redis.url()])
+        .ok();
+    assert!(run.stdout.contains("\"keys\":1"), "{}", run.stdout);
+    // A second copy over a non-empty target needs --force.
+    let again = embedded.run(&["migrate", "--from", &data, "--to", &redis.url()]);
+    assert!(!again.status.success());
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    embedded
+        .run(&["migrate", "--from", &data, "--to", &redis.url(), "--force"])
+        .ok();
+
+    let env = replica_env(dir.path(), single(&redis.url()), |_| {});
+    let gw = env.start(origin.addr).await;
+    // The nonce used before the migration stays spent; the key works with a new one.
+    let resp = gw.request_from(ALLOWED_IP, &used).await;
+    assert_eq!(resp.status, 401, "{}", resp.text());
+    assert_eq!(
+        gw.request_from(ALLOWED_IP, &zaif::read(&key)).await.status,
+        200
+    );
+    let listed = env.run_with_store(&["keys", "list"], &["--json"]).ok();
+    assert!(listed.stdout.contains(&key.key_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_spreads_state_and_fails_closed_through_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = RedisCluster::start(dir.path());
+    let r = Replicas::start(dir.path(), cluster(&c.urls()), |cfg| withdraw_rule(cfg, 4)).await;
+    let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            r.gw(1)
+                .request_from(ALLOWED_IP, &zaif::read(&key))
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+    // Velocity across replicas on a cluster: 12 withdrawals, 4 pass.
+    let before = r.origin.count();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let addr = r.gw(i).addr;
+        let req = zaif::withdraw(&key, WITHDRAW_ADDR);
+        tasks.push(tokio::spawn(async move { send_to(addr, &req).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(r.origin.count() - before, 4);
+
+    // Kill the master of the account's slot: its requests fail closed, then the
+    // promoted replica serves them.
+    let tag = format!("kg:{{a:{}}}", key.account);
+    c.master_of(&tag).kill();
+    let t0 = Instant::now();
+    let mut refused = 0;
+    let recovered = loop {
+        let resp = r.gw(0).request_from(ALLOWED_IP, &zaif::trade(&key)).await;
+        match resp.status {
+            200 => break true,
+            503 => refused += 1,
+            other => panic!("during failover: {other} {}", resp.text()),
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "failover: {refused} trades refused (503) before recovery after {:?}",
+        t0.elapsed()
+    );
+    assert!(recovered, "no recovery after the failover");
+}
