@@ -47,7 +47,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                      gateway with the embedded store"
                 );
             }
-            Some(Arc::new(RedisStore::new(rc)?))
+            Some(RedisStore::new(rc)?)
         }
     };
     let keys = Arc::new(match &redis {

@@ -401,7 +401,7 @@ fn redis_store(cfg: &Config) -> anyhow::Result<Option<Arc<RedisStore>>> {
             // The CLI talks to Redis once; a short deadline would only make it flaky.
             let mut rc = rc.clone();
             rc.timeout_ms = rc.timeout_ms.max(5_000);
-            Ok(Some(Arc::new(RedisStore::new(&rc)?)))
+            Ok(Some(RedisStore::new(&rc)?))
         }
     }
 }

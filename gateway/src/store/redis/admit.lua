@@ -19,7 +19,8 @@
 -- 12 new-IP rule: "probation_ms,trust_first,max_per_key,shadow"
 -- 13 key rates: "kind,k|a,interval_us,burst;..."
 -- 14 replay: "n,<padded nonce>" | "s,<fingerprint hex>,<expires ms>"
--- 15 velocity: "kind,asset,amount|-,longest_ms" then ";subject,window,max_amount|-,max_count|-"...
+-- 15 velocity: "kind,asset,amount|-,longest_ms,entry_id" then ";subject,window,max_amount|-,max_count|-"...
+--    (the entry id comes from the caller, so it can give back an entry whose reply it lost)
 --
 -- Returns {status, would_deny, suspend, learned, detail, reservation}:
 --  status: "ok" or a deny code; would_deny: a shadow rule's code or "";
@@ -266,8 +267,7 @@ if ARGV[15] ~= '-' then
       if sum > r[3] then return done(kind .. '_limit', {learned = learned}) end
     end
   end
-  local id = redis.call('INCR', A .. ':vid')
-  reservation = id .. ':' .. (amount == '-' and string.rep('0', 48) or amount)
+  reservation = head[5] .. ':' .. (amount == '-' and string.rep('0', 48) or amount)
   for bk, _ in pairs(buckets) do
     redis.call('ZADD', bk, now, reservation)
     redis.call('PEXPIRE', bk, longest)

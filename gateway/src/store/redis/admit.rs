@@ -270,6 +270,7 @@ impl RedisStore {
         };
         let account_base = self.account_base(&key.account);
         let mut buckets = Vec::new();
+        let mut member: Option<String> = None;
         let velocity = match &req.reservation {
             None => "-".to_owned(),
             Some(r) => {
@@ -297,7 +298,16 @@ impl RedisStore {
                         .map(|v| v.window_ms)
                         .max()
                         .unwrap_or(1);
-                    let mut s = format!("{kind},{asset},{amount},{longest}");
+                    let entry_id = entry_id()?;
+                    member = Some(format!(
+                        "{entry_id}:{}",
+                        if amount == "-" {
+                            "0".repeat(AMOUNT_INT + AMOUNT_FRAC)
+                        } else {
+                            amount.clone()
+                        }
+                    ));
+                    let mut s = format!("{kind},{asset},{amount},{longest},{entry_id}");
                     for (subject, list) in [("k", &key_rules), ("a", &acct_rules)] {
                         if list.is_empty() {
                             continue;
@@ -322,10 +332,16 @@ impl RedisStore {
             }
         };
         let net_base = self.net_base(req.net);
-        let args = |parts: &str| {
+        // A cluster call may only name keys of one slot: each part gets its own base twice.
+        let args = |parts: &str| -> redis::ScriptInvocation<'_> {
+            let (k1, k2) = match parts {
+                "net" => (&net_base, &net_base),
+                "acct" => (&account_base, &account_base),
+                _ => (&account_base, &net_base),
+            };
             let mut inv = scripts.admit.prepare_invoke();
-            inv.key(&account_base)
-                .key(&net_base)
+            inv.key(k1)
+                .key(k2)
                 .arg(parts)
                 .arg(&key.key_id)
                 .arg(&key.account)
@@ -343,7 +359,36 @@ impl RedisStore {
                 .arg(&velocity);
             inv
         };
-        let reply: Vec<String> = if self.is_cluster() {
+        let reply = self
+            .admit_call(scripts, &args, &account_base, &buckets)
+            .await;
+        if reply.is_err() {
+            if let Some(member) = member {
+                // The reply was lost: the entry may or may not have been made. The request
+                // is refused either way, so whatever was reserved is given back.
+                let s = Settle {
+                    account_base: account_base.clone(),
+                    member,
+                    buckets: buckets.clone(),
+                };
+                self.release_later(scripts, s);
+            }
+        }
+        let reply = reply?;
+        if let Some(r) = rules.limits.ip {
+            limits_used.push((LimitKind::Ip, r));
+        }
+        self.decode(reply, req, &limits_used, account_base, buckets)
+    }
+
+    async fn admit_call<'s>(
+        &self,
+        scripts: &Scripts,
+        args: &impl Fn(&str) -> redis::ScriptInvocation<'s>,
+        account_base: &str,
+        buckets: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(if self.is_cluster() {
             // The two parts live on different nodes: ask both at once. The network part
             // decides first (as it does on one node); if it refuses, what the account
             // part reserved is given back.
@@ -357,11 +402,11 @@ impl RedisStore {
             if net.first().map(String::as_str) != Some("ok") {
                 if let Some(member) = acct.get(5).filter(|m| !m.is_empty()) {
                     let s = Settle {
-                        account_base: account_base.clone(),
+                        account_base: account_base.to_owned(),
                         member: member.clone(),
-                        buckets: buckets.clone(),
+                        buckets: buckets.to_vec(),
                     };
-                    self.release(scripts, &s).await.ok();
+                    self.release_later(scripts, s);
                 }
                 net
             } else {
@@ -372,11 +417,37 @@ impl RedisStore {
             let mut c = self.conn().await?;
             self.deadline(inv.invoke_async::<Vec<String>>(&mut c))
                 .await?
+        })
+    }
+
+    /// Gives an entry back off the request path, retrying for a few seconds (Redis may be
+    /// the reason the reply was lost).
+    fn release_later(&self, scripts: &Scripts, s: Settle) {
+        let Some(me) = self.this.upgrade() else {
+            return;
         };
-        if let Some(r) = rules.limits.ip {
-            limits_used.push((LimitKind::Ip, r));
-        }
-        self.decode(reply, req, &limits_used, account_base, buckets)
+        let script = scripts.settle.clone();
+        tokio::spawn(async move {
+            for attempt in 0..10u64 {
+                let mut inv = script.prepare_invoke();
+                inv.key(&s.account_base).arg(&s.member);
+                for b in &s.buckets {
+                    inv.arg(b);
+                }
+                let done = async {
+                    let mut c = me.conn().await?;
+                    me.deadline(inv.invoke_async::<i64>(&mut c)).await
+                }
+                .await;
+                if done.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1))).await;
+            }
+            tracing::error!(
+                "a velocity entry whose reply was lost could not be given back; it stays spent"
+            );
+        });
     }
 
     fn decode(
@@ -502,6 +573,14 @@ fn merge(net: Vec<String>, mut acct: Vec<String>) -> Vec<String> {
         }
     }
     acct
+}
+
+/// A random id for a velocity entry.
+fn entry_id() -> Result<String, StoreError> {
+    let mut b = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| StoreError::Reply("no randomness for an entry id".into()))?;
+    Ok(hex::encode(b))
 }
 
 fn deny(d: Deny) -> Admitted {

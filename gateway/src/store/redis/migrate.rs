@@ -156,7 +156,16 @@ pub async fn migrate(
             .await?;
         out.freezes += 1;
     }
-    for (key_id, nonce) in store::load_nonces(&conn)? {
+    // Nonces accepted since the last checkpoint are only in the journal.
+    let mut nonces = store::load_nonces(&conn)?;
+    let (_journal, journaled) = store::journal::NonceJournal::open(data_dir)?;
+    for (key_id, n) in journaled {
+        let e = nonces.entry(key_id).or_insert(n);
+        if n > *e {
+            *e = n;
+        }
+    }
+    for (key_id, nonce) in nonces {
         let Some(account) = accounts.get(&key_id) else {
             continue;
         };

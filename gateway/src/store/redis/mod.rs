@@ -98,8 +98,8 @@ impl ConnectionLike for Conn {
 }
 
 enum Client {
-    Single(redis::Client),
-    Cluster(ClusterClient),
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
 }
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
@@ -120,6 +120,8 @@ pub struct RedisStore {
     /// pre-auth stage, which must not cost a round trip.
     standing: Mutex<HashMap<ClientNet, Standing>>,
     cfg: RedisConfig,
+    /// Itself, for work spawned off the request path.
+    this: std::sync::Weak<RedisStore>,
 }
 
 /// Most networks whose bans the pre-auth cache holds; past it new bans are still
@@ -139,7 +141,7 @@ fn env_secret(var: &Option<String>, what: &str) -> anyhow::Result<Option<String>
 impl RedisStore {
     /// A store for `cfg`; connects lazily (per thread), so a gateway starts, and fails
     /// closed, while Redis is down.
-    pub fn new(cfg: &RedisConfig) -> anyhow::Result<RedisStore> {
+    pub fn new(cfg: &RedisConfig) -> anyhow::Result<std::sync::Arc<RedisStore>> {
         let password = env_secret(&cfg.password_env, "password")?;
         let username = env_secret(&cfg.username_env, "username")?;
         let timeout = Duration::from_millis(cfg.timeout_ms);
@@ -154,7 +156,7 @@ impl RedisStore {
                     settings = settings.set_username(u);
                 }
                 info = info.set_redis_settings(settings);
-                Client::Single(redis::Client::open(info)?)
+                Client::Single(Box::new(redis::Client::open(info)?))
             }
             RedisTarget::Cluster(nodes) => {
                 let mut b = ClusterClient::builder(nodes.iter().map(String::as_str))
@@ -167,17 +169,18 @@ impl RedisStore {
                 if let Some(u) = &username {
                     b = b.username(u);
                 }
-                Client::Cluster(b.build()?)
+                Client::Cluster(Box::new(b.build()?))
             }
         };
-        Ok(RedisStore {
+        Ok(std::sync::Arc::new_cyclic(|this| RedisStore {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             client,
             prefix: cfg.prefix.clone(),
             timeout,
             standing: Mutex::new(HashMap::new()),
             cfg: cfg.clone(),
-        })
+            this: this.clone(),
+        }))
     }
 
     /// The settings it was made from.
@@ -222,7 +225,7 @@ impl RedisStore {
     /// subscriber connects to a seed node itself ([`catalog::events_loop`]).
     pub(crate) fn pubsub_client(&self) -> anyhow::Result<redis::Client> {
         match (&self.client, &self.cfg.target) {
-            (Client::Single(c), _) => Ok(c.clone()),
+            (Client::Single(c), _) => Ok((**c).clone()),
             (Client::Cluster(_), RedisTarget::Cluster(nodes)) => {
                 let password = env_secret(&self.cfg.password_env, "password")?;
                 let username = env_secret(&self.cfg.username_env, "username")?;
@@ -244,16 +247,36 @@ impl RedisStore {
         }
     }
 
-    /// Runs `f` under the store's deadline; a connection that timed out is dropped so
-    /// the next call starts afresh.
+    /// Runs `f` under the store's deadline. After a timeout or a connection-level error
+    /// this thread's connection is dropped, so the next call connects afresh (and, in a
+    /// cluster, reads the slot map anew: after a failover the old one names a dead
+    /// master). Errors Redis itself answered with keep the connection.
     pub async fn deadline<T>(
         &self,
         f: impl Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_cluster_error()
+                {
+                    self.forget_conn();
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                self.forget_conn();
+                Err(StoreError::Timeout(self.timeout))
+            }
         }
+    }
+
+    fn forget_conn(&self) {
+        CONNS.with(|m| m.borrow_mut().remove(&self.id));
     }
 
     /// One command on this thread's connection, under the deadline.
