@@ -1185,3 +1185,52 @@ fn workers_are_optional_and_bounded() {
     let e = err(&format!("[server]\nworkers = 0\n{MINIMAL}"));
     at(&e, 2, "server.workers");
 }
+
+// ---- [store] ---------------------------------------------------------------------------
+
+#[test]
+fn store_defaults_to_embedded_and_reads_redis_settings() {
+    assert_eq!(ok(MINIMAL).store, crate::StoreConfig::Embedded);
+    let cfg = ok(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"rediss://10.0.0.5:6380/2\"\npassword_env = \"PW\"\ntimeout = \"20ms\"\nread_when_unavailable = \"local\"\n"
+    ));
+    let crate::StoreConfig::Redis(r) = cfg.store else {
+        panic!("not redis")
+    };
+    assert_eq!(
+        r.target,
+        crate::RedisTarget::Single("rediss://10.0.0.5:6380/2".into())
+    );
+    assert_eq!((r.timeout_ms, r.password_env.as_deref()), (20, Some("PW")));
+    assert_eq!(r.read_when_unavailable, crate::ReadWhenUnavailable::Local);
+    let example = Config::load(&example("redis.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(example.store, crate::StoreConfig::Redis(_)));
+}
+
+#[test]
+fn store_errors_name_line_and_key() {
+    let line = MINIMAL.lines().count() + 4;
+    let e = err(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"redis://user:secret@10.0.0.5\"\n"
+    ));
+    assert!(at(&e, line, "store.url").contains("password_env"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"http://10.0.0.5\"\n"
+    ));
+    assert!(at(&e, line, "store.url").contains("redis://"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[store]\nurl = \"redis://10.0.0.5\"\n"));
+    assert!(at(&e, line - 1, "store.url").contains("embedded"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\ncluster = []\n"
+    ));
+    assert!(
+        at(&e, line, "store.cluster").contains("at least one"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\n"));
+    assert_eq!(e.key.as_deref(), Some("store.url"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"redis://h\"\ntimeout = \"0ms\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("store.timeout"), "{e}");
+}

@@ -9,6 +9,29 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
+/// Whether `redis-server` and `redis-cli` are installed. Without them a test skips, saying
+/// so — except in CI (`CI` set), where `.ci/run` installs them and a skip would hide a
+/// missing install step.
+pub fn available(test: &str) -> bool {
+    let have = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have("redis-server") && have("redis-cli") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: redis-server/redis-cli are not installed (.ci/run installs them)"
+    );
+    eprintln!("{test}: SKIPPED: redis-server/redis-cli not installed (apt-get install redis-server redis-tools)");
+    false
+}
+
 /// One `redis-server`.
 pub struct RedisServer {
     pub port: u16,
