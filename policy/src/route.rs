@@ -20,6 +20,7 @@ use http::Method;
 use crate::action::Action;
 use crate::decimal::Decimal;
 use crate::dialect::{DialectKind, ParsedRequest};
+use crate::params::ParamValue;
 use crate::Deny;
 
 /// Names of the request parameters that carry each fact for one endpoint.
@@ -252,7 +253,7 @@ impl RouteTable {
                 let got = match selector_value {
                     Some(v) => v,
                     None => {
-                        let v = req.params.text(field)?;
+                        let v = req.params.field_text(field)?;
                         selector_value = Some(v);
                         v
                     }
@@ -308,13 +309,13 @@ fn path_matches(pattern: &str, path: &str) -> bool {
 fn extract_facts(fields: &FieldMap, req: &ParsedRequest) -> Result<Facts, Deny> {
     let text = |name: &Option<String>| -> Result<Option<String>, Deny> {
         match name {
-            Some(n) => Ok(req.params.text(n)?.map(str::to_owned)),
+            Some(n) => Ok(req.params.field_text(n)?.map(str::to_owned)),
             None => Ok(None),
         }
     };
     let decimal = |name: &Option<String>| -> Result<Option<Decimal>, Deny> {
-        match name.as_deref().and_then(|n| req.params.get(n)) {
-            Some(v) => v.as_decimal().map(Some),
+        match name {
+            Some(n) => req.params.field(n)?.map(ParamValue::as_decimal).transpose(),
             None => Ok(None),
         }
     };
