@@ -32,6 +32,8 @@ pub struct FieldMap {
     pub amount: Option<String>,
     /// The withdrawal destination.
     pub address: Option<String>,
+    /// The exchange-side withdrawal key naming the destination (Kraken's `key`).
+    pub withdraw_key: Option<String>,
     /// An order's limit price.
     pub price: Option<String>,
     /// An order's quantity.
@@ -63,6 +65,8 @@ pub struct Facts {
     pub amount: Option<Decimal>,
     /// Destination address, exactly as sent.
     pub address: Option<String>,
+    /// Destination withdrawal key (Kraken's `key`), exactly as sent.
+    pub withdraw_key: Option<String>,
     /// Price.
     pub price: Option<Decimal>,
     /// Quantity.
@@ -86,7 +90,8 @@ pub enum RouteError {
     /// Two routes match the same requests.
     #[error("route {0} duplicates route {1} (same method, path and selector)")]
     Duplicate(usize, usize),
-    /// A withdraw route must name where its asset, amount and address are.
+    /// A withdraw route must name where its asset, amount and destination (an address,
+    /// a withdrawal key or both) are.
     #[error("route {0} is a withdraw route but does not map `{1}`")]
     WithdrawFieldMissing(usize, &'static str),
     /// Zaif routes on a selector path need a selector value, and other dialects must not use one.
@@ -189,14 +194,13 @@ impl RouteTable {
                 }
             }
             if r.action == Action::Withdraw {
-                for (name, f) in [
-                    ("asset", &r.fields.asset),
-                    ("amount", &r.fields.amount),
-                    ("address", &r.fields.address),
-                ] {
+                for (name, f) in [("asset", &r.fields.asset), ("amount", &r.fields.amount)] {
                     if f.is_none() {
                         return Err(RouteError::WithdrawFieldMissing(i, name));
                     }
+                }
+                if r.fields.address.is_none() && r.fields.withdraw_key.is_none() {
+                    return Err(RouteError::WithdrawFieldMissing(i, "address"));
                 }
             }
             if r.select.is_some() && kind.selector_field().is_none() {
@@ -323,6 +327,7 @@ fn extract_facts(fields: &FieldMap, req: &ParsedRequest) -> Result<Facts, Deny> 
         asset: text(&fields.asset)?.map(|a| a.to_ascii_lowercase()),
         amount: decimal(&fields.amount)?,
         address: text(&fields.address)?,
+        withdraw_key: text(&fields.withdraw_key)?,
         price: decimal(&fields.price)?,
         quantity: decimal(&fields.quantity)?,
     })
