@@ -29,6 +29,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     address: Option<Parsed<Name>>,
     #[serde(default)]
+    withdraw_key: Option<Parsed<Name>>,
+    #[serde(default)]
     price: Option<Parsed<Name>>,
     #[serde(default)]
     quantity: Option<Parsed<Name>>,
@@ -74,6 +76,7 @@ pub(crate) fn build(
                 asset: name(r.asset),
                 amount: name(r.amount),
                 address: name(r.address),
+                withdraw_key: name(r.withdraw_key),
                 price: name(r.price),
                 quantity: name(r.quantity),
             },
@@ -156,6 +159,11 @@ fn locate(src: &Source<'_>, spans: &[Spans], err: RouteError) -> ConfigError {
                 "duplicates route[{j}] (line {}): same method, path and select",
                 src.line(spans[j].table.start)
             ),
+        ),
+        RouteError::WithdrawFieldMissing(i, "address") => src.error_at(
+            spans[i].table.clone(),
+            format!("route[{i}]"),
+            "a withdraw route must name the request field that holds the address (`address = \"...\"`), the exchange-side withdrawal key (`withdraw_key = \"...\"`, Kraken's `key`) or both, so withdrawals can be checked against the key's allowed destinations",
         ),
         RouteError::WithdrawFieldMissing(i, field) => src.error_at(
             spans[i].table.clone(),

@@ -795,7 +795,14 @@ fn create_key(args: CreateArgs) -> anyhow::Result<()> {
             .ok_or_else(|| {
                 anyhow::anyhow!("--withdraw-address {spec:?}: expected ASSET:ADDRESS")
             })?;
-        addresses.push((asset.to_ascii_lowercase(), address.to_string()));
+        // The same validation as `keys edit --add-address` (and the web UI).
+        match crate::store::edit::Change::address(asset, address, true) {
+            Ok(crate::store::edit::Change::AddAddress { asset, address }) => {
+                addresses.push((asset, address))
+            }
+            Ok(_) => unreachable!("an added address"),
+            Err(e) => bail!("--withdraw-address {spec:?}: {e}"),
+        }
     }
     if !addresses.is_empty() && !scopes.contains(Scope::Withdraw) {
         bail!("--withdraw-address given but the key has no withdraw scope");

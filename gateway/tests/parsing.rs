@@ -907,6 +907,136 @@ async fn parameter_name_twins_of_policy_fields() {
     }
 }
 
+/// Issue 10 item 8: names that a lenient exchange reads as one parameter — equal up to
+/// ASCII case, under NFKC, or with whitespace around them — are duplicates, and a name
+/// with an invisible character is refused outright. Each twin carries the value an
+/// attacker wants executed (another address, a larger amount or quantity), signed by the
+/// policy signer as ccxt would encode it, in every dialect and in Kraken's JSON bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_reader_twins_in_every_dialect() {
+    fn twins(field: &str) -> Vec<(String, &'static str)> {
+        let mut capitalized = field.to_owned();
+        capitalized[..1].make_ascii_uppercase();
+        let fullwidth: String = field
+            .chars()
+            .map(|c| char::from_u32(c as u32 - 0x21 + 0xFF01).expect("fullwidth"))
+            .collect();
+        vec![
+            (field.to_ascii_uppercase(), "duplicate_parameter"),
+            (capitalized, "duplicate_parameter"),
+            (fullwidth, "duplicate_parameter"),
+            (format!("{field} "), "duplicate_parameter"),
+            (format!("\u{3000}{field}"), "duplicate_parameter"),
+            (format!("{field}\u{A0}"), "duplicate_parameter"),
+            (format!("{field}\u{200B}"), "invalid_parameter"),
+            (format!("\u{FEFF}{field}"), "invalid_parameter"),
+            (
+                format!("{}\u{2060}{}", &field[..1], &field[1..]),
+                "invalid_parameter",
+            ),
+        ]
+    }
+    for d in [Dialect::Zaif, Dialect::Binance, Dialect::Kraken] {
+        let (s, k) = full(d).await;
+        // Binance's withdraw endpoint is one ccxt sends unquoted, so raw non-ASCII would
+        // be refused for that alone: its twins go to the order endpoint instead.
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let (path, base, attacked): (&str, Vec<(&str, &str)>, Pairs) = match d {
+            Dialect::Zaif => (
+                zaif::PATH,
+                vec![
+                    ("method", "withdraw"),
+                    ("currency", "btc"),
+                    ("amount", "0.001"),
+                    ("address", WITHDRAW_ADDR),
+                ],
+                &[("address", OTHER_ADDR), ("amount", "1000")],
+            ),
+            Dialect::Binance => (
+                binance::TRADE_PATH,
+                vec![
+                    ("symbol", "BTCUSDT"),
+                    ("side", "BUY"),
+                    ("type", "LIMIT"),
+                    ("timeInForce", "GTC"),
+                    ("quantity", "0.001"),
+                    ("price", "30000"),
+                ],
+                &[("quantity", "1000"), ("price", "1")],
+            ),
+            Dialect::Kraken => (
+                kraken::WITHDRAW_PATH,
+                vec![
+                    ("asset", "XBT"),
+                    ("key", "test-wallet"),
+                    ("amount", "0.001"),
+                    ("address", WITHDRAW_ADDR),
+                ],
+                &[("address", OTHER_ADDR), ("amount", "1000")],
+            ),
+        };
+        let bodies: &[bool] = if d == Dialect::Kraken {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &json in bodies {
+            for (field, evil) in attacked {
+                for (twin, code) in twins(field) {
+                    for twin_first in [false, true] {
+                        let mut params = base.clone();
+                        let at = if twin_first { 1 } else { params.len() };
+                        params.insert(at, (twin.as_str(), evil));
+                        let fresh = match d {
+                            Dialect::Binance => now_ms().to_string(),
+                            _ => next_nonce().to_string(),
+                        };
+                        let req = policy_signed(d, &k, "POST", path, &params, &fresh, json);
+                        let code = if json { "invalid_json" } else { code };
+                        expect_denied(&s, &req, 400, code).await;
+                    }
+                }
+            }
+        }
+        // Without the twin the same request goes through.
+        match d {
+            Dialect::Binance => expect_forwarded(&s, &binance::trade(&k), &k, "trade").await,
+            _ => expect_forwarded(&s, &withdraw_req(d, &k, WITHDRAW_ADDR), &k, "withdraw").await,
+        };
+    }
+}
+
+/// A policy field spelled another way and not at all as written (`AMOUNT` alone) is
+/// refused: the gateway would check no amount while a case-insensitive exchange reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_field_only_in_another_spelling() {
+    let (s, k) = full(Dialect::Binance).await;
+    let req = binance::call(
+        &k,
+        "POST",
+        binance::TRADE_PATH,
+        &[
+            ("symbol", "BTCUSDT"),
+            ("side", "BUY"),
+            ("type", "LIMIT"),
+            ("timeInForce", "GTC"),
+            ("QUANTITY", "1000"),
+            ("price", "30000"),
+        ],
+        now_ms(),
+    );
+    expect_denied(&s, &req, 400, "invalid_parameter").await;
+    let req = binance::call(
+        &k,
+        "GET",
+        binance::READ_PATH,
+        &[("RecvWindow", "60000")],
+        now_ms(),
+    );
+    expect_denied(&s, &req, 400, "invalid_parameter").await;
+    expect_forwarded(&s, &binance::read(&k), &k, "read").await;
+}
+
 /// A GET or DELETE carries its parameters in the query; a body would be an unread
 /// channel to the exchange.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,14 @@ fn ccxt_kraken_through_the_gateway() {
     run_dialect(&KRAKEN);
 }
 
+/// Issue 10 item 9: ccxt's kraken `withdraw()` names the destination by its withdrawal
+/// key and sends no address when given none. The key allows `XXBT:key=keyguard-e2e`;
+/// a withdrawal to another withdrawal key is refused with `address_not_allowed`.
+#[test]
+fn ccxt_kraken_withdraws_by_withdrawal_key() {
+    run_dialect_with(&KRAKEN, WithdrawBy::KrakenKey);
+}
+
 #[test]
 fn ccxt_coincheck_through_the_gateway() {
     run_dialect(&COINCHECK);
@@ -159,7 +167,23 @@ struct CreatedKey {
     secret: String,
 }
 
+/// How the full key's withdrawal names its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WithdrawBy {
+    /// The allowlisted address, as every dialect sends it.
+    Address,
+    /// Kraken's withdrawal key alone (`key=keyguard-e2e`), no address.
+    KrakenKey,
+}
+
+/// The Kraken withdrawal key the full key may withdraw to in [`WithdrawBy::KrakenKey`].
+const KRAKEN_WITHDRAW_KEY: &str = "keyguard-e2e";
+
 fn run_dialect(expect: &Expectation) {
+    run_dialect_with(expect, WithdrawBy::Address)
+}
+
+fn run_dialect_with(expect: &Expectation, by: WithdrawBy) {
     let tools = tools();
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
@@ -193,7 +217,10 @@ fn run_dialect(expect: &Expectation) {
     let (mock, mock_addr) = start_mock(expect.dialect, &pem_path, &ledger_path, dir.path());
     let upstream = format!("http://{mock_addr}");
 
-    let withdraw_spec = format!("{}:{WITHDRAW_ADDRESS}", expect.withdraw_asset);
+    let withdraw_spec = match by {
+        WithdrawBy::Address => format!("{}:{WITHDRAW_ADDRESS}", expect.withdraw_asset),
+        WithdrawBy::KrakenKey => format!("{}:key={KRAKEN_WITHDRAW_KEY}", expect.withdraw_asset),
+    };
     let full: CreatedKey = kg.create_key(&[
         "--scopes",
         "read,trade,withdraw",
@@ -222,7 +249,16 @@ fn run_dialect(expect: &Expectation) {
         "other_ip": OTHER_IP,
         "full": {"api_key": full.api_key, "secret": full.secret},
         "read": {"api_key": read.api_key, "secret": read.secret},
-        "withdraw": {"code": "BTC", "amount": 0.01, "address": WITHDRAW_ADDRESS},
+        "withdraw": match by {
+            WithdrawBy::Address => json!({"code": "BTC", "amount": 0.01, "address": WITHDRAW_ADDRESS}),
+            WithdrawBy::KrakenKey => json!({
+                "code": "BTC",
+                "amount": 0.01,
+                "address": null,
+                "params": {"key": KRAKEN_WITHDRAW_KEY},
+                "denied_params": {"key": "attacker-wallet"},
+            }),
+        },
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ccxt/e2e.py");
     let output = run_with_timeout(
@@ -244,7 +280,11 @@ fn run_dialect(expect: &Expectation) {
     }
 
     println!("{}", output.stdout);
-    check_ledger(expect, &ledger_path, &full, &read);
+    let destination = match by {
+        WithdrawBy::Address => WITHDRAW_ADDRESS.to_owned(),
+        WithdrawBy::KrakenKey => format!("key={KRAKEN_WITHDRAW_KEY}"),
+    };
+    check_ledger(expect, &ledger_path, &full, &read, &destination);
 
     let stats = mock_stats(mock_addr);
     assert_eq!(
@@ -260,7 +300,15 @@ fn run_dialect(expect: &Expectation) {
 }
 
 /// Compares the ledger with the expectation: same requests, same counts, right identity.
-fn check_ledger(expect: &Expectation, ledger: &Path, full: &CreatedKey, read: &CreatedKey) {
+/// `destination` is text every forwarded withdrawal must contain (the allowed address,
+/// or `key=<withdrawal key>`).
+fn check_ledger(
+    expect: &Expectation,
+    ledger: &Path,
+    full: &CreatedKey,
+    read: &CreatedKey,
+    destination: &str,
+) {
     let entries = Ledger::read_all(ledger).expect("read ledger");
     let mut actual: BTreeMap<(KeyName, String, String, String), usize> = BTreeMap::new();
     for entry in &entries {
@@ -280,8 +328,8 @@ fn check_ledger(expect: &Expectation, ledger: &Path, full: &CreatedKey, read: &C
         if entry.action == "withdraw" {
             let text = format!("{} {}", entry.query, entry.body);
             assert!(
-                text.contains(WITHDRAW_ADDRESS),
-                "withdrawal to an address other than the allowlisted one: {entry:?}"
+                text.contains(destination),
+                "withdrawal to a destination other than the allowlisted {destination}: {entry:?}"
             );
         }
         *actual

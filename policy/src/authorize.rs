@@ -1,5 +1,6 @@
 //! May this key do this action from this IP, now? Status, expiry, scope, allowlist,
-//! withdrawal address and freezes — in that order, so the code a client sees names the
+//! withdrawal destination (an address, or an exchange-side withdrawal key: see
+//! [`crate::key::Destination`]) and freezes — in that order, so the code a client sees names the
 //! most fundamental problem first.
 
 use std::net::IpAddr;
@@ -96,14 +97,23 @@ pub fn authorize(
             return Err(Deny::AllowlistRequired);
         }
         let asset = req.facts.asset.as_deref().ok_or(Deny::InvalidField)?;
-        let address = req.facts.address.as_deref().ok_or(Deny::InvalidField)?;
-        if req.facts.amount.is_none() {
+        let address = req.facts.address.as_deref();
+        let withdraw_key = req.facts.withdraw_key.as_deref();
+        if (address.is_none() && withdraw_key.is_none()) || req.facts.amount.is_none() {
             return Err(Deny::InvalidField);
         }
+        // Every entry that allows the destination counts, and the oldest one decides the
+        // cool-down: an address listed twice (plainly and pinned to a key) is usable once
+        // its first listing has waited.
         let entry = key
             .withdraw_addresses
             .iter()
-            .find(|w| w.asset == asset && w.address == address)
+            .filter(|w| w.asset == asset)
+            .filter(|w| {
+                w.destination()
+                    .is_some_and(|d| d.allows(withdraw_key, address))
+            })
+            .min_by_key(|w| w.added_at)
             .ok_or(Deny::AddressNotAllowed)?;
         if req.now < entry.added_at.saturating_add(cfg.address_cooldown_ms) {
             return Err(Deny::AddressCooldown);

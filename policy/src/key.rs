@@ -49,10 +49,99 @@ impl FromStr for KeyStatus {
 pub struct WithdrawAddress {
     /// Asset code as the exchange names it, lower-cased (`btc`).
     pub asset: String,
-    /// The destination address, compared exactly.
+    /// The destination as stored and shown: an address, compared exactly, or an
+    /// exchange-side withdrawal key written `key=NAME` or `key=NAME,address=ADDRESS`
+    /// (see [`Destination::parse`]).
     pub address: String,
     /// When it was added; it is usable only after the configured cool-down.
     pub added_at: UnixMillis,
+}
+
+impl WithdrawAddress {
+    /// The destination this entry allows; `None` for an entry written `key=…` that does
+    /// not parse (such an entry allows nothing: the CLI and admin API refuse to store
+    /// one, so it can only come from a hand-edited store).
+    pub fn destination(&self) -> Option<Destination> {
+        Destination::parse(&self.address).ok()
+    }
+}
+
+/// Where an allowed withdrawal may go.
+///
+/// Kraken (and exchanges like it) withdraw to a *withdrawal key*: a destination the
+/// account holder registered at the exchange under a name, which the request names in a
+/// `key` field, with the address optional (when sent, Kraken refuses it unless it is the
+/// key's address). An allowlist entry can name such a key, so the text of an entry is one
+/// of:
+/// - `ADDRESS` — the request's address must be exactly this;
+/// - `key=NAME` — the request's withdrawal key must be exactly `NAME` (percent-decoded, so
+///   a name with spaces or commas is written `key=My%20Ledger`); an address sent along is
+///   left to the exchange to match against the key;
+/// - `key=NAME,address=ADDRESS` — the key must be `NAME`, and an address, when the request
+///   sends one, must be `ADDRESS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A plain address.
+    Address(String),
+    /// An exchange-side withdrawal key, optionally pinned to its address.
+    Key {
+        /// The key's name as the request sends it.
+        name: String,
+        /// The address the key must resolve to, when the entry pins one.
+        address: Option<String>,
+    },
+}
+
+impl Destination {
+    /// Parses an entry's text (see the type docs); the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Destination, String> {
+        let Some(rest) = text.strip_prefix("key=") else {
+            return Ok(Destination::Address(text.to_owned()));
+        };
+        let (name, address) = match rest.split_once(',') {
+            None => (rest, None),
+            Some((name, tail)) => match tail.strip_prefix("address=") {
+                Some(a) if !a.is_empty() => (name, Some(a.to_owned())),
+                _ => {
+                    return Err(format!(
+                        "{text:?}: after `key=NAME,` only `address=ADDRESS` may follow"
+                    ))
+                }
+            },
+        };
+        let decoded = percent_encoding::percent_decode_str(name)
+            .decode_utf8()
+            .map_err(|_| format!("{text:?}: the key name is not UTF-8 once percent-decoded"))?;
+        if decoded.is_empty() || decoded.chars().any(char::is_control) {
+            return Err(format!(
+                "{text:?}: the withdrawal key name must be 1 or more printable characters"
+            ));
+        }
+        Ok(Destination::Key {
+            name: decoded.into_owned(),
+            address,
+        })
+    }
+
+    /// Whether a withdrawal naming `key` and/or `address` goes where this entry allows.
+    /// A request must name at least one of them (the caller checks).
+    pub fn allows(&self, key: Option<&str>, address: Option<&str>) -> bool {
+        match self {
+            Destination::Address(a) => address == Some(a.as_str()),
+            Destination::Key {
+                name,
+                address: None,
+            } => key == Some(name.as_str()),
+            Destination::Key {
+                name,
+                address: Some(pinned),
+            } => {
+                key.is_none_or(|k| k == name)
+                    && address.is_none_or(|a| a == pinned)
+                    && (key.is_some() || address.is_some())
+            }
+        }
+    }
 }
 
 /// The material a request's signature is checked against.
@@ -252,6 +341,45 @@ pub fn parse_allow_ip(s: &str) -> Result<IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destinations() {
+        use Destination::*;
+        assert_eq!(Destination::parse("bc1q"), Ok(Address("bc1q".into())));
+        assert_eq!(
+            Destination::parse("key=My%20Ledger"),
+            Ok(Key {
+                name: "My Ledger".into(),
+                address: None
+            })
+        );
+        assert_eq!(
+            Destination::parse("key=w1,address=bc1q"),
+            Ok(Key {
+                name: "w1".into(),
+                address: Some("bc1q".into())
+            })
+        );
+        for bad in ["key=", "key=w,bc1q", "key=w,address=", "key=%FF", "key=%00"] {
+            assert!(Destination::parse(bad).is_err(), "{bad}");
+        }
+        let key_only = Destination::parse("key=w1").unwrap();
+        assert!(key_only.allows(Some("w1"), None));
+        assert!(key_only.allows(Some("w1"), Some("anything: the exchange checks it")));
+        assert!(!key_only.allows(Some("w2"), None));
+        assert!(!key_only.allows(None, Some("w1")));
+        let pinned = Destination::parse("key=w1,address=bc1q").unwrap();
+        assert!(pinned.allows(Some("w1"), Some("bc1q")));
+        assert!(pinned.allows(Some("w1"), None));
+        assert!(pinned.allows(None, Some("bc1q")));
+        assert!(!pinned.allows(Some("w1"), Some("evil")));
+        assert!(!pinned.allows(Some("w2"), Some("bc1q")));
+        assert!(!pinned.allows(None, None));
+        let plain = Destination::parse("bc1q").unwrap();
+        assert!(plain.allows(None, Some("bc1q")));
+        assert!(plain.allows(Some("any"), Some("bc1q")));
+        assert!(!plain.allows(Some("w1"), None));
+    }
 
     #[test]
     fn mapped_v6_normalizes() {

@@ -3,6 +3,7 @@
 //! exchange cannot be shown a different one.
 
 use crate::decimal::{parse_decimal, Decimal};
+use crate::parse::names::NameForms;
 use crate::Deny;
 
 /// A JSON value, parsed strictly. Numbers keep their exact source text so amounts never
@@ -66,8 +67,7 @@ pub fn folded_name(name: &str) -> String {
     folded_chars(name).collect()
 }
 
-/// [`folded_name`] as an iterator, so that two names can be compared under the folding
-/// without building either (`insert` compares every pair of a request's parameters).
+/// [`folded_name`] as an iterator.
 fn folded_chars(name: &str) -> impl Iterator<Item = char> + '_ {
     let name = name.trim_start_matches(|c: char| c.is_ascii_whitespace());
     let (base, suffix) = match name.find('[') {
@@ -97,10 +97,9 @@ pub enum ParamSource {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params {
     entries: Vec<(String, ParamValue, ParamSource)>,
-    /// Each entry's [`folded_name`] where it differs from the name (rare: only names with
-    /// spaces, dots, brackets or leading whitespace fold), so duplicate checks compare
-    /// plain strings instead of re-folding every pair.
-    folded: Vec<Option<String>>,
+    /// Each entry's readings under lenient parsers ([`NameForms`]), built once per name so
+    /// the duplicate checks compare plain strings instead of re-folding every pair.
+    forms: Vec<NameForms>,
 }
 
 impl Params {
@@ -109,31 +108,64 @@ impl Params {
         Self::default()
     }
 
-    /// Adds a parameter; a name already present is a [`Deny::DuplicateParameter`], also
-    /// when the two names differ only in a way that common server-side form parsers fold
-    /// away (see [`folded_name`]). Requests carry a handful of parameters, so a linear
-    /// scan beats hashing here.
+    /// Adds a parameter. A name already present is a [`Deny::DuplicateParameter`], also
+    /// when the two names differ only in a way that a lenient server-side parser reads
+    /// away (case, NFKC, whitespace around the name, PHP's folding: see
+    /// [`crate::parse::names`]); a name with an invisible character is a
+    /// [`Deny::InvalidParameter`] on its own. Requests carry a handful of parameters, so a
+    /// linear scan beats hashing here.
     pub fn insert(
         &mut self,
         name: String,
         value: ParamValue,
         source: ParamSource,
     ) -> Result<(), Deny> {
-        let folds = name.starts_with(|c: char| c.is_ascii_whitespace())
-            || name.bytes().any(|b| matches!(b, b' ' | b'.' | b'['));
-        let folded = folds.then(|| folded_name(&name));
-        let key = folded.as_deref().unwrap_or(&name);
+        let forms = NameForms::of(&name).ok_or(Deny::InvalidParameter)?;
         if self
             .entries
             .iter()
-            .zip(&self.folded)
-            .any(|((n, _, _), f)| *n == name || f.as_deref().unwrap_or(n) == key)
+            .zip(&self.forms)
+            .any(|((n, _, _), f)| NameForms::same(n, f, &name, &forms))
         {
             return Err(Deny::DuplicateParameter);
         }
         self.entries.push((name, value, source));
-        self.folded.push(folded);
+        self.forms.push(forms);
         Ok(())
+    }
+
+    /// Whether some parameter reads as `plain` (a lower-case ASCII name such as
+    /// `_method`) to a lenient parser, however it is spelled.
+    pub fn any_reads_as(&self, plain: &str) -> bool {
+        self.entries
+            .iter()
+            .zip(&self.forms)
+            .any(|((n, _, _), f)| NameForms::reads_as(n, f, plain))
+    }
+
+    /// The value of a field the policy reads (a fact, a freshness field), spelled exactly
+    /// `name`. When it is absent but another spelling of it is present (`AMOUNT` for
+    /// `amount`), that is a [`Deny::InvalidParameter`]: a lenient exchange would read the
+    /// value the gateway did not check.
+    pub fn field(&self, name: &str) -> Result<Option<&ParamValue>, Deny> {
+        if let Some(v) = self.get(name) {
+            return Ok(Some(v));
+        }
+        let forms = NameForms::of(name).unwrap_or_default();
+        if self
+            .entries
+            .iter()
+            .zip(&self.forms)
+            .any(|((n, _, _), f)| NameForms::same(n, f, name, &forms))
+        {
+            return Err(Deny::InvalidParameter);
+        }
+        Ok(None)
+    }
+
+    /// [`Params::field`] as text.
+    pub fn field_text(&self, name: &str) -> Result<Option<&str>, Deny> {
+        self.field(name)?.map(ParamValue::as_text).transpose()
     }
 
     /// The value of `name`, if present.
@@ -185,7 +217,10 @@ mod tests {
             " address",
             "address[]",
             "address[0]",
-            "\taddress",
+            "ADDRESS",
+            "Address ",
+            "ａｄｄｒｅｓｓ",
+            "address\u{3000}",
         ] {
             let mut p = Params::new();
             p.insert("address".into(), text("ok"), ParamSource::Body)
@@ -203,6 +238,15 @@ mod tests {
             p.insert("opt_fee".into(), text("2"), ParamSource::Body),
             Err(Deny::DuplicateParameter)
         );
+        // Control and invisible characters refuse the name itself.
+        for bad in ["\taddress", "address\u{200B}", "\u{FEFF}address"] {
+            let mut p = Params::new();
+            assert_eq!(
+                p.insert(bad.into(), text("evil"), ParamSource::Body),
+                Err(Deny::InvalidParameter),
+                "{bad:?}"
+            );
+        }
         // Named sub-keys are different parameters.
         let mut p = Params::new();
         p.insert("close[ordertype]".into(), text("limit"), ParamSource::Body)
@@ -212,6 +256,20 @@ mod tests {
         p.insert("close".into(), text("x"), ParamSource::Body)
             .unwrap();
         assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn fields_are_read_only_as_spelled() {
+        let mut p = Params::new();
+        p.insert("AMOUNT".into(), text("1000"), ParamSource::Body)
+            .unwrap();
+        p.insert("price".into(), text("1"), ParamSource::Body)
+            .unwrap();
+        assert_eq!(p.field("amount"), Err(Deny::InvalidParameter));
+        assert_eq!(p.field_text("price"), Ok(Some("1")));
+        assert_eq!(p.field("quantity"), Ok(None));
+        assert!(p.any_reads_as("amount"));
+        assert!(!p.any_reads_as("_method"));
     }
 
     #[test]

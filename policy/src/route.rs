@@ -20,6 +20,7 @@ use http::Method;
 use crate::action::Action;
 use crate::decimal::Decimal;
 use crate::dialect::{DialectKind, ParsedRequest};
+use crate::params::ParamValue;
 use crate::Deny;
 
 /// Names of the request parameters that carry each fact for one endpoint.
@@ -31,6 +32,8 @@ pub struct FieldMap {
     pub amount: Option<String>,
     /// The withdrawal destination.
     pub address: Option<String>,
+    /// The exchange-side withdrawal key naming the destination (Kraken's `key`).
+    pub withdraw_key: Option<String>,
     /// An order's limit price.
     pub price: Option<String>,
     /// An order's quantity.
@@ -62,6 +65,8 @@ pub struct Facts {
     pub amount: Option<Decimal>,
     /// Destination address, exactly as sent.
     pub address: Option<String>,
+    /// Destination withdrawal key (Kraken's `key`), exactly as sent.
+    pub withdraw_key: Option<String>,
     /// Price.
     pub price: Option<Decimal>,
     /// Quantity.
@@ -85,7 +90,8 @@ pub enum RouteError {
     /// Two routes match the same requests.
     #[error("route {0} duplicates route {1} (same method, path and selector)")]
     Duplicate(usize, usize),
-    /// A withdraw route must name where its asset, amount and address are.
+    /// A withdraw route must name where its asset, amount and destination (an address,
+    /// a withdrawal key or both) are.
     #[error("route {0} is a withdraw route but does not map `{1}`")]
     WithdrawFieldMissing(usize, &'static str),
     /// Zaif routes on a selector path need a selector value, and other dialects must not use one.
@@ -188,14 +194,13 @@ impl RouteTable {
                 }
             }
             if r.action == Action::Withdraw {
-                for (name, f) in [
-                    ("asset", &r.fields.asset),
-                    ("amount", &r.fields.amount),
-                    ("address", &r.fields.address),
-                ] {
+                for (name, f) in [("asset", &r.fields.asset), ("amount", &r.fields.amount)] {
                     if f.is_none() {
                         return Err(RouteError::WithdrawFieldMissing(i, name));
                     }
+                }
+                if r.fields.address.is_none() && r.fields.withdraw_key.is_none() {
+                    return Err(RouteError::WithdrawFieldMissing(i, "address"));
                 }
             }
             if r.select.is_some() && kind.selector_field().is_none() {
@@ -252,7 +257,7 @@ impl RouteTable {
                 let got = match selector_value {
                     Some(v) => v,
                     None => {
-                        let v = req.params.text(field)?;
+                        let v = req.params.field_text(field)?;
                         selector_value = Some(v);
                         v
                     }
@@ -308,13 +313,13 @@ fn path_matches(pattern: &str, path: &str) -> bool {
 fn extract_facts(fields: &FieldMap, req: &ParsedRequest) -> Result<Facts, Deny> {
     let text = |name: &Option<String>| -> Result<Option<String>, Deny> {
         match name {
-            Some(n) => Ok(req.params.text(n)?.map(str::to_owned)),
+            Some(n) => Ok(req.params.field_text(n)?.map(str::to_owned)),
             None => Ok(None),
         }
     };
     let decimal = |name: &Option<String>| -> Result<Option<Decimal>, Deny> {
-        match name.as_deref().and_then(|n| req.params.get(n)) {
-            Some(v) => v.as_decimal().map(Some),
+        match name {
+            Some(n) => req.params.field(n)?.map(ParamValue::as_decimal).transpose(),
             None => Ok(None),
         }
     };
@@ -322,6 +327,7 @@ fn extract_facts(fields: &FieldMap, req: &ParsedRequest) -> Result<Facts, Deny> 
         asset: text(&fields.asset)?.map(|a| a.to_ascii_lowercase()),
         amount: decimal(&fields.amount)?,
         address: text(&fields.address)?,
+        withdraw_key: text(&fields.withdraw_key)?,
         price: decimal(&fields.price)?,
         quantity: decimal(&fields.quantity)?,
     })

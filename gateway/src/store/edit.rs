@@ -80,6 +80,12 @@ impl Change {
                 "the address must be 1 to 200 printable characters without spaces".into(),
             ));
         }
+        // `key=NAME[,address=ADDRESS]` names an exchange-side withdrawal key (Kraken):
+        // refuse one the policy could not read, rather than store an entry that allows
+        // nothing.
+        if add {
+            keyguard_policy::key::Destination::parse(&address).map_err(EditError::Invalid)?;
+        }
         Ok(if add {
             Change::AddAddress { asset, address }
         } else {

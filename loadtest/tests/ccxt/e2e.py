@@ -7,11 +7,14 @@ the keys and afterwards checks the mock's ledger. This script only plays the cli
   python3 e2e.py '<json config>'
 
 The config names the dialect, the gateway URL, two keys (a full key allowlisted to one
-source IP, a read-only key) and the withdrawal destination the full key may use. Three
-clients run in order:
+source IP, a read-only key) and the withdrawal destination the full key may use (an
+address, or extra withdraw() params such as Kraken's withdrawal `key`, with the address
+left out as ccxt allows; optionally `denied_params` naming a destination the key may not
+use). Three clients run in order:
 
   1. the full key from the allowlisted IP: balance, limit order, open orders, cancel and
-     withdrawal all succeed;
+     withdrawal all succeed (and, with `denied_params`, a withdrawal elsewhere raises a
+     ccxt error carrying `address_not_allowed`);
   2. the read-only key from the same IP: balance and open orders work, placing or
      cancelling an order and withdrawing raise a ccxt error carrying `scope_missing`;
   3. the full key from another IP: every private call raises a ccxt error carrying
@@ -182,10 +185,14 @@ class Run:
             return
         self.fail(who, step, "succeeded but must be denied")
 
-    def withdraw(self, ex):
+    def withdraw(self, ex, extra=None):
         spec = self.dialect
         w = self.config["withdraw"]
         params = dict(spec["withdraw_params"])
+        # The run may name another destination (a Kraken withdrawal key), and a step may
+        # aim at one the key does not allow.
+        params.update(w.get("params", {}))
+        params.update(extra or {})
         if "withdraw" in spec:
             return spec["withdraw"](ex, w, params)
         return ex.withdraw(w["code"], w["amount"], w["address"], params)
@@ -226,6 +233,10 @@ class Run:
             lambda: self.withdraw(ex),
             lambda t: None if t.get("id") else f"no withdrawal id in {t}",
         )
+        elsewhere = self.config["withdraw"].get("denied_params")
+        if elsewhere:
+            self.expect_denied(who, "withdraw elsewhere", ex,
+                               lambda: self.withdraw(ex, elsewhere), "address_not_allowed")
         return order["id"]
 
     def read_key(self, order_id):

@@ -181,3 +181,62 @@ fn withdraw_rules() {
         Err(Deny::InvalidField)
     );
 }
+
+/// Kraken names the destination by its withdrawal key; entries can allow a key, a key
+/// pinned to its address, or a plain address.
+#[test]
+fn withdrawal_keys() {
+    let mut k = key(&[Scope::Withdraw], &["127.0.0.2/32"]);
+    k.withdraw_addresses = [
+        "key=Wallet1",
+        "key=My%20Ledger,address=bc1qpinned",
+        "bc1qplain",
+    ]
+    .iter()
+    .map(|a| WithdrawAddress {
+        asset: "xxbt".into(),
+        address: (*a).into(),
+        added_at: 1_000,
+    })
+    .collect();
+    let free = Freezes::default();
+    let facts = |key: Option<&str>, address: Option<&str>| Facts {
+        asset: Some("xxbt".into()),
+        amount: Some(crate::decimal::parse_decimal("0.5").unwrap()),
+        address: address.map(Into::into),
+        withdraw_key: key.map(Into::into),
+        ..Facts::default()
+    };
+    let check =
+        |f: &Facts, now| authorize(&CFG, &k, &req(Action::Withdraw, f, "127.0.0.2", now), &free);
+    let later = 1_000 + CFG.address_cooldown_ms;
+    for (key, address, want) in [
+        (Some("Wallet1"), None, Ok(())),
+        (Some("Wallet1"), Some("bc1qwhatever"), Ok(())),
+        (Some("wallet1"), None, Err(Deny::AddressNotAllowed)),
+        (Some("Evil"), None, Err(Deny::AddressNotAllowed)),
+        (Some("My Ledger"), None, Ok(())),
+        (Some("My Ledger"), Some("bc1qpinned"), Ok(())),
+        (
+            Some("My Ledger"),
+            Some("bc1qevil"),
+            Err(Deny::AddressNotAllowed),
+        ),
+        (None, Some("bc1qpinned"), Ok(())),
+        (None, Some("bc1qplain"), Ok(())),
+        (Some("Evil"), Some("bc1qplain"), Ok(())),
+        (None, Some("bc1qevil"), Err(Deny::AddressNotAllowed)),
+        (None, None, Err(Deny::InvalidField)),
+    ] {
+        assert_eq!(
+            check(&facts(key, address), later),
+            want,
+            "{key:?} {address:?}"
+        );
+    }
+    // Key entries wait out the cool-down like addresses.
+    assert_eq!(
+        check(&facts(Some("Wallet1"), None), later - 1),
+        Err(Deny::AddressCooldown)
+    );
+}

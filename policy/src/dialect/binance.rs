@@ -52,11 +52,11 @@ pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny
     }
     let signature = decode_signature(value)?;
 
-    let at_ms = match rx.params.text("timestamp") {
+    let at_ms = match rx.params.field_text("timestamp") {
         Ok(Some(text)) => digits(text).ok_or(Deny::StaleTimestamp)?,
         _ => return Err(Deny::StaleTimestamp),
     };
-    let recv_window_ms = match rx.params.text("recvWindow")? {
+    let recv_window_ms = match rx.params.field_text("recvWindow")? {
         None => rx.cfg.recv_window_default_ms,
         Some(text) => digits(text).ok_or(Deny::InvalidParameter)?,
     };

@@ -24,8 +24,12 @@
 //! - a `Content-Type`, when present, must be one the dialect uses, even on an empty body
 //!   (form for all four, JSON for Kraken); a non-empty body needs one
 //!   ([`Deny::UnsupportedMediaType`]);
-//! - a `_method` parameter (any case) in the query, form or top-level JSON body is a
+//! - a `_method` parameter (any spelling a lenient parser reads as it: case, NFKC,
+//!   whitespace, `_method[]`) in the query, form or top-level JSON body is a
 //!   [`Deny::MethodOverride`];
+//! - names are unique across query and body under the readings of
+//!   [`crate::parse::names`] ([`Deny::DuplicateParameter`]), and a name with an
+//!   invisible character is a [`Deny::InvalidParameter`];
 //! - no auth header at all gives `credentials: None`. A key header without its
 //!   signature is [`Deny::InvalidSignature`]; a signature header without its key is
 //!   [`Deny::MissingCredentials`].
@@ -255,10 +259,7 @@ pub fn parse(
             }
         }
     }
-    if params
-        .iter()
-        .any(|(name, _, _)| name.eq_ignore_ascii_case("_method"))
-    {
+    if params.any_reads_as("_method") {
         return Err(Deny::MethodOverride);
     }
 

@@ -1,14 +1,16 @@
 //! A small strict RFC 8259 JSON parser: exactly the grammar, nothing a lenient parser
 //! would guess at, so the gateway and the exchange read a body the same way.
 //!
-//! Refused with [`Deny::InvalidJson`]: duplicate object keys (compared after unescaping,
-//! since which of two values "wins" differs between parsers), `NaN`/`Infinity`, hex,
+//! Refused with [`Deny::InvalidJson`]: duplicate object keys (compared after unescaping
+//! and under the lenient readings of [`crate::parse::names`], since which of two values
+//! "wins" differs between parsers), keys with invisible characters, `NaN`/`Infinity`, hex,
 //! leading `+` or zeros, `.5`/`5.`, trailing commas, comments, single quotes, lone
 //! surrogate escapes, raw control characters in strings, invalid UTF-8, a byte-order
 //! mark, trailing garbage, and nesting deeper than [`MAX_DEPTH`]. Numbers keep their exact
 //! source text ([`JsonValue::Number`]) so an amount never passes through a float.
 
 use crate::params::JsonValue;
+use crate::parse::names::NameForms;
 use crate::Deny;
 
 /// The deepest nesting accepted (a top-level object is depth 1). Exchange bodies are
@@ -113,6 +115,7 @@ impl Parser<'_> {
         }
         self.expect(b'{')?;
         let mut members: Vec<(String, JsonValue)> = Vec::new();
+        let mut forms: Vec<NameForms> = Vec::new();
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -124,6 +127,7 @@ impl Parser<'_> {
                 return Err(Deny::InvalidJson);
             }
             let key = self.string()?;
+            forms.push(NameForms::of(&key).ok_or(Deny::InvalidJson)?);
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
@@ -139,7 +143,7 @@ impl Parser<'_> {
                 _ => return Err(Deny::InvalidJson),
             }
         }
-        if has_duplicate_keys(&members) {
+        if has_duplicate_keys(&members, &forms) {
             return Err(Deny::InvalidJson);
         }
         Ok(JsonValue::Object(members))
@@ -286,18 +290,33 @@ impl Parser<'_> {
     }
 }
 
-/// Small objects are scanned pairwise; large ones are sorted so a body with thousands of
+/// Keys are duplicates when a lenient parser would read them as one (case, NFKC,
+/// whitespace around them, PHP's folding: [`crate::parse::names`]). Small objects are
+/// scanned pairwise; large ones are sorted under each reading, so a body with thousands of
 /// keys costs `n log n`, not `n²`.
-fn has_duplicate_keys(members: &[(String, JsonValue)]) -> bool {
+fn has_duplicate_keys(members: &[(String, JsonValue)], forms: &[NameForms]) -> bool {
     if members.len() <= 16 {
         return members
             .iter()
+            .zip(forms)
             .enumerate()
-            .any(|(i, (k, _))| members[..i].iter().any(|(o, _)| o == k));
+            .any(|(i, ((k, _), f))| {
+                members[..i]
+                    .iter()
+                    .zip(forms)
+                    .any(|((o, _), g)| NameForms::same(o, g, k, f))
+            });
     }
-    let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
-    keys.sort_unstable();
-    keys.windows(2).any(|w| w[0] == w[1])
+    let readings: Vec<[String; 2]> = members
+        .iter()
+        .zip(forms)
+        .map(|((k, _), f)| f.readings(k))
+        .collect();
+    (0..2).any(|r| {
+        let mut keys: Vec<&str> = readings.iter().map(|pair| pair[r].as_str()).collect();
+        keys.sort_unstable();
+        keys.windows(2).any(|w| w[0] == w[1])
+    })
 }
 
 #[cfg(test)]

@@ -9,9 +9,12 @@
 //! - [`headers`]: smuggling, method-override and credential-header rules; content types.
 //! - [`urlencoded`]: query strings and form bodies (and Python-compatible encoding).
 //! - [`json`]: a strict RFC 8259 parser that keeps numbers as text.
+//! - [`names`]: when two parameter names (or JSON keys) are the same parameter to a
+//!   lenient server: case, NFKC, whitespace around them, PHP folding; invisible characters.
 
 pub mod headers;
 pub mod json;
+pub mod names;
 pub mod path;
 pub mod target;
 pub mod urlencoded;
