@@ -213,8 +213,8 @@ pub(crate) struct RawAudit {
     // Up to a minute: longer would let a power cut take more than operators expect of an
     // audit log; below 10 ms the syncs alone would saturate a slow disk.
     fsync_interval: Dur<10, { 60 * SECOND_MS }>,
-    // 0 disables size rotation; a file under 1 MiB would rotate many times a second under
-    // load.
+    // 0 disables size rotation; a file under 64 KiB would rotate many times a second
+    // under load.
     rotate_bytes: Option<toml::Spanned<u64>>,
     rotate_interval: Dur<{ 60 * SECOND_MS }, { 366 * DAY_MS }>,
     max_files: Bounded<0, 100_000>,
@@ -249,12 +249,12 @@ impl RawAudit {
     ) -> Result<AuditConfig, ConfigError> {
         let rotate_bytes = match &self.rotate_bytes {
             None => 256 << 20,
-            Some(b) if *b.get_ref() != 0 && *b.get_ref() < 1 << 20 => {
+            Some(b) if *b.get_ref() != 0 && *b.get_ref() < 64 << 10 => {
                 return Err(src.error_at(
                     b.span(),
                     "audit.rotate_bytes",
                     format!(
-                        "{} is below 1 MiB (1048576): the log would rotate many times a \
+                        "{} is below 64 KiB (65536): the log would rotate many times a \
                          second under load; use 0 to rotate by time only",
                         b.get_ref()
                     ),
