@@ -2,10 +2,12 @@
 //! directory, and how long identity assertions live.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::de::{Bounded, EnvVarName, FromTomlStr, Name, Parsed};
+use crate::de::{Bounded, Dur, EnvVarName, FromTomlStr, Name, Parsed};
+use crate::error::{ConfigError, Source};
 
 /// A file in the data directory. A relative name is kept alongside the resolved path, so
 /// moving the data directory (`--data-dir`) moves the file with it; an absolute name stays
@@ -118,6 +120,23 @@ impl FromTomlStr for AssertionAlg {
 pub struct AuditConfig {
     /// The JSON Lines audit log.
     pub path: DataFile,
+    /// How often written lines are forced to disk (`fdatasync`): what a power cut can take.
+    pub fsync_interval: Duration,
+    /// The current file is rotated once it is this large (bytes); 0: never by size.
+    pub rotate_bytes: u64,
+    /// The current file is rotated once it is this old.
+    pub rotate_interval: Duration,
+    /// Rotated files kept (the oldest beyond this are deleted); 0 keeps all.
+    pub max_files: usize,
+    /// How long a request waits for its line to be written, and how long one write may
+    /// take before the log counts as stalled (trades and withdrawals are then refused).
+    pub write_timeout: Duration,
+    /// Lines that may wait for the writer; beyond this, lines are dropped and counted.
+    pub queue_lines: usize,
+    /// Refusals before authentication written one line each per client network and
+    /// second; beyond this they are counted in one `summary` line per network, code and
+    /// second.
+    pub preauth_lines_per_sec: u32,
 }
 
 /// `[secrets]` as written.
@@ -191,20 +210,67 @@ impl RawAssertion {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAudit {
     path: Parsed<Name>,
+    // Up to a minute: longer would let a power cut take more than operators expect of an
+    // audit log; below 10 ms the syncs alone would saturate a slow disk.
+    fsync_interval: Dur<10, { 60 * SECOND_MS }>,
+    // 0 disables size rotation; a file under 64 KiB would rotate many times a second
+    // under load.
+    rotate_bytes: Option<toml::Spanned<u64>>,
+    rotate_interval: Dur<{ 60 * SECOND_MS }, { 366 * DAY_MS }>,
+    max_files: Bounded<0, 100_000>,
+    write_timeout: Dur<10, { 60 * SECOND_MS }>,
+    queue_lines: Bounded<16, 10_000_000>,
+    preauth_lines_per_sec: Bounded<1, 1_000_000>,
 }
+
+const SECOND_MS: u64 = 1_000;
+const DAY_MS: u64 = 86_400 * SECOND_MS;
 
 impl Default for RawAudit {
     fn default() -> Self {
         RawAudit {
             path: Parsed(Name("audit.jsonl".to_owned())),
+            fsync_interval: Dur(SECOND_MS),
+            rotate_bytes: None,
+            rotate_interval: Dur(DAY_MS),
+            max_files: Bounded(30),
+            write_timeout: Dur(2 * SECOND_MS),
+            queue_lines: Bounded(65_536),
+            preauth_lines_per_sec: Bounded(20),
         }
     }
 }
 
 impl RawAudit {
-    pub(crate) fn resolve(self, data_dir: &Path) -> AuditConfig {
-        AuditConfig {
+    pub(crate) fn resolve(
+        self,
+        src: &Source<'_>,
+        data_dir: &Path,
+    ) -> Result<AuditConfig, ConfigError> {
+        let rotate_bytes = match &self.rotate_bytes {
+            None => 256 << 20,
+            Some(b) if *b.get_ref() != 0 && *b.get_ref() < 64 << 10 => {
+                return Err(src.error_at(
+                    b.span(),
+                    "audit.rotate_bytes",
+                    format!(
+                        "{} is below 64 KiB (65536): the log would rotate many times a \
+                         second under load; use 0 to rotate by time only",
+                        b.get_ref()
+                    ),
+                ));
+            }
+            Some(b) => *b.get_ref(),
+        };
+        Ok(AuditConfig {
             path: DataFile::new(self.path.0 .0, data_dir),
-        }
+            fsync_interval: self.fsync_interval.duration(),
+            rotate_bytes,
+            rotate_interval: self.rotate_interval.duration(),
+            max_files: self.max_files.0 as usize,
+            write_timeout: self.write_timeout.duration(),
+            queue_lines: self.queue_lines.0 as usize,
+            preauth_lines_per_sec: self.preauth_lines_per_sec.0 as u32,
+        })
     }
 }

@@ -167,7 +167,7 @@ impl Config {
             path: path.to_path_buf(),
             secrets: file.secrets.resolve(&data_dir),
             assertion: file.assertion.resolve(&data_dir),
-            audit: file.audit.resolve(&data_dir),
+            audit: file.audit.resolve(&src, &data_dir)?,
             withdraw: file.withdraw.resolve(),
             server,
             dialect,

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::activity::Activity;
 use crate::alerts::{Alert, AlertSettings, Alerts};
 use crate::assertion::AssertionSigner;
-use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSink};
+use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSettings, AuditSink};
 use crate::keys::KeyCache;
 use crate::proxy::Shared;
 use crate::proxy::{BodyLimits, Gateway, RequestIds};
@@ -106,7 +106,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.assertion.key_file.path(),
         cfg.assertion.ttl_secs,
     )?;
-    let (audit, audit_handle) = AuditSink::start(cfg.audit.path.path())?;
+    crate::metrics::metrics().set_dialect(cfg.dialect.kind.as_str());
+    let (audit, audit_handle) = AuditSink::start_with(AuditSettings::from_config(
+        &cfg.audit,
+        cfg.dialect.kind.as_str(),
+    ))?;
+    tokio::spawn(audit.clone().watch(audit_alert(alerts.clone())));
     let upstream_uri = cfg.require_upstream()?.uri();
     let upstream = Arc::new(Upstream::new(
         &upstream_uri,
@@ -326,11 +331,15 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
                 continue;
             }
         };
-        let Some(last) = events.last().map(|e| e.id) else {
+        if events.is_empty() {
             conn = Some(c);
             continue;
-        };
+        }
+        // Marked audited only up to the last line the log took: the rest is retried on
+        // the next poll (a full disk must not lose an operator's change).
+        let mut last = None;
         for e in events {
+            let id = e.id;
             let ts = timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts));
             if matches!(
                 e.action.as_str(),
@@ -355,7 +364,7 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
                     ..Alert::default()
                 });
             }
-            audit.record_line(&AuditLine::Admin(AdminAudit {
+            let written = audit.record_line(&AuditLine::Admin(AdminAudit {
                 ts,
                 kind: "admin",
                 actor: e.actor,
@@ -363,7 +372,16 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
                 target: e.target,
                 reason: e.reason,
             }));
+            if !written {
+                tracing::error!("admin event not written to the audit log yet; retrying");
+                break;
+            }
+            last = Some(id);
         }
+        let Some(last) = last else {
+            conn = Some(c);
+            continue;
+        };
         if let Err(e) = store::mark_admin_events_audited(&c, last) {
             tracing::error!(error = %format!("{e:#}"), "marking admin events audited failed; they may be logged twice");
         }
@@ -430,6 +448,35 @@ async fn redis_admin_audit_loop(
     }
 }
 
+/// Alerts (and logs) when the audit log stops or starts taking lines again.
+fn audit_alert(alerts: Alerts) -> impl Fn(bool) {
+    move |available| {
+        let (event, detail) = if available {
+            (
+                "audit_recovered",
+                "the audit log takes lines again; trades and withdrawals resume",
+            )
+        } else {
+            (
+                "audit_unavailable",
+                "the audit log cannot be written (disk full, failing or stalled); trades and withdrawals are refused",
+            )
+        };
+        if available {
+            tracing::warn!("{detail}");
+        } else {
+            tracing::error!("{detail}");
+        }
+        alerts.send(Alert {
+            ts: timestamp(std::time::SystemTime::now()),
+            event: event.into(),
+            code: "audit_unavailable".into(),
+            detail: detail.into(),
+            ..Alert::default()
+        });
+    }
+}
+
 /// Evicts idle rate-limit, velocity and anomaly state so memory stays bounded however
 /// many keys and addresses a flood brings.
 async fn sweep_loop(gateway: std::sync::Weak<Gateway>) {
@@ -438,9 +485,11 @@ async fn sweep_loop(gateway: std::sync::Weak<Gateway>) {
         ticker.tick().await;
         let Some(gw) = gateway.upgrade() else { return };
         let now = keyguard_policy::Clock::now_ms(&*gw.clock);
-        gw.limits.sweep();
-        gw.velocity.sweep(now);
-        gw.anomaly.sweep(now);
+        let m = crate::metrics::metrics();
+        m.limiter_entries.set(gw.limits.sweep() as i64);
+        m.velocity_entries.set(gw.velocity.sweep(now) as i64);
+        m.anomaly_entries.set(gw.anomaly.sweep(now) as i64);
+        m.key_cache_keys.set(gw.keys.snapshot().len() as i64);
         if let Some(sh) = &gw.shared {
             sh.store.sweep(now);
         }

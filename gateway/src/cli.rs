@@ -26,6 +26,35 @@ use std::sync::Arc;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (default) or `json` (one object per line, for log shippers);
+    /// the environment variable KEYGUARD_LOG_FORMAT sets the same.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// `--log-format`, else `KEYGUARD_LOG_FORMAT`, else text.
+    pub fn log_format(&self) -> Result<LogFormat, String> {
+        if let Some(f) = self.log_format {
+            return Ok(f);
+        }
+        match std::env::var("KEYGUARD_LOG_FORMAT").as_deref() {
+            Err(_) | Ok("") | Ok("text") => Ok(LogFormat::Text),
+            Ok("json") => Ok(LogFormat::Json),
+            Ok(other) => Err(format!(
+                "KEYGUARD_LOG_FORMAT={other:?}: expected \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,7 +18,8 @@
 //! - [`replay`]: nonce and seen-signature state.
 //! - [`store`]: the embedded SQLite store and its group-commit writer.
 //! - [`secrets`]: the master key and AES-256-GCM sealing of API secrets.
-//! - [`audit`]: the JSONL audit log writer.
+//! - [`audit`]: the JSONL audit log: writer thread, rotation, flood summaries.
+//! - [`metrics`]: Prometheus metrics for the admin listener's `/metrics`.
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod audit;
 pub mod cli;
 pub mod json;
 pub mod keys;
+pub mod metrics;
 pub mod proxy;
 pub mod replay;
 pub mod respond;

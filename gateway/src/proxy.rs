@@ -129,6 +129,9 @@ struct RequestCtx {
     not_sent: bool,
     /// The request declares a body that has not been read (yet).
     body_unread: bool,
+    /// The key's signature checked out: from here on a refusal always gets its own audit
+    /// line (refusals before it may be folded into a summary in a flood).
+    authenticated: bool,
 }
 
 impl RequestCtx {
@@ -169,10 +172,11 @@ impl Gateway {
                     .headers()
                     .get(header::CONTENT_LENGTH)
                     .is_some_and(|v| v.as_bytes() != b"0"),
+            authenticated: false,
         };
         let outcome = self.process(&mut ctx, &pool, peer, req).await;
-        let (resp, code) = match outcome {
-            Ok(resp) => (resp, ctx.would_deny.map(Deny::code)),
+        let (resp, deny) = match outcome {
+            Ok(resp) => (resp, ctx.would_deny),
             Err(refusal) => {
                 let mut resp = deny_response(&refusal, ctx.request_id.as_str(), self.dialect.kind);
                 if ctx.body_unread {
@@ -183,7 +187,7 @@ impl Gateway {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                (resp, Some(refusal.deny.code()))
+                (resp, Some(refusal.deny))
             }
         };
         let decision = match (ctx.forwarded, ctx.would_deny) {
@@ -191,7 +195,10 @@ impl Gateway {
             (true, None) => "allow",
             (false, _) => "deny",
         };
-        self.audit.record(AuditEvent {
+        let latency = started.elapsed();
+        crate::metrics::metrics().request(ctx.action, decision, deny, latency);
+        let pre_auth = (!ctx.forwarded && !ctx.authenticated).then_some(ctx.client_ip);
+        let event = AuditEvent {
             ts: arrived,
             request_id: ctx.request_id.as_str(),
             key_id: ctx.key.as_deref().map(|k| k.key_id.as_str()),
@@ -200,12 +207,13 @@ impl Gateway {
             dialect: self.dialect.kind.as_str(),
             action: ctx.action.map(Action::as_str),
             decision,
-            code,
+            code: deny.map(Deny::code),
             status: resp.status().as_u16(),
-            latency_us: started.elapsed().as_micros() as u64,
+            latency_us: latency.as_micros() as u64,
             method: method.as_str(),
             path: truncate(uri.path(), 256),
-        });
+        };
+        self.audit.record(event, pre_auth).await;
         Ok(resp)
     }
 
@@ -226,12 +234,15 @@ impl Gateway {
         let arrived_at = SystemTime::now()
             .checked_sub(waited)
             .unwrap_or_else(SystemTime::now);
-        self.audit.record(AuditEvent {
+        crate::metrics::metrics().request(None, "deny", Some(deny), waited);
+        let ip = canonical_ip(peer.ip());
+        let (request_id, ip_text) = (self.ids.next(), IpText::new(ip));
+        let event = AuditEvent {
             ts: arrived_at,
-            request_id: self.ids.next().as_str(),
+            request_id: request_id.as_str(),
             key_id: None,
             account: None,
-            client_ip: IpText::new(canonical_ip(peer.ip())).as_str(),
+            client_ip: ip_text.as_str(),
             dialect: self.dialect.kind.as_str(),
             action: None,
             decision: "deny",
@@ -240,7 +251,8 @@ impl Gateway {
             latency_us: waited.as_micros() as u64,
             method: "",
             path: "",
-        });
+        };
+        self.audit.record_detached(event, Some(ip));
     }
 
     /// The pipeline, outermost stage first.
@@ -300,6 +312,7 @@ impl Gateway {
         if let Err(deny) = dialect::verify(&self.dialect, creds, &key.credential) {
             return Err(self.auth_failed(ctx, deny, now));
         }
+        ctx.authenticated = true;
         // A canary's secret leaked: refuse (as `ip_not_allowed`), alert, block the network.
         if key.canary {
             return Err(self.canary_used(ctx, &key, &parts, now));
@@ -389,6 +402,12 @@ impl Gateway {
         // on a snapshot known to be current when funds move (fail closed otherwise).
         if matches!(classified.action, Action::Trade | Action::Withdraw) && !self.keys.is_fresh() {
             return Err(Deny::StateUnavailable.into());
+        }
+        // Funds must not move without a record: a full, failing or stalled audit disk
+        // stops trades and withdrawals (reads go on, their lines queue).
+        if matches!(classified.action, Action::Trade | Action::Withdraw) && !self.audit.available()
+        {
+            return Err(Deny::AuditUnavailable.into());
         }
         authorize(
             &self.authz,
@@ -837,7 +856,16 @@ impl Gateway {
             headers.insert(HeaderName::from_static(ASSERTION_HEADER), v);
         }
 
-        let resp = match pool.send(out).await {
+        let sent_at = Instant::now();
+        let sent = pool.send(out).await;
+        let m = crate::metrics::metrics();
+        match &sent {
+            Ok(_) => m.upstream_duration.observe(sent_at.elapsed()),
+            Err(SendError::Timeout) => m.upstream_error(Deny::UpstreamTimeout, true),
+            Err(SendError::NotSent(_)) => m.upstream_error(Deny::UpstreamUnavailable, false),
+            Err(SendError::Failed(_)) => m.upstream_error(Deny::UpstreamUnavailable, true),
+        }
+        let resp = match sent {
             Ok(resp) => resp,
             Err(SendError::Timeout) => return Err(Deny::UpstreamTimeout.into()),
             Err(SendError::NotSent(e)) => {

@@ -130,9 +130,10 @@ fn kraken_error(deny: Deny) -> &'static str {
         Deny::InvalidSignature => "EAPI:Invalid signature",
         Deny::InvalidNonce | Deny::StaleTimestamp | Deny::Replay => "EAPI:Invalid nonce",
         Deny::RateLimited => "EAPI:Rate limit exceeded",
-        Deny::UpstreamUnavailable | Deny::UpstreamTimeout | Deny::StateUnavailable => {
-            "EService:Unavailable"
-        }
+        Deny::UpstreamUnavailable
+        | Deny::UpstreamTimeout
+        | Deny::StateUnavailable
+        | Deny::AuditUnavailable => "EService:Unavailable",
         d if d.status() == 403 => "EGeneral:Permission denied",
         _ => "EGeneral:Invalid arguments",
     }

@@ -123,6 +123,9 @@ pub enum Deny {
     UpstreamTimeout,
     /// State needed for a safe decision is unavailable: fail closed.
     StateUnavailable,
+    /// The audit log cannot take lines (disk full, stalled or failing): trades and
+    /// withdrawals fail closed, because they must not happen without a record.
+    AuditUnavailable,
 }
 
 impl Deny {
@@ -173,6 +176,7 @@ impl Deny {
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
             Deny::StateUnavailable => "state_unavailable",
+            Deny::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -222,6 +226,7 @@ impl Deny {
             Deny::RateLimited => 429,
             Deny::UpstreamUnavailable => 502,
             Deny::StateUnavailable => 503,
+            Deny::AuditUnavailable => 503,
             Deny::UpstreamTimeout => 504,
         }
     }
@@ -283,6 +288,9 @@ impl Deny {
             Deny::UpstreamUnavailable => "the exchange could not be reached",
             Deny::UpstreamTimeout => "the exchange did not answer in time",
             Deny::StateUnavailable => "the gateway cannot make a safe decision right now",
+            Deny::AuditUnavailable => {
+                "the audit log cannot record this request right now; trading and withdrawals are paused"
+            }
         }
     }
 
@@ -342,6 +350,7 @@ impl Deny {
         Deny::UpstreamUnavailable,
         Deny::UpstreamTimeout,
         Deny::StateUnavailable,
+        Deny::AuditUnavailable,
     ];
 }
 

@@ -103,6 +103,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(not_found)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         // Outermost first: headers go on every response, errors and redirects included;
         // the origin check runs before any handler sees a POST.
         .layer(axum::middleware::from_fn(same_origin_posts))
@@ -161,6 +162,19 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     } else {
         ui::error_page(StatusCode::NOT_FOUND, "There is no such page.")
     }
+}
+
+/// Prometheus text exposition (see [`crate::metrics`]). Like `/healthz`, open to whoever
+/// reaches the admin listener: it carries counts and sizes, never keys, accounts or IPs.
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -95,8 +95,12 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = apply(&mut conn, &batch).map_err(|e| format!("{e:#}"));
+        let m = crate::metrics::metrics();
+        m.store_commit_duration.observe(started.elapsed());
         if let Err(e) = &result {
+            m.store_commit_errors.inc();
             tracing::error!(error = %e, ops = batch.len(), "store commit failed");
         }
         for (_, done) in batch {
