@@ -26,6 +26,9 @@
 //! - `alerts`: `[alerts]` — [`AlertsConfig`], the alert webhook.
 //! - `canary`: `[canary]` — the reaction to a canary key's use (`anomaly.canary`).
 //! - `admin`: `[admin]` — [`AdminConfig`]: widening cool-down, sessions, activity, lockout.
+//! - `tls`: `[tls.listen]`, `[tls.admin]`, `[tls.upstream]` — [`TlsConfig`]: certificate
+//!   and CA paths, located for the gateway's errors when it reads them.
+//! - `overload`: `[overload]` and `[http2]` — [`OverloadConfig`], [`Http2Config`].
 //!
 //! Durations are strings with one unit (`500ms`, `30s`, `5m`, `1h`, `90d`) and amounts are
 //! decimal strings (`"2.5"`), read exactly; both are parsed in `de`.
@@ -45,8 +48,10 @@ mod de;
 mod dialect;
 mod error;
 mod limits;
+mod overload;
 mod route;
 mod server;
+mod tls;
 mod velocity;
 mod withdraw;
 
@@ -64,7 +69,9 @@ pub use admin::{AdminConfig, SsoConfig};
 pub use alerts::AlertsConfig;
 pub use data::{AssertionAlg, AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
+pub use overload::{Http2Config, OverloadConfig};
 pub use server::{InvalidUpstream, ServerConfig, Upstream};
+pub use tls::{ConfigPath, TlsConfig, TlsIdentity, UpstreamTls};
 
 use error::{error_without_line, Source};
 
@@ -97,6 +104,12 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `[admin]`: the web UI and admin API.
     pub admin: AdminConfig,
+    /// `[tls.*]`: certificates of the listeners, trust for an `https://` upstream.
+    pub tls: TlsConfig,
+    /// `[overload]`: load shedding and per-network connection caps.
+    pub overload: OverloadConfig,
+    /// `[http2]`: HTTP/2 on the exchange-facing listener.
+    pub http2: Http2Config,
 }
 
 /// The file's top level as written. Every section but `[dialect]` has defaults.
@@ -128,6 +141,12 @@ struct ConfigFile {
     canary: canary::RawCanary,
     #[serde(default)]
     admin: admin::RawAdmin,
+    #[serde(default)]
+    tls: tls::RawTls,
+    #[serde(default)]
+    overload: overload::RawOverload,
+    #[serde(default)]
+    http2: overload::RawHttp2,
 }
 
 impl Config {
@@ -155,6 +174,7 @@ impl Config {
             None => RateLimitConfig::default(),
         };
         let velocity = file.velocity.resolve(&src)?;
+        let tls = file.tls.resolve(&src, path, config_dir)?;
         let mut anomaly = file.anomaly.resolve();
         anomaly.canary = file.canary.resolve();
         Ok(Config {
@@ -171,6 +191,9 @@ impl Config {
             anomaly,
             alerts: file.alerts.resolve(),
             admin: file.admin.resolve(config_dir),
+            tls,
+            overload: file.overload.resolve(),
+            http2: file.http2.resolve(),
         })
     }
 

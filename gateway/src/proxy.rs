@@ -227,6 +227,46 @@ impl Gateway {
         });
     }
 
+    /// Refuses a request before the pipeline runs (the accept stage: load shedding, a
+    /// protocol switch, an HTTP/2 request with no HTTP/1 twin), with the usual error body
+    /// and one `deny` audit line. The body is not read; the connection is closed after
+    /// the answer when one was declared, as for any refusal before the body.
+    pub fn refuse_early<B>(
+        &self,
+        peer: SocketAddr,
+        req: Request<B>,
+        refusal: Refusal,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = self.ids.next();
+        let mut resp = deny_response(&refusal, request_id.as_str(), self.dialect.kind);
+        let body_declared = req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if body_declared && req.version() < http::Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.audit.record(AuditEvent {
+            ts: SystemTime::now(),
+            request_id: request_id.as_str(),
+            key_id: None,
+            account: None,
+            client_ip: IpText::new(canonical_ip(peer.ip())).as_str(),
+            dialect: self.dialect.kind.as_str(),
+            action: None,
+            decision: "deny",
+            code: Some(refusal.deny.code()),
+            status: resp.status().as_u16(),
+            latency_us: started.elapsed().as_micros() as u64,
+            method: req.method().as_str(),
+            path: truncate(req.uri().path(), 256),
+        });
+        resp
+    }
+
     /// The pipeline, outermost stage first.
     async fn process(
         &self,

@@ -123,6 +123,14 @@ pub enum Deny {
     UpstreamTimeout,
     /// State needed for a safe decision is unavailable: fail closed.
     StateUnavailable,
+
+    // --- overload (503) ---
+    /// The gateway is at its in-flight request limit (`overload.max_in_flight`): the
+    /// request was shed before any work, with `Retry-After`.
+    Overloaded,
+    /// The client's network already holds `overload.max_connections_per_network`
+    /// connections; the new one was closed at accept without an answer.
+    TooManyConnections,
 }
 
 impl Deny {
@@ -173,6 +181,8 @@ impl Deny {
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
             Deny::StateUnavailable => "state_unavailable",
+            Deny::Overloaded => "overloaded",
+            Deny::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -221,7 +231,7 @@ impl Deny {
             | Deny::Canary => 403,
             Deny::RateLimited => 429,
             Deny::UpstreamUnavailable => 502,
-            Deny::StateUnavailable => 503,
+            Deny::StateUnavailable | Deny::Overloaded | Deny::TooManyConnections => 503,
             Deny::UpstreamTimeout => 504,
         }
     }
@@ -283,6 +293,8 @@ impl Deny {
             Deny::UpstreamUnavailable => "the exchange could not be reached",
             Deny::UpstreamTimeout => "the exchange did not answer in time",
             Deny::StateUnavailable => "the gateway cannot make a safe decision right now",
+            Deny::Overloaded => "the gateway is overloaded; retry after the time in Retry-After",
+            Deny::TooManyConnections => "too many connections from this network",
         }
     }
 
@@ -342,6 +354,8 @@ impl Deny {
         Deny::UpstreamUnavailable,
         Deny::UpstreamTimeout,
         Deny::StateUnavailable,
+        Deny::Overloaded,
+        Deny::TooManyConnections,
     ];
 }
 
