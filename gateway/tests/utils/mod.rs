@@ -12,6 +12,8 @@
 //!   are sent byte for byte.
 //! - [`sign`]: independent HMAC signers (ring) for the three dialects, pinned by
 //!   known-answer tests; [`zaif`], [`binance`], [`kraken`]: request builders.
+//! - [`tls`]: test certificates (rcgen, made per test), HTTPS and HTTP/2 clients, and a
+//!   raw HTTP/2 frame writer for the flood tests.
 //! - [`verify_assertion`]: checks `X-Keyguard-Assertion` with `jsonwebtoken` and the PEM
 //!   printed by `keyguard assertion-key`.
 //!
@@ -20,6 +22,7 @@
 #![allow(dead_code)]
 
 pub mod scenarios;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -634,6 +637,12 @@ fn origin_answer(script: &Mutex<VecDeque<u16>>) -> (u16, Bytes) {
 
 impl Origin {
     pub async fn start() -> Origin {
+        Origin::start_with_tls(None).await
+    }
+
+    /// An origin that speaks TLS with `tls` (HTTP/1.1), e.g. one that requires a client
+    /// certificate.
+    pub async fn start_with_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let records: Arc<Mutex<Vec<Recorded>>> = Arc::default();
@@ -644,7 +653,7 @@ impl Origin {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (recs, scr) = (recs.clone(), scr.clone());
+                let (recs, scr, tls) = (recs.clone(), scr.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
                         let (recs, scr) = (recs.clone(), scr.clone());
@@ -684,9 +693,22 @@ impl Origin {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(tls) => {
+                            // A refused handshake (no or wrong client certificate) just
+                            // ends the connection: the gateway sees a failed connect.
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -988,7 +1010,9 @@ pub async fn send_raw(gw: SocketAddr, src: Ipv4Addr, raw: &[u8]) -> Result<Resp,
     }
 }
 
-async fn read_response(stream: &mut tokio::net::TcpStream) -> Result<Resp, String> {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Resp, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
