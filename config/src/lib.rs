@@ -29,6 +29,7 @@
 //! - `tls`: `[tls.listen]`, `[tls.admin]`, `[tls.upstream]` — [`TlsConfig`]: certificate
 //!   and CA paths, located for the gateway's errors when it reads them.
 //! - `overload`: `[overload]` and `[http2]` — [`OverloadConfig`], [`Http2Config`].
+//! - `reload`: `[reload]` — [`ReloadConfig`]: reloading on file changes too.
 //!
 //! Durations are strings with one unit (`500ms`, `30s`, `5m`, `1h`, `90d`) and amounts are
 //! decimal strings (`"2.5"`), read exactly; both are parsed in `de`.
@@ -49,6 +50,7 @@ mod dialect;
 mod error;
 mod limits;
 mod overload;
+mod reload;
 mod route;
 mod server;
 mod tls;
@@ -70,6 +72,7 @@ pub use alerts::AlertsConfig;
 pub use data::{AssertionAlg, AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
 pub use overload::{Http2Config, OverloadConfig};
+pub use reload::ReloadConfig;
 pub use server::{InvalidUpstream, ServerConfig, Upstream};
 pub use tls::{ConfigPath, TlsConfig, TlsIdentity, UpstreamTls};
 
@@ -110,6 +113,8 @@ pub struct Config {
     pub overload: OverloadConfig,
     /// `[http2]`: HTTP/2 on the exchange-facing listener.
     pub http2: Http2Config,
+    /// `[reload]`: reloading on file changes.
+    pub reload: ReloadConfig,
 }
 
 /// The file's top level as written. Every section but `[dialect]` has defaults.
@@ -147,6 +152,8 @@ struct ConfigFile {
     overload: overload::RawOverload,
     #[serde(default)]
     http2: overload::RawHttp2,
+    #[serde(default)]
+    reload: reload::RawReload,
 }
 
 impl Config {
@@ -194,6 +201,7 @@ impl Config {
             tls,
             overload: file.overload.resolve(),
             http2: file.http2.resolve(),
+            reload: file.reload.resolve(),
         })
     }
 

@@ -13,7 +13,7 @@ use crate::alerts::{Alert, AlertSettings, Alerts};
 use crate::assertion::AssertionSigner;
 use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSink};
 use crate::keys::KeyCache;
-use crate::proxy::{BodyLimits, Gateway, RequestIds};
+use crate::proxy::{Gateway, RequestIds};
 use crate::reload::{ReloadStats, Reloader};
 use crate::replay::ReplayGuard;
 use crate::secrets::MasterKey;
@@ -100,14 +100,7 @@ pub async fn run(
         s.upstream_max_idle_per_worker,
     )?);
     let gateway = Arc::new(Gateway {
-        dialect: cfg.dialect.clone(),
-        routes: cfg.routes.clone(),
-        authz: cfg.withdraw.clone(),
-        trusted_proxies: s.trusted_proxies.clone(),
-        body_limits: BodyLimits {
-            max_bytes: s.max_body_bytes,
-            read_timeout: Duration::from_millis(s.body_read_timeout_ms),
-        },
+        policy: arc_swap::ArcSwap::from_pointee(crate::reload::policy(&cfg)),
         keys: keys.clone(),
         replay: ReplayGuard::open(&s.data_dir, nonces, writer.clone(), started_at)?,
         limits,
@@ -180,8 +173,12 @@ pub async fn run(
         front: front.clone(),
         admin_tls,
         upstream: upstream.clone(),
+        gateway: Arc::downgrade(&gateway),
         stats: Arc::new(ReloadStats::default()),
     });
+    if cfg.reload.watch_files {
+        tokio::spawn(crate::reload::watch_files(reloader.clone()));
+    }
     tokio::spawn(crate::reload::on_sighup(reloader));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let permits = Arc::new(tokio::sync::Semaphore::new(s.max_connections));

@@ -53,9 +53,11 @@ pub struct BodyLimits {
     pub read_timeout: Duration,
 }
 
-/// Everything the pipeline needs, shared by all connections.
-pub struct Gateway {
-    /// Dialect options.
+/// The stateless part of the pipeline's configuration: swapped whole by a reload
+/// (`crate::reload`), while each request keeps the one it started with.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Dialect options. Its kind never changes on a reload (restart-only).
     pub dialect: DialectConfig,
     /// Endpoint classification.
     pub routes: RouteTable,
@@ -65,6 +67,12 @@ pub struct Gateway {
     pub trusted_proxies: Vec<IpNet>,
     /// Request-body limits.
     pub body_limits: BodyLimits,
+}
+
+/// Everything the pipeline needs, shared by all connections.
+pub struct Gateway {
+    /// Dialect, routes, authorization tunables, trusted proxies, body limits.
+    pub policy: arc_swap::ArcSwap<Policy>,
     /// Key snapshot.
     pub keys: Arc<KeyCache>,
     /// Nonces and seen signatures.
@@ -134,6 +142,9 @@ impl Gateway {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let arrived = SystemTime::now();
+        // One policy for the whole request, even if a reload swaps it meanwhile.
+        let policy = self.policy.load_full();
+        let p = &*policy;
         // Both are cheap to clone (an enum, a shared buffer), and `process` takes the
         // request; the audit line needs them afterwards.
         let method = req.method().clone();
@@ -154,11 +165,11 @@ impl Gateway {
                     .get(header::CONTENT_LENGTH)
                     .is_some_and(|v| v.as_bytes() != b"0"),
         };
-        let outcome = self.process(&mut ctx, &pool, peer, req).await;
+        let outcome = self.process(p, &mut ctx, &pool, peer, req).await;
         let (resp, code) = match outcome {
             Ok(resp) => (resp, ctx.would_deny.map(Deny::code)),
             Err(refusal) => {
-                let mut resp = deny_response(&refusal, ctx.request_id.as_str(), self.dialect.kind);
+                let mut resp = deny_response(&refusal, ctx.request_id.as_str(), p.dialect.kind);
                 if ctx.body_unread {
                     // Refused before its body was read (pre-auth limits, oversized or slow
                     // bodies): close rather than let hyper drain a body nobody wants, which
@@ -181,7 +192,7 @@ impl Gateway {
             key_id: ctx.key.as_deref().map(|k| k.key_id.as_str()),
             account: ctx.key.as_deref().map(|k| k.account.as_str()),
             client_ip: ctx.client_ip_text.as_str(),
-            dialect: self.dialect.kind.as_str(),
+            dialect: p.dialect.kind.as_str(),
             action: ctx.action.map(Action::as_str),
             decision,
             code,
@@ -216,7 +227,7 @@ impl Gateway {
             key_id: None,
             account: None,
             client_ip: IpText::new(canonical_ip(peer.ip())).as_str(),
-            dialect: self.dialect.kind.as_str(),
+            dialect: self.policy.load().dialect.kind.as_str(),
             action: None,
             decision: "deny",
             code: Some(deny.code()),
@@ -239,7 +250,11 @@ impl Gateway {
     ) -> Response<Body> {
         let started = Instant::now();
         let request_id = self.ids.next();
-        let mut resp = deny_response(&refusal, request_id.as_str(), self.dialect.kind);
+        let mut resp = deny_response(
+            &refusal,
+            request_id.as_str(),
+            self.policy.load().dialect.kind,
+        );
         let body_declared = req.headers().contains_key(header::TRANSFER_ENCODING)
             || req
                 .headers()
@@ -255,7 +270,7 @@ impl Gateway {
             key_id: None,
             account: None,
             client_ip: IpText::new(canonical_ip(peer.ip())).as_str(),
-            dialect: self.dialect.kind.as_str(),
+            dialect: self.policy.load().dialect.kind.as_str(),
             action: None,
             decision: "deny",
             code: Some(refusal.deny.code()),
@@ -270,13 +285,14 @@ impl Gateway {
     /// The pipeline, outermost stage first.
     async fn process(
         &self,
+        p: &Policy,
         ctx: &mut RequestCtx,
         pool: &Arc<Pool>,
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Refusal> {
         // Who is asking: the socket peer, or the client behind a proxy we trust.
-        ctx.set_client_ip(client_ip(peer.ip(), req.headers(), &self.trusted_proxies)?);
+        ctx.set_client_ip(client_ip(peer.ip(), req.headers(), &p.trusted_proxies)?);
 
         // Pre-auth: banned or blocked networks and the per-IP rate limit are checked before
         // reading the body or computing any HMAC, so floods cannot burn CPU.
@@ -287,18 +303,18 @@ impl Gateway {
         // Read the whole body (bounded in size and time): the signature covers it and the
         // exact bytes verified are the bytes forwarded.
         let (parts, body) = req.into_parts();
-        let body = self.read_body(&parts, body).await?;
+        let body = self.read_body(p, &parts, body).await?;
         ctx.body_unread = false;
 
         // Strict parsing: anything ambiguous is refused before it can be misread.
-        let parsed = dialect::parse(&self.dialect, &parts, &body)?;
+        let parsed = dialect::parse(&p.dialect, &parts, &body)?;
 
         // Classification: unknown endpoints are denied, never forwarded.
-        let classified = self.routes.classify(&parsed)?;
+        let classified = p.routes.classify(&parsed)?;
         ctx.action = Some(classified.action);
         if classified.action == Action::Public {
             ctx.forwarded = true;
-            return self.forward(ctx, pool, &parts, body, None).await;
+            return self.forward(p, ctx, pool, &parts, body, None).await;
         }
 
         // Authentication: the key exists and signed these exact bytes, freshly. Failures
@@ -313,14 +329,14 @@ impl Gateway {
             return Err(self.auth_failed(ctx, Deny::UnknownKey, now));
         };
         ctx.key = Some(key.clone());
-        if let Err(deny) = dialect::verify(&self.dialect, creds, &key.credential) {
+        if let Err(deny) = dialect::verify(&p.dialect, creds, &key.credential) {
             return Err(self.auth_failed(ctx, deny, now));
         }
         // A canary's secret leaked: refuse (as `ip_not_allowed`), alert, block the network.
         if key.canary {
             return Err(self.canary_used(ctx, &key, &parts, now));
         }
-        dialect::check_freshness(&self.dialect, &creds.replay, now)?;
+        dialect::check_freshness(&p.dialect, &creds.replay, now)?;
         key_usable(&key, now)?;
 
         // Anomaly rules: shared IPs, many IPs, dormancy, new-IP probation.
@@ -349,7 +365,7 @@ impl Gateway {
             return Err(Deny::StateUnavailable.into());
         }
         authorize(
-            &self.authz,
+            &p.authz,
             &key,
             &AccessRequest {
                 action: classified.action,
@@ -369,7 +385,7 @@ impl Gateway {
         self.replay.accept(&key.key_id, &creds.replay, now).await?;
 
         // Velocity: reserve the amount / count in every window, durably, before forwarding.
-        let route = &self.routes.routes()[classified.route];
+        let route = &p.routes.routes()[classified.route];
         let reservation = match Reservation::for_request(route, &classified, &key) {
             Some(r) => self.reserve(&r, now).await?,
             None => None,
@@ -378,7 +394,9 @@ impl Gateway {
         // Forward with an assertion of what was allowed.
         let assertion = self.assertion(ctx, &key, classified.action, &parts, &body, now);
         ctx.forwarded = true;
-        let result = self.forward(ctx, pool, &parts, body, Some(assertion)).await;
+        let result = self
+            .forward(p, ctx, pool, &parts, body, Some(assertion))
+            .await;
         if let Some(id) = reservation {
             self.settle(ctx, id, &result);
         }
@@ -570,8 +588,13 @@ impl Gateway {
         self.writer.submit_detached(WriteOp::Velocity(record));
     }
 
-    async fn read_body(&self, parts: &request::Parts, body: Incoming) -> Result<Bytes, Deny> {
-        let limit = self.body_limits.max_bytes;
+    async fn read_body(
+        &self,
+        p: &Policy,
+        parts: &request::Parts,
+        body: Incoming,
+    ) -> Result<Bytes, Deny> {
+        let limit = p.body_limits.max_bytes;
         // Refuse an oversized declared length before reading a byte of it.
         if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
             let len: u64 = len
@@ -584,7 +607,7 @@ impl Gateway {
             }
         }
         let collected = tokio::time::timeout(
-            self.body_limits.read_timeout,
+            p.body_limits.read_timeout,
             Limited::new(body, limit).collect(),
         )
         .await
@@ -622,6 +645,7 @@ impl Gateway {
 
     async fn forward(
         &self,
+        p: &Policy,
         ctx: &mut RequestCtx,
         pool: &Arc<Pool>,
         parts: &request::Parts,
@@ -642,7 +666,7 @@ impl Gateway {
             .body(Full::new(body))
             .map_err(|_| Deny::InvalidTarget)?;
         let headers = out.headers_mut();
-        copy_end_to_end(&parts.headers, headers, self.dialect.kind.auth_headers());
+        copy_end_to_end(&parts.headers, headers, p.dialect.kind.auth_headers());
         headers.insert(header::HOST, up.host.clone());
         if let Ok(ip) = HeaderValue::from_str(ctx.client_ip_text.as_str()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), ip);

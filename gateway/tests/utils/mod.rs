@@ -537,6 +537,16 @@ impl Gateway {
         }
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, …) to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("gateway running");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     /// Sends SIGTERM (graceful shutdown) and waits up to `timeout` for the process to
     /// exit; `None` if it is still running then (it is killed by `Drop` later).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
