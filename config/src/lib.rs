@@ -26,6 +26,10 @@
 //! - `alerts`: `[alerts]` — [`AlertsConfig`], the alert webhook.
 //! - `canary`: `[canary]` — the reaction to a canary key's use (`anomaly.canary`).
 //! - `admin`: `[admin]` — [`AdminConfig`]: widening cool-down, sessions, activity, lockout.
+//! - `tls`: `[tls.listen]`, `[tls.admin]`, `[tls.upstream]` — [`TlsConfig`]: certificate
+//!   and CA paths, located for the gateway's errors when it reads them.
+//! - `overload`: `[overload]` and `[http2]` — [`OverloadConfig`], [`Http2Config`].
+//! - `reload`: `[reload]` — [`ReloadConfig`]: reloading on file changes too.
 //!
 //! Durations are strings with one unit (`500ms`, `30s`, `5m`, `1h`, `90d`) and amounts are
 //! decimal strings (`"2.5"`), read exactly; both are parsed in `de`.
@@ -45,9 +49,12 @@ mod de;
 mod dialect;
 mod error;
 mod limits;
+mod overload;
+mod reload;
 mod route;
 mod server;
 mod store;
+mod tls;
 mod velocity;
 mod withdraw;
 
@@ -65,8 +72,11 @@ pub use admin::{AdminConfig, SsoConfig};
 pub use alerts::AlertsConfig;
 pub use data::{AssertionAlg, AssertionConfig, AuditConfig, DataFile, SecretsConfig};
 pub use error::ConfigError;
+pub use overload::{Http2Config, OverloadConfig};
+pub use reload::ReloadConfig;
 pub use server::{InvalidUpstream, ServerConfig, Upstream};
 pub use store::{ReadWhenUnavailable, RedisConfig, RedisTarget, StoreConfig};
+pub use tls::{ConfigPath, TlsConfig, TlsIdentity, UpstreamTls};
 
 use error::{error_without_line, Source};
 
@@ -101,6 +111,14 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[store]`: embedded (default) or Redis.
     pub store: StoreConfig,
+    /// `[tls.*]`: certificates of the listeners, trust for an `https://` upstream.
+    pub tls: TlsConfig,
+    /// `[overload]`: load shedding and per-network connection caps.
+    pub overload: OverloadConfig,
+    /// `[http2]`: HTTP/2 on the exchange-facing listener.
+    pub http2: Http2Config,
+    /// `[reload]`: reloading on file changes.
+    pub reload: ReloadConfig,
 }
 
 /// The file's top level as written. Every section but `[dialect]` has defaults.
@@ -134,6 +152,13 @@ struct ConfigFile {
     admin: admin::RawAdmin,
     #[serde(default)]
     store: store::RawStore,
+    tls: tls::RawTls,
+    #[serde(default)]
+    overload: overload::RawOverload,
+    #[serde(default)]
+    http2: overload::RawHttp2,
+    #[serde(default)]
+    reload: reload::RawReload,
 }
 
 impl Config {
@@ -161,6 +186,7 @@ impl Config {
             None => RateLimitConfig::default(),
         };
         let velocity = file.velocity.resolve(&src)?;
+        let tls = file.tls.resolve(&src, path, config_dir)?;
         let mut anomaly = file.anomaly.resolve();
         anomaly.canary = file.canary.resolve();
         Ok(Config {
@@ -178,6 +204,10 @@ impl Config {
             alerts: file.alerts.resolve(),
             admin: file.admin.resolve(config_dir),
             store: file.store.resolve(&src)?,
+            tls,
+            overload: file.overload.resolve(),
+            http2: file.http2.resolve(),
+            reload: file.reload.resolve(),
         })
     }
 

@@ -58,20 +58,19 @@ pub struct ServerConfig {
     pub upstream_max_idle_per_worker: usize,
 }
 
-/// An upstream base URL: `http://host[:port]`, nothing after the authority, because each
+/// An upstream base URL: `http://host[:port]` or `https://host[:port]`, nothing after the authority, because each
 /// request is forwarded with its own path and query.
 ///
 /// Parsed with [`FromStr`] (which `--upstream` uses too), so every upstream the gateway
 /// sees has passed the same checks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upstream {
-    // Kept apart from the authority so https can be added without changing callers.
     scheme: Scheme,
     authority: Authority,
 }
 
 impl Upstream {
-    /// The scheme (`http`).
+    /// The scheme (`http` or `https`).
     pub fn scheme(&self) -> &Scheme {
         &self.scheme
     }
@@ -121,15 +120,11 @@ impl FromStr for Upstream {
         let uri: http::Uri = s
             .parse()
             .map_err(|_| fail("not a URL (expected http://host:port)"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(fail(
-                    "https upstreams are not supported yet (TLS to the upstream arrives later); use http://",
-                ))
-            }
-            _ => return Err(fail("must start with http://")),
-        }
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => return Err(fail("must start with http:// or https://")),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| fail("must name a host"))?
@@ -151,10 +146,7 @@ impl FromStr for Upstream {
                 "must not have a path or query (requests are forwarded with their own)",
             ));
         }
-        Ok(Upstream {
-            scheme: Scheme::HTTP,
-            authority,
-        })
+        Ok(Upstream { scheme, authority })
     }
 }
 

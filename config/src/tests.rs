@@ -413,10 +413,11 @@ fn bad_listen_addresses() {
 }
 
 #[test]
-fn upstream_must_be_plain_http_authority() {
+fn upstream_must_be_a_bare_http_or_https_authority() {
     for bad in [
-        "https://127.0.0.1:9000",
+        "ftp://127.0.0.1:9000",
         "127.0.0.1:9000",
+        "https://127.0.0.1:9000/api",
         "http://127.0.0.1:9000/api",
         "http://127.0.0.1:9000/?x=1",
         "http://user@127.0.0.1:9000",
@@ -434,10 +435,16 @@ fn upstream_must_be_plain_http_authority() {
         ("http://127.0.0.1:9000/", "http://127.0.0.1:9000"),
         ("http://[::1]:9000", "http://[::1]:9000"),
         ("http://exchange.internal", "http://exchange.internal"),
+        ("https://exchange.internal", "https://exchange.internal"),
     ] {
         let up: Upstream = good.parse().unwrap();
         assert_eq!(up.to_string(), shown);
-        assert_eq!(up.scheme(), &http::uri::Scheme::HTTP);
+        let scheme = if shown.starts_with("https") {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        assert_eq!(up.scheme(), &scheme);
         assert_eq!(up.uri().to_string(), format!("{shown}/"));
     }
     let cfg = ok(MINIMAL);
@@ -714,10 +721,10 @@ fn upstream_override() {
         cfg.require_upstream().unwrap().to_string(),
         "http://10.0.0.5:80"
     );
-    let e = cfg.set_upstream("https://10.0.0.5").unwrap_err();
+    let e = cfg.set_upstream("ftp://10.0.0.5").unwrap_err();
     assert!(e
         .to_string()
-        .starts_with("invalid upstream \"https://10.0.0.5\": https"));
+        .starts_with("invalid upstream \"ftp://10.0.0.5\": must start with"));
     assert_eq!(
         cfg.require_upstream().unwrap().to_string(),
         "http://10.0.0.5:80"
@@ -1233,4 +1240,56 @@ fn store_errors_name_line_and_key() {
         "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"redis://h\"\ntimeout = \"0ms\"\n"
     ));
     assert_eq!(e.key.as_deref(), Some("store.timeout"), "{e}");
+}
+
+#[test]
+fn tls_paths_resolve_next_to_the_config_and_keep_their_line() {
+    let cfg = ok(&format!(
+        "[tls.listen]\ncert_file = \"gw.pem\"\nkey_file = \"/etc/kg/gw.key\"\n\
+         [tls.upstream]\nca_file = \"ca.pem\"\n{MINIMAL}"
+    ));
+    let listen = cfg.tls.listen.expect("tls.listen");
+    assert_eq!(listen.cert_file.path, std::path::Path::new("dir/gw.pem"));
+    assert_eq!(listen.key_file.path, std::path::Path::new("/etc/kg/gw.key"));
+    assert_eq!(
+        listen.cert_file.error("cannot read").to_string(),
+        "dir/keyguard.toml:2: tls.listen.cert_file: cannot read"
+    );
+    assert!(cfg.tls.admin.is_none());
+    assert!(cfg.tls.upstream.client.is_none());
+    assert_eq!(
+        cfg.tls.upstream.ca_file.unwrap().path,
+        std::path::Path::new("dir/ca.pem")
+    );
+}
+
+#[test]
+fn tls_mistakes_are_located() {
+    let e = err(&format!("[tls.listen]\ncert_file = \"gw.pem\"\n{MINIMAL}"));
+    assert!(e.to_string().contains("key_file"), "{e}");
+    let e = err(&format!(
+        "[tls.upstream]\n\nclient_cert_file = \"c.pem\"\n{MINIMAL}"
+    ));
+    assert!(at(&e, 3, "tls.upstream.client_cert_file").contains("client_key_file"));
+    let e = err(&format!("[tls.admin]\ncert = \"c.pem\"\n{MINIMAL}"));
+    assert!(at(&e, 2, "tls.admin.cert").contains("unknown key"), "{e}");
+}
+
+#[test]
+fn overload_and_http2_defaults_are_safe_and_bounded() {
+    let cfg = ok(MINIMAL);
+    assert_eq!(cfg.overload.max_in_flight, 1024);
+    assert_eq!(cfg.overload.max_connections_per_network, 256);
+    assert!(cfg.overload.raise_open_files);
+    assert!(cfg.http2.enabled);
+    assert!(!cfg.http2.prior_knowledge);
+    assert_eq!(cfg.http2.max_concurrent_streams, 100);
+    let e = err(&format!("[overload]\nmax_in_flight = 0\n{MINIMAL}"));
+    assert!(at(&e, 2, "overload.max_in_flight").contains("1"));
+    let e = err(&format!(
+        "[http2]\n\nmax_concurrent_streams = 5000\n{MINIMAL}"
+    ));
+    assert!(at(&e, 3, "http2.max_concurrent_streams").contains("1000"));
+    let e = err(&format!("[overload]\nipv4_prefix = 33\n{MINIMAL}"));
+    assert!(at(&e, 2, "overload.ipv4_prefix").contains("32"));
 }

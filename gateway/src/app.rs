@@ -14,10 +14,12 @@ use crate::assertion::AssertionSigner;
 use crate::audit::{timestamp, AdminAudit, AuditLine, AuditSettings, AuditSink};
 use crate::keys::KeyCache;
 use crate::proxy::Shared;
-use crate::proxy::{BodyLimits, Gateway, RequestIds};
+use crate::proxy::{Gateway, RequestIds};
+use crate::reload::{ReloadStats, Reloader};
 use crate::replay::ReplayGuard;
 use crate::secrets::MasterKey;
-use crate::server::{bind_workers, serve, ConnLimits};
+use crate::server::overload::Overload;
+use crate::server::{bind_workers, serve, ConnLimits, Frontend};
 use crate::store::redis::admit::{Scripts, SharedRules};
 use crate::store::redis::RedisStore;
 use crate::store::writer::StoreWriter;
@@ -28,9 +30,17 @@ use keyguard_policy::anomaly::{Anomaly, MemoryIpHistory};
 use keyguard_policy::limits::RateLimits;
 use keyguard_policy::velocity::MemoryVelocity;
 
-/// Starts everything and serves until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Starts everything and serves until SIGINT/SIGTERM; on SIGHUP, reloads the config
+/// with `reload` (the file read again, the command line's flags applied).
+pub async fn run(
+    cfg: Config,
+    reload: Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>,
+) -> anyhow::Result<()> {
     let s = &cfg.server;
+    if cfg.overload.raise_open_files {
+        crate::server::overload::raise_open_files();
+    }
+    let prepared = crate::reload::validate(&cfg)?;
     let store = Store::open(&s.data_dir)?;
     let _serving = lock_data_dir(&s.data_dir)?;
     let master = Arc::new(MasterKey::load_or_create(
@@ -115,19 +125,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let upstream_uri = cfg.require_upstream()?.uri();
     let upstream = Arc::new(Upstream::new(
         &upstream_uri,
+        prepared
+            .upstream_tls
+            .map(|c| Arc::new(crate::server::tls::Connector::new(c))),
         Duration::from_millis(s.upstream_connect_timeout_ms),
         Duration::from_millis(s.upstream_response_timeout_ms),
         s.upstream_max_idle_per_worker,
     )?);
     let gateway = Arc::new(Gateway {
-        dialect: cfg.dialect.clone(),
-        routes: cfg.routes.clone(),
-        authz: cfg.withdraw.clone(),
-        trusted_proxies: s.trusted_proxies.clone(),
-        body_limits: BodyLimits {
-            max_bytes: s.max_body_bytes,
-            read_timeout: Duration::from_millis(s.body_read_timeout_ms),
-        },
+        policy: arc_swap::ArcSwap::from_pointee(crate::reload::policy(&cfg)),
         keys: keys.clone(),
         replay: ReplayGuard::open(&s.data_dir, nonces, writer.clone(), started_at)?,
         limits,
@@ -191,8 +197,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(sweep_loop(Arc::downgrade(&gateway)));
     tokio::spawn(assertion_key_loop(Arc::downgrade(&gateway)));
+    let admin_tls = prepared
+        .admin_tls
+        .map(|c| Arc::new(crate::server::tls::Acceptor::new(c)));
     if let Some(addr) = s.admin_listen {
-        crate::admin::start(addr, &cfg, &store, &master, &keys).await?;
+        crate::admin::start(addr, &cfg, &store, &master, &keys, admin_tls.clone()).await?;
     }
 
     let workers = s
@@ -205,6 +214,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         upstream = %upstream_uri,
         dialect = cfg.dialect.kind.as_str(),
         assertion = cfg.assertion.alg.as_str(),
+        tls = cfg.tls.listen.is_some(),
+        http2 = cfg.http2.enabled,
         workers,
         keys = keys.snapshot().len(),
         "keyguard serving"
@@ -215,11 +226,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_header_bytes: s.max_header_bytes,
         drain_timeout: crate::cli::DRAIN_TIMEOUT,
     };
+    let front = Arc::new(Frontend {
+        tls: prepared.listen_tls.map(crate::server::tls::Acceptor::new),
+        http2: arc_swap::ArcSwap::from_pointee(cfg.http2.clone()),
+        overload: Overload::new(&cfg.overload),
+    });
+    let reloader = Arc::new(Reloader {
+        load: reload,
+        running: parking_lot::Mutex::new(cfg.clone()),
+        front: front.clone(),
+        admin_tls,
+        upstream: upstream.clone(),
+        gateway: Arc::downgrade(&gateway),
+        stats: Arc::new(ReloadStats::default()),
+    });
+    if cfg.reload.watch_files {
+        tokio::spawn(crate::reload::watch_files(reloader.clone()));
+    }
+    tokio::spawn(crate::reload::on_sighup(reloader));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let permits = Arc::new(tokio::sync::Semaphore::new(s.max_connections));
     let mut threads = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.into_iter().enumerate() {
-        let (gateway, upstream, permits) = (gateway.clone(), upstream.clone(), permits.clone());
+        let (gateway, upstream, permits, front) = (
+            gateway.clone(),
+            upstream.clone(),
+            permits.clone(),
+            front.clone(),
+        );
         let mut stopped = stopped.clone();
         threads.push(
             std::thread::Builder::new()
@@ -252,6 +286,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                             Pool::new(upstream),
                             permits,
                             limits,
+                            front,
                             shutdown,
                         )
                         .await

@@ -404,6 +404,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => {
             let cfg = Config::load(&args.config)?;
+            // The same checks a reload makes: certificates and keys are read and parsed.
+            crate::reload::validate(&cfg)?;
             println!(
                 "{}: ok ({} dialect, {} routes)",
                 args.config.display(),
@@ -579,24 +581,30 @@ fn master(cfg: &Config) -> anyhow::Result<MasterKey> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut cfg = load(&args.store)?;
-    if let Some(l) = args.listen {
-        cfg.server.listen = l;
-    }
-    if let Some(a) = args.admin_listen {
-        cfg.server.admin_listen = Some(a);
-    }
-    if let Some(u) = args.upstream {
-        cfg.set_upstream(&u)
-            .map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
-    }
+    // A reload reads the file again with the same flags on top, so a flag keeps winning.
+    let load_with_flags = move || -> anyhow::Result<Config> {
+        let mut cfg = load(&args.store)?;
+        if let Some(l) = args.listen {
+            cfg.server.listen = l;
+        }
+        if let Some(a) = args.admin_listen {
+            cfg.server.admin_listen = Some(a);
+        }
+        if let Some(u) = &args.upstream {
+            cfg.set_upstream(u)
+                .map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
+        }
+        Ok(cfg)
+    };
+    let cfg = load_with_flags()?;
+    crate::reload::validate(&cfg)?;
     // This runtime runs only the background work (key refresh, sweeps, alerts, signals);
     // requests are served by the worker runtimes that `app::run` starts.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("keyguard")
         .build()?;
-    runtime.block_on(crate::app::run(cfg))
+    runtime.block_on(crate::app::run(cfg, Box::new(load_with_flags)))
 }
 
 fn keys(cmd: KeysCommand) -> anyhow::Result<()> {

@@ -8,7 +8,9 @@
 //! - [`activity`]: when keys were last used (dormant-key rule).
 //! - [`alerts`]: the operator's webhook, off the request path.
 //! - [`app`]: wiring a validated config into a running gateway.
-//! - [`server`]: accepting connections with limits and graceful shutdown.
+//! - [`server`]: accepting connections: TLS, HTTP/1 and HTTP/2, overload limits,
+//!   graceful shutdown.
+//! - [`reload`]: SIGHUP: validate the config file again and swap what can be swapped.
 //! - [`proxy`]: the request pipeline ([`proxy::Gateway::process`]) and forwarding.
 //! - [`upstream`]: each worker's own connections to the exchange, and header hygiene.
 //! - [`respond`]: the one place a `Deny` becomes an HTTP response.
@@ -35,6 +37,7 @@ pub mod json;
 pub mod keys;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod replay;
 pub mod respond;
 pub mod secrets;

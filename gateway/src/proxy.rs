@@ -53,9 +53,11 @@ pub struct BodyLimits {
     pub read_timeout: Duration,
 }
 
-/// Everything the pipeline needs, shared by all connections.
-pub struct Gateway {
-    /// Dialect options.
+/// The stateless part of the pipeline's configuration: swapped whole by a reload
+/// (`crate::reload`), while each request keeps the one it started with.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Dialect options. Its kind never changes on a reload (restart-only).
     pub dialect: DialectConfig,
     /// Endpoint classification.
     pub routes: RouteTable,
@@ -65,6 +67,12 @@ pub struct Gateway {
     pub trusted_proxies: Vec<IpNet>,
     /// Request-body limits.
     pub body_limits: BodyLimits,
+}
+
+/// Everything the pipeline needs, shared by all connections.
+pub struct Gateway {
+    /// Dialect, routes, authorization tunables, trusted proxies, body limits.
+    pub policy: arc_swap::ArcSwap<Policy>,
     /// Key snapshot.
     pub keys: Arc<KeyCache>,
     /// Nonces and seen signatures.
@@ -153,6 +161,9 @@ impl Gateway {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let arrived = SystemTime::now();
+        // One policy for the whole request, even if a reload swaps it meanwhile.
+        let policy = self.policy.load_full();
+        let p = &*policy;
         // Both are cheap to clone (an enum, a shared buffer), and `process` takes the
         // request; the audit line needs them afterwards.
         let method = req.method().clone();
@@ -174,11 +185,11 @@ impl Gateway {
                     .is_some_and(|v| v.as_bytes() != b"0"),
             authenticated: false,
         };
-        let outcome = self.process(&mut ctx, &pool, peer, req).await;
+        let outcome = self.process(p, &mut ctx, &pool, peer, req).await;
         let (resp, deny) = match outcome {
             Ok(resp) => (resp, ctx.would_deny),
             Err(refusal) => {
-                let mut resp = deny_response(&refusal, ctx.request_id.as_str(), self.dialect.kind);
+                let mut resp = deny_response(&refusal, ctx.request_id.as_str(), p.dialect.kind);
                 if ctx.body_unread {
                     // Refused before its body was read (pre-auth limits, oversized or slow
                     // bodies): close rather than let hyper drain a body nobody wants, which
@@ -204,7 +215,7 @@ impl Gateway {
             key_id: ctx.key.as_deref().map(|k| k.key_id.as_str()),
             account: ctx.key.as_deref().map(|k| k.account.as_str()),
             client_ip: ctx.client_ip_text.as_str(),
-            dialect: self.dialect.kind.as_str(),
+            dialect: p.dialect.kind.as_str(),
             action: ctx.action.map(Action::as_str),
             decision,
             code: deny.map(Deny::code),
@@ -243,7 +254,7 @@ impl Gateway {
             key_id: None,
             account: None,
             client_ip: ip_text.as_str(),
-            dialect: self.dialect.kind.as_str(),
+            dialect: self.policy.load().dialect.kind.as_str(),
             action: None,
             decision: "deny",
             code: Some(deny.code()),
@@ -255,16 +266,64 @@ impl Gateway {
         self.audit.record_detached(event, Some(ip));
     }
 
+    /// Refuses a request before the pipeline runs (the accept stage: load shedding, a
+    /// protocol switch, an HTTP/2 request with no HTTP/1 twin), with the usual error body
+    /// and one `deny` audit line. The body is not read; the connection is closed after
+    /// the answer when one was declared, as for any refusal before the body.
+    pub fn refuse_early<B>(
+        &self,
+        peer: SocketAddr,
+        req: Request<B>,
+        refusal: Refusal,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = self.ids.next();
+        let mut resp = deny_response(
+            &refusal,
+            request_id.as_str(),
+            self.policy.load().dialect.kind,
+        );
+        let body_declared = req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if body_declared && req.version() < http::Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let ip = canonical_ip(peer.ip());
+        let ip_text = IpText::new(ip);
+        let event = AuditEvent {
+            ts: SystemTime::now(),
+            request_id: request_id.as_str(),
+            key_id: None,
+            account: None,
+            client_ip: ip_text.as_str(),
+            dialect: self.policy.load().dialect.kind.as_str(),
+            action: None,
+            decision: "deny",
+            code: Some(refusal.deny.code()),
+            status: resp.status().as_u16(),
+            latency_us: started.elapsed().as_micros() as u64,
+            method: req.method().as_str(),
+            path: truncate(req.uri().path(), 256),
+        };
+        self.audit.record_detached(event, Some(ip));
+        resp
+    }
+
     /// The pipeline, outermost stage first.
     async fn process(
         &self,
+        p: &Policy,
         ctx: &mut RequestCtx,
         pool: &Arc<Pool>,
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Refusal> {
         // Who is asking: the socket peer, or the client behind a proxy we trust.
-        ctx.set_client_ip(client_ip(peer.ip(), req.headers(), &self.trusted_proxies)?);
+        ctx.set_client_ip(client_ip(peer.ip(), req.headers(), &p.trusted_proxies)?);
 
         // Pre-auth: banned or blocked networks and the per-IP rate limit are checked before
         // reading the body or computing any HMAC, so floods cannot burn CPU.
@@ -283,18 +342,18 @@ impl Gateway {
         // Read the whole body (bounded in size and time): the signature covers it and the
         // exact bytes verified are the bytes forwarded.
         let (parts, body) = req.into_parts();
-        let body = self.read_body(&parts, body).await?;
+        let body = self.read_body(p, &parts, body).await?;
         ctx.body_unread = false;
 
         // Strict parsing: anything ambiguous is refused before it can be misread.
-        let parsed = dialect::parse(&self.dialect, &parts, &body)?;
+        let parsed = dialect::parse(&p.dialect, &parts, &body)?;
 
         // Classification: unknown endpoints are denied, never forwarded.
-        let classified = self.routes.classify(&parsed)?;
+        let classified = p.routes.classify(&parsed)?;
         ctx.action = Some(classified.action);
         if classified.action == Action::Public {
             ctx.forwarded = true;
-            return self.forward(ctx, pool, &parts, body, None).await;
+            return self.forward(p, ctx, pool, &parts, body, None).await;
         }
 
         // Authentication: the key exists and signed these exact bytes, freshly. Failures
@@ -309,7 +368,7 @@ impl Gateway {
             return Err(self.auth_failed(ctx, Deny::UnknownKey, now));
         };
         ctx.key = Some(key.clone());
-        if let Err(deny) = dialect::verify(&self.dialect, creds, &key.credential) {
+        if let Err(deny) = dialect::verify(&p.dialect, creds, &key.credential) {
             return Err(self.auth_failed(ctx, deny, now));
         }
         ctx.authenticated = true;
@@ -317,11 +376,11 @@ impl Gateway {
         if key.canary {
             return Err(self.canary_used(ctx, &key, &parts, now));
         }
-        dialect::check_freshness(&self.dialect, &creds.replay, now)?;
+        dialect::check_freshness(&p.dialect, &creds.replay, now)?;
         key_usable(&key, now)?;
 
         if let Some(sh) = &self.shared {
-            let route = &self.routes.routes()[classified.route];
+            let route = &p.routes.routes()[classified.route];
             let (last_used, reservation) = {
                 let reservation = Reservation::for_request(route, &classified, &key);
                 let last_used = snapshot.by_key_id(&key.key_id).and_then(|t| t.last_used);
@@ -332,7 +391,7 @@ impl Gateway {
                 Err(Deny::StateUnavailable)
             } else {
                 authorize(
-                    &self.authz,
+                    &p.authz,
                     &key,
                     &AccessRequest {
                         action: classified.action,
@@ -358,7 +417,9 @@ impl Gateway {
                 .await?;
             let assertion = self.assertion(ctx, &key, classified.action, &parts, &body, now);
             ctx.forwarded = true;
-            let result = self.forward(ctx, pool, &parts, body, Some(assertion)).await;
+            let result = self
+                .forward(p, ctx, pool, &parts, body, Some(assertion))
+                .await;
             if let Some(s) = settle {
                 let definitive_failure = match &result {
                     Ok(resp) => resp.status().is_client_error(),
@@ -410,7 +471,7 @@ impl Gateway {
             return Err(Deny::AuditUnavailable.into());
         }
         authorize(
-            &self.authz,
+            &p.authz,
             &key,
             &AccessRequest {
                 action: classified.action,
@@ -430,7 +491,7 @@ impl Gateway {
         self.replay.accept(&key.key_id, &creds.replay, now).await?;
 
         // Velocity: reserve the amount / count in every window, durably, before forwarding.
-        let route = &self.routes.routes()[classified.route];
+        let route = &p.routes.routes()[classified.route];
         let reservation = match Reservation::for_request(route, &classified, &key) {
             Some(r) => self.reserve(&r, now).await?,
             None => None,
@@ -439,7 +500,9 @@ impl Gateway {
         // Forward with an assertion of what was allowed.
         let assertion = self.assertion(ctx, &key, classified.action, &parts, &body, now);
         ctx.forwarded = true;
-        let result = self.forward(ctx, pool, &parts, body, Some(assertion)).await;
+        let result = self
+            .forward(p, ctx, pool, &parts, body, Some(assertion))
+            .await;
         if let Some(id) = reservation {
             self.settle(ctx, id, &result);
         }
@@ -770,8 +833,13 @@ impl Gateway {
         self.writer.submit_detached(WriteOp::Velocity(record));
     }
 
-    async fn read_body(&self, parts: &request::Parts, body: Incoming) -> Result<Bytes, Deny> {
-        let limit = self.body_limits.max_bytes;
+    async fn read_body(
+        &self,
+        p: &Policy,
+        parts: &request::Parts,
+        body: Incoming,
+    ) -> Result<Bytes, Deny> {
+        let limit = p.body_limits.max_bytes;
         // Refuse an oversized declared length before reading a byte of it.
         if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
             let len: u64 = len
@@ -784,7 +852,7 @@ impl Gateway {
             }
         }
         let collected = tokio::time::timeout(
-            self.body_limits.read_timeout,
+            p.body_limits.read_timeout,
             Limited::new(body, limit).collect(),
         )
         .await
@@ -822,6 +890,7 @@ impl Gateway {
 
     async fn forward(
         &self,
+        p: &Policy,
         ctx: &mut RequestCtx,
         pool: &Arc<Pool>,
         parts: &request::Parts,
@@ -842,7 +911,7 @@ impl Gateway {
             .body(Full::new(body))
             .map_err(|_| Deny::InvalidTarget)?;
         let headers = out.headers_mut();
-        copy_end_to_end(&parts.headers, headers, self.dialect.kind.auth_headers());
+        copy_end_to_end(&parts.headers, headers, p.dialect.kind.auth_headers());
         headers.insert(header::HOST, up.host.clone());
         if let Ok(ip) = HeaderValue::from_str(ctx.client_ip_text.as_str()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), ip);

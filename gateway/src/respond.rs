@@ -16,11 +16,29 @@ pub struct Refusal {
     pub deny: Deny,
     /// Which rate limit, when `deny` is `rate_limited`.
     pub rate: Option<RateLimited>,
+    /// When to come back, for a refusal that is not a rate limit but still temporary
+    /// (`overloaded`): sent as `Retry-After`.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Refusal {
+    /// A shed request: `overloaded`, with when to retry.
+    pub fn overloaded(retry_after_secs: u64) -> Refusal {
+        Refusal {
+            deny: Deny::Overloaded,
+            rate: None,
+            retry_after_secs: Some(retry_after_secs),
+        }
+    }
 }
 
 impl From<Deny> for Refusal {
     fn from(deny: Deny) -> Self {
-        Refusal { deny, rate: None }
+        Refusal {
+            deny,
+            rate: None,
+            retry_after_secs: None,
+        }
     }
 }
 
@@ -29,6 +47,7 @@ impl From<RateLimited> for Refusal {
         Refusal {
             deny: Deny::RateLimited,
             rate: Some(rate),
+            retry_after_secs: None,
         }
     }
 }
@@ -99,6 +118,9 @@ pub fn deny_response(refusal: &Refusal, request_id: &str, dialect: DialectKind) 
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-request-id", v);
     }
+    if let Some(secs) = refusal.retry_after_secs {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if let Some(rate) = refusal.rate {
         for (name, value) in [
             (
@@ -134,6 +156,7 @@ fn kraken_error(deny: Deny) -> &'static str {
         | Deny::UpstreamTimeout
         | Deny::StateUnavailable
         | Deny::AuditUnavailable => "EService:Unavailable",
+        Deny::Overloaded | Deny::TooManyConnections => "EService:Unavailable",
         d if d.status() == 403 => "EGeneral:Permission denied",
         _ => "EGeneral:Invalid arguments",
     }

@@ -126,6 +126,14 @@ pub enum Deny {
     /// The audit log cannot take lines (disk full, stalled or failing): trades and
     /// withdrawals fail closed, because they must not happen without a record.
     AuditUnavailable,
+
+    // --- overload (503) ---
+    /// The gateway is at its in-flight request limit (`overload.max_in_flight`): the
+    /// request was shed before any work, with `Retry-After`.
+    Overloaded,
+    /// The client's network already holds `overload.max_connections_per_network`
+    /// connections; the new one was closed at accept without an answer.
+    TooManyConnections,
 }
 
 impl Deny {
@@ -177,6 +185,8 @@ impl Deny {
             Deny::UpstreamTimeout => "upstream_timeout",
             Deny::StateUnavailable => "state_unavailable",
             Deny::AuditUnavailable => "audit_unavailable",
+            Deny::Overloaded => "overloaded",
+            Deny::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -225,8 +235,8 @@ impl Deny {
             | Deny::Canary => 403,
             Deny::RateLimited => 429,
             Deny::UpstreamUnavailable => 502,
-            Deny::StateUnavailable => 503,
             Deny::AuditUnavailable => 503,
+            Deny::StateUnavailable | Deny::Overloaded | Deny::TooManyConnections => 503,
             Deny::UpstreamTimeout => 504,
         }
     }
@@ -291,6 +301,8 @@ impl Deny {
             Deny::AuditUnavailable => {
                 "the audit log cannot record this request right now; trading and withdrawals are paused"
             }
+            Deny::Overloaded => "the gateway is overloaded; retry after the time in Retry-After",
+            Deny::TooManyConnections => "too many connections from this network",
         }
     }
 
@@ -351,6 +363,8 @@ impl Deny {
         Deny::UpstreamTimeout,
         Deny::StateUnavailable,
         Deny::AuditUnavailable,
+        Deny::Overloaded,
+        Deny::TooManyConnections,
     ];
 }
 

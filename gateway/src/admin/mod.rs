@@ -77,14 +77,15 @@ impl AdminState {
                     base_ms: a.lockout_base_ms,
                 },
             )?,
-            // No TLS on this listener yet: cookies cannot be `Secure` over plain HTTP.
+            // Cookies are `Secure` when this listener serves TLS; over plain HTTP a
+            // browser would drop them.
             sessions: sessions::Sessions::load_or_create(
                 &cfg.server.data_dir,
                 sessions::SessionTimes {
                     ttl_ms: a.session_ttl_ms,
                     max_ms: a.session_max_ms,
                 },
-                false,
+                cfg.tls.admin.is_some(),
             )?,
             sso: cfg.admin.sso.as_ref().map(sso::Sso::load).transpose()?,
             store,
@@ -118,6 +119,7 @@ pub async fn start(
     store: &Store,
     master: &Arc<MasterKey>,
     keys: &Arc<KeyCache>,
+    tls: Option<Arc<crate::server::tls::Acceptor>>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     anyhow::ensure!(
@@ -140,13 +142,64 @@ pub async fn start(
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin listener {addr}"))?;
-    tracing::info!(admin_listen = %listener.local_addr()?, "admin listener serving");
+    tracing::info!(admin_listen = %listener.local_addr()?, tls = tls.is_some(), "admin listener serving");
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, state).await {
+        let served = match tls {
+            Some(tls) => serve_tls(listener, state, tls).await,
+            None => serve(listener, state).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %format!("{e:#}"), "admin listener stopped");
         }
     });
     Ok(())
+}
+
+/// Serves the admin listener over TLS until the process ends. Each handshake runs in its
+/// own task, bounded in time, so a client that never finishes one delays nobody.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    tls: Arc<crate::server::tls::Acceptor>,
+) -> anyhow::Result<()> {
+    let app = router(state);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = tls.current();
+        // Handlers read the peer as `ConnectInfo`, which axum's own server would set.
+        let svc = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(
+                Duration::from_secs(10),
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "admin TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, %peer, "admin connection ended with error");
+            }
+        });
+    }
 }
 
 /// Serves the admin listener until the process ends.

@@ -2,7 +2,8 @@
 //! connections that belong to the worker thread serving the client.
 //!
 //! # Layout
-//! - [`Upstream`]: where requests go and the timeouts that apply (shared, immutable).
+//! - [`Upstream`]: where requests go, over TLS or not, and the timeouts that apply
+//!   (shared; only its TLS client is swapped on reload).
 //! - [`pool`]: each worker's own HTTP/1 connections to the exchange ([`pool::Pool`]),
 //!   driven on that worker's runtime, and the response body that gives its connection
 //!   back when it has been read to the end.
@@ -16,7 +17,12 @@
 
 pub mod pool;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+use crate::server::tls::Connector;
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::Uri;
@@ -40,6 +46,9 @@ const HOP_BY_HOP: &[&str] = &[
 pub struct Upstream {
     /// Host and port.
     pub authority: http::uri::Authority,
+    /// For an `https://` upstream: the TLS client and the name its certificate must
+    /// carry (the URL's host, a DNS name or an IP address).
+    pub tls: Option<UpstreamTls>,
     /// The `Host` header value sent upstream.
     pub host: http::HeaderValue,
     /// Time allowed to open a connection (→ 502).
@@ -50,10 +59,21 @@ pub struct Upstream {
     pub max_idle_per_worker: usize,
 }
 
+/// TLS to the upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The client configuration (trust, client certificate), swapped on reload.
+    pub connector: Arc<Connector>,
+    /// The name verified against the exchange's certificate.
+    pub server_name: ServerName<'static>,
+}
+
 impl Upstream {
-    /// The upstream at `base` (`http://host:port`).
+    /// The upstream at `base` (`http://host:port`, or `https://host:port` with
+    /// `connector`).
     pub fn new(
         base: &Uri,
+        connector: Option<Arc<Connector>>,
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle_per_worker: usize,
@@ -62,16 +82,34 @@ impl Upstream {
             .scheme()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("upstream {base} has no scheme"))?;
-        if scheme != http::uri::Scheme::HTTP {
-            anyhow::bail!("upstream {base}: only http:// is supported so far");
-        }
         let authority = base
             .authority()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("upstream {base} has no host"))?;
+        let tls = if scheme == http::uri::Scheme::HTTPS {
+            let connector = connector
+                .ok_or_else(|| anyhow::anyhow!("upstream {base}: https needs a TLS client"))?;
+            let host = authority.host();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let server_name = ServerName::try_from(host.to_owned()).map_err(|e| {
+                anyhow::anyhow!("upstream {base}: {host:?} is not a TLS server name: {e}")
+            })?;
+            Some(UpstreamTls {
+                connector,
+                server_name,
+            })
+        } else if scheme == http::uri::Scheme::HTTP {
+            None
+        } else {
+            anyhow::bail!("upstream {base}: only http:// and https:// are supported");
+        };
         let host = http::HeaderValue::from_str(authority.as_str())?;
         Ok(Upstream {
             authority,
+            tls,
             host,
             connect_timeout,
             response_timeout,

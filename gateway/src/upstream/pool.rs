@@ -1,7 +1,7 @@
 //! One worker's connections to the exchange.
 //!
 //! Each worker thread (a `current_thread` runtime) owns a [`Pool`]: idle HTTP/1
-//! connections made with `hyper::client::conn::http1`, whose connection tasks run on that
+//! connections (over TLS for an `https://` upstream) made with `hyper::client::conn::http1`, whose connection tasks run on that
 //! same runtime. A request takes an idle connection (or opens one), and the response body
 //! ([`PooledBody`]) puts it back once the client has been sent the whole body, which is
 //! the only point where an HTTP/1 connection is known to be clean for the next request.
@@ -135,18 +135,41 @@ impl Pool {
         .map_err(|_| SendError::NotSent("connect timed out".into()))?
         .map_err(|e| SendError::NotSent(format!("connect: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::NotSent(format!("handshake: {e}")))?;
-        // The connection task runs on this worker's runtime, like the request itself.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        match &up.tls {
+            None => handshake(stream).await,
+            Some(tls) => {
+                // The TLS handshake shares the connect timeout: both are "opening a
+                // connection", and a request that fails here was certainly not sent.
+                let stream = tokio::time::timeout(
+                    up.connect_timeout,
+                    tls.connector
+                        .current()
+                        .connect(tls.server_name.clone(), stream),
+                )
+                .await
+                .map_err(|_| SendError::NotSent("TLS handshake timed out".into()))?
+                .map_err(|e| SendError::NotSent(format!("TLS handshake: {e}")))?;
+                handshake(stream).await
             }
-        });
-        Ok(sender)
+        }
     }
+}
+
+async fn handshake<IO>(io: IO) -> Result<Sender, SendError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| SendError::NotSent(format!("handshake: {e}")))?;
+    // The connection task runs on this worker's runtime, like the request itself.
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// A response body from the upstream that returns its connection to the pool once it has

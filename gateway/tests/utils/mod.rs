@@ -13,6 +13,8 @@
 //! - [`sign`]: independent HMAC signers (ring) for the three dialects, pinned by
 //!   known-answer tests; [`zaif`], [`binance`], [`kraken`]: request builders.
 //! - [`redis`]: real `redis-server` processes and a Redis Cluster for distributed mode.
+//! - [`tls`]: test certificates (rcgen, made per test), HTTPS and HTTP/2 clients, and a
+//!   raw HTTP/2 frame writer for the flood tests.
 //! - [`verify_assertion`]: checks `X-Keyguard-Assertion` with `jsonwebtoken` and the PEM
 //!   printed by `keyguard assertion-key`.
 //!
@@ -22,6 +24,7 @@
 
 pub mod redis;
 pub mod scenarios;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -536,6 +539,16 @@ impl Gateway {
         }
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, …) to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("gateway running");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     /// Sends SIGTERM (graceful shutdown) and waits up to `timeout` for the process to
     /// exit; `None` if it is still running then (it is killed by `Drop` later).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
@@ -636,6 +649,12 @@ fn origin_answer(script: &Mutex<VecDeque<u16>>) -> (u16, Bytes) {
 
 impl Origin {
     pub async fn start() -> Origin {
+        Origin::start_with_tls(None).await
+    }
+
+    /// An origin that speaks TLS with `tls` (HTTP/1.1), e.g. one that requires a client
+    /// certificate.
+    pub async fn start_with_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let records: Arc<Mutex<Vec<Recorded>>> = Arc::default();
@@ -646,7 +665,7 @@ impl Origin {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (recs, scr) = (recs.clone(), scr.clone());
+                let (recs, scr, tls) = (recs.clone(), scr.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
                         let (recs, scr) = (recs.clone(), scr.clone());
@@ -686,9 +705,22 @@ impl Origin {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(tls) => {
+                            // A refused handshake (no or wrong client certificate) just
+                            // ends the connection: the gateway sees a failed connect.
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -990,7 +1022,9 @@ pub async fn send_raw(gw: SocketAddr, src: Ipv4Addr, raw: &[u8]) -> Result<Resp,
     }
 }
 
-async fn read_response(stream: &mut tokio::net::TcpStream) -> Result<Resp, String> {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Resp, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
