@@ -152,6 +152,7 @@ struct ConfigFile {
     admin: admin::RawAdmin,
     #[serde(default)]
     store: store::RawStore,
+    #[serde(default)]
     tls: tls::RawTls,
     #[serde(default)]
     overload: overload::RawOverload,
