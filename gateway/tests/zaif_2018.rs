@@ -72,16 +72,18 @@ fn backdate(env: &Env, victims: &[Victim]) {
     }
 }
 
-async fn owner_session(gw: &Gateway, v: &Victim) {
+async fn owner_session(gws: &[Gateway], v: &Victim) {
+    // Spread over the replicas like a round-robin load balancer.
+    let gw = |n: usize| &gws[n % gws.len()];
     if v.dormant {
         return;
     }
-    let read = gw.request_from(v.owner_ip, &zaif::read(&v.key)).await;
+    let read = gw(0).request_from(v.owner_ip, &zaif::read(&v.key)).await;
     read.assert_forwarded_ok();
-    let trade = gw.request_from(v.owner_ip, &zaif::trade(&v.key)).await;
+    let trade = gw(1).request_from(v.owner_ip, &zaif::trade(&v.key)).await;
     trade.assert_forwarded_ok();
     if v.withdraw {
-        let w = gw
+        let w = gw(2)
             .request_from(v.owner_ip, &zaif::withdraw(&v.key, &v.owner_addr))
             .await;
         w.assert_forwarded_ok();
@@ -90,7 +92,7 @@ async fn owner_session(gw: &Gateway, v: &Victim) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zaif_2018_pattern_is_stopped_and_owners_are_served() {
-    let codes = replay(|_| {}).await;
+    let codes = replay(|_| {}, 0).await;
     // The shared-IP rule (many keys, few IPs) blocks each attacker IP within a few keys.
     assert!(codes.contains_key("ip_blocked"), "{codes:?}");
 }
@@ -99,17 +101,42 @@ async fn zaif_2018_pattern_is_stopped_and_owners_are_served() {
 /// allowlists still stop every order and withdrawal on their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zaif_2018_pattern_is_stopped_without_the_shared_ip_rule() {
-    let codes = replay(|cfg| set(cfg, "anomaly.shared_ip.enabled", false)).await;
+    let codes = replay(|cfg| set(cfg, "anomaly.shared_ip.enabled", false), 0).await;
     for code in ["key_dormant", "new_ip_probation", "ip_not_allowed"] {
         assert!(codes.contains_key(code), "{code} missing: {codes:?}");
     }
     assert!(!codes.contains_key("ip_blocked"), "{codes:?}");
 }
 
-/// Runs the incident against the example config with `tweak` applied; returns the
-/// refusal codes the attacker got, after checking the verdict.
-async fn replay(tweak: impl FnOnce(&mut toml::Table)) -> std::collections::BTreeMap<String, usize> {
-    let env = Env::from_example(Dialect::Zaif, tweak);
+/// Distributed mode (issue 12): the same incident spread round-robin over three replicas
+/// sharing one real `redis-server`. The keys and their history are made in an embedded
+/// store and moved with `keyguard migrate`, as an exchange adopting replicas would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zaif_2018_pattern_is_stopped_across_three_replicas_on_redis() {
+    if !utils::redis::available("zaif_2018_pattern_is_stopped_across_three_replicas_on_redis") {
+        return;
+    }
+    let codes = replay(|_| {}, 3).await;
+    assert!(codes.contains_key("ip_blocked"), "{codes:?}");
+}
+
+/// Runs the incident against the example config with `tweak` applied, on one embedded
+/// gateway (`replicas` 0) or on that many replicas sharing Redis; returns the refusal
+/// codes the attacker got, after checking the verdict.
+async fn replay(
+    tweak: impl Fn(&mut toml::Table),
+    replicas: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let master = shared.path().join("master.key");
+    let env = Env::from_example(Dialect::Zaif, |cfg| {
+        set(
+            cfg,
+            "secrets.master_key_file",
+            master.to_string_lossy().into_owned(),
+        );
+        tweak(cfg);
+    });
     let victims: Vec<Victim> = (0..KEYS)
         .map(|i| {
             let withdraw = i < WITH_WITHDRAW;
@@ -144,17 +171,61 @@ async fn replay(tweak: impl FnOnce(&mut toml::Table)) -> std::collections::BTree
     backdate(&env, &victims);
 
     let origin = Origin::start().await;
-    let gw = env.start(origin.addr).await;
+    let mut redis = None;
+    let mut replica_envs = Vec::new();
+    let gws: Vec<Gateway> = if replicas == 0 {
+        vec![env.start(origin.addr).await]
+    } else {
+        let server = utils::redis::RedisServer::start(shared.path());
+        let data = env.data.to_string_lossy().into_owned();
+        env.run(&[
+            "migrate",
+            "--from",
+            &data,
+            "--to",
+            &server.url(),
+            "--config",
+            &env.config.to_string_lossy(),
+        ])
+        .ok();
+        let mut gws = Vec::new();
+        for _ in 0..replicas {
+            let e = Env::from_example(Dialect::Zaif, |cfg| {
+                set(
+                    cfg,
+                    "secrets.master_key_file",
+                    master.to_string_lossy().into_owned(),
+                );
+                set(cfg, "store.kind", "redis");
+                set(cfg, "store.url", server.url());
+                set(cfg, "store.timeout", "250ms");
+                tweak(cfg);
+            });
+            gws.push(e.start(origin.addr).await);
+            replica_envs.push(e);
+        }
+        redis = Some(server);
+        gws
+    };
+    let audit_paths: Vec<std::path::PathBuf> = if replicas == 0 {
+        vec![env.data.join("audit.jsonl")]
+    } else {
+        replica_envs
+            .iter()
+            .map(|e| e.data.join("audit.jsonl"))
+            .collect()
+    };
 
     // Owners go about their business.
     for v in &victims {
-        owner_session(&gw, v).await;
+        owner_session(&gws, v).await;
     }
     let owner_requests_before = origin.count();
 
     // The attacker tries every stolen key from each of its 4 IPs: balance, order, withdrawal.
     let mut attack_sent = 0usize;
     let mut attack_forwarded_reads = 0usize;
+    let mut turn = 0usize;
     for ip in ATTACKER_IPS {
         for v in &victims {
             for req in [
@@ -162,7 +233,8 @@ async fn replay(tweak: impl FnOnce(&mut toml::Table)) -> std::collections::BTree
                 zaif::trade(&v.key),
                 zaif::withdraw(&v.key, ATTACKER_ADDR),
             ] {
-                let resp = gw.request_from(ip, &req).await;
+                let resp = gws[turn % gws.len()].request_from(ip, &req).await;
+                turn += 1;
                 attack_sent += 1;
                 if resp.status == 200 {
                     attack_forwarded_reads += 1;
@@ -180,7 +252,7 @@ async fn replay(tweak: impl FnOnce(&mut toml::Table)) -> std::collections::BTree
 
     // The owners keep working during the aftermath: nothing of theirs is refused.
     for v in &victims {
-        owner_session(&gw, v).await;
+        owner_session(&gws, v).await;
     }
 
     // Verdict from what the exchange received.
@@ -222,29 +294,46 @@ async fn replay(tweak: impl FnOnce(&mut toml::Table)) -> std::collections::BTree
     assert_eq!(owner_forwarded, owner_expected, "{active} active owners");
     assert_eq!(owner_requests_before, owner_expected / 2);
 
-    // The audit log explains every refusal: one line per request, each deny with a code.
-    let audit_path = env.data.join("audit.jsonl");
+    // The audit log explains every refusal: a line per request, each deny with a code —
+    // except refusals before authentication past the per-network line rate, which are
+    // counted in one `summary` line per network, code and second (the flood guard).
     let total = owner_expected + attack_sent;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let count = |v: &serde_json::Value| match v.get("kind") {
+        None => 1,
+        Some(k) if k == "summary" => v["count"].as_u64().expect("summary count") as usize,
+        Some(_) => 0,
+    };
     let lines = loop {
-        let text = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        let text: String = audit_paths
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .filter(|v: &serde_json::Value| v.get("kind").is_none())
+            .filter(|v: &serde_json::Value| count(v) > 0)
             .collect();
-        if lines.len() >= total || std::time::Instant::now() > deadline {
+        if lines.iter().map(count).sum::<usize>() >= total || std::time::Instant::now() > deadline {
             break lines;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(lines.len(), total, "one audit line per request");
+    assert_eq!(
+        lines.iter().map(count).sum::<usize>(),
+        total,
+        "every request is accounted for"
+    );
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
     for l in &lines {
         if l["decision"] == "deny" {
             let code = l["code"].as_str().expect("every deny has a code");
-            assert!(attacker.contains(l["client_ip"].as_str().unwrap()), "{l}");
-            *codes.entry(code.to_owned()).or_default() += 1;
+            if l["kind"] == "summary" {
+                assert_eq!(l["client_net"], "127.0.9.0/24", "{l}");
+            } else {
+                assert!(attacker.contains(l["client_ip"].as_str().unwrap()), "{l}");
+            }
+            *codes.entry(code.to_owned()).or_default() += count(l);
         }
     }
     let denied: usize = codes.values().sum();
@@ -263,8 +352,10 @@ async fn replay(tweak: impl FnOnce(&mut toml::Table)) -> std::collections::BTree
             "unexpected refusal {code}: {codes:?}"
         );
     }
+    drop(gws);
+    drop(redis);
     eprintln!(
-        "zaif-2018: {attack_sent} attacker requests, {attack_forwarded_reads} reads forwarded, \
+        "zaif-2018 ({replicas} replicas): {attack_sent} attacker requests, {attack_forwarded_reads} reads forwarded, \
          0 orders, 0 withdrawals; owners {owner_forwarded}/{owner_expected} served; refusals {codes:?}"
     );
     codes
