@@ -597,7 +597,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(cfg)
     };
     let cfg = load_with_flags()?;
-    crate::reload::validate(&cfg)?;
     // This runtime runs only the background work (key refresh, sweeps, alerts, signals);
     // requests are served by the worker runtimes that `app::run` starts.
     let runtime = tokio::runtime::Builder::new_current_thread()
