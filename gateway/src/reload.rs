@@ -124,9 +124,11 @@ impl Reloader {
         match &result {
             Ok(()) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::metrics().reload_ok.inc();
             }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::metrics().reload_failed.inc();
                 tracing::error!(error = %format!("{e:#}"), "config reload failed; the running config stays");
             }
         }

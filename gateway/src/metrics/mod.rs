@@ -88,6 +88,10 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     /// Store commits that failed.
     pub store_commit_errors: Counter,
+    /// One Redis call of the distributed store (the per-request script included).
+    pub redis_call_duration: Histogram,
+    /// Redis calls that failed or timed out (the request failed closed).
+    pub redis_call_errors: Counter,
     /// One `write(2)` of a batch of audit lines (and the `fdatasync`s, separately).
     pub audit_write_duration: Histogram,
     /// One `fdatasync` of the audit log.
@@ -177,6 +181,18 @@ impl Metrics {
             "store_commit_errors",
             "Store commits that failed",
             store_commit_errors.clone(),
+        );
+        let redis_call_duration = hist();
+        registry.register(
+            "redis_call_duration_seconds",
+            "One call to Redis in distributed mode, under its deadline",
+            redis_call_duration.clone(),
+        );
+        let redis_call_errors = Counter::default();
+        registry.register(
+            "redis_call_errors",
+            "Redis calls that failed or missed their deadline",
+            redis_call_errors.clone(),
         );
         let audit_write_duration = hist();
         registry.register(
@@ -280,6 +296,8 @@ impl Metrics {
             upstream_duration,
             store_commit_duration,
             store_commit_errors,
+            redis_call_duration,
+            redis_call_errors,
             audit_write_duration,
             audit_fsync_duration,
             audit_queue_lines,

@@ -255,7 +255,14 @@ impl RedisStore {
         &self,
         f: impl Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, f).await;
+        let m = crate::metrics::metrics();
+        m.redis_call_duration.observe(started.elapsed());
+        if !matches!(result, Ok(Ok(_))) {
+            m.redis_call_errors.inc();
+        }
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if e.is_io_error()
