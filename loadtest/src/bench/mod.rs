@@ -1,7 +1,8 @@
 //! `bench`: the same closed-loop workload, side by side in one run, for each dialect,
 //! against (a) the mock exchange directly, (b) nginx as a plain `proxy_pass` reverse proxy
 //! with upstream keep-alive, (c) Keyguard signing its identity assertions with HS256,
-//! (d) Keyguard with EdDSA assertions, (e) Keyguard with Redis (not yet available).
+//! (d) Keyguard with EdDSA assertions, (e) Keyguard (HS256) on a local `redis-server`
+//! (distributed mode, one replica; the keys moved there with `keyguard migrate`).
 //!
 //! The workload is a signed private read (Zaif `get_info2`, Binance `account`, Kraken
 //! `Balance`) from `concurrency` clients, each with its own key, its own loopback address
@@ -129,14 +130,17 @@ impl TargetKind {
         match self {
             TargetKind::Hs256 => Some("HS256"),
             TargetKind::Eddsa => Some("EdDSA"),
+            TargetKind::Redis => Some("HS256"),
             _ => None,
         }
     }
 
-    /// Why this target cannot run in this build, if it cannot.
-    pub const fn unavailable(self) -> Option<&'static str> {
+    /// Why this target cannot run on this machine, if it cannot.
+    pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            TargetKind::Redis => Some("skipped: the Redis store has not landed yet"),
+            TargetKind::Redis if !redis_installed() => {
+                Some("skipped: redis-server is not installed (apt-get install redis-server)")
+            }
             _ => None,
         }
     }
@@ -253,6 +257,16 @@ fn gateway_settings(doc: &mut toml::Table, alg: &str, workers: Option<usize>) {
     if let Some(w) = workers {
         harness::set(doc, "server.workers", i64::try_from(w).unwrap_or(i64::MAX));
     }
+}
+
+/// Whether `redis-server` can be started.
+fn redis_installed() -> bool {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The first `model name` of /proc/cpuinfo.

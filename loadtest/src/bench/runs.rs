@@ -184,12 +184,36 @@ pub(super) async fn bench_dialect(
             },
             kind => {
                 let cli = keyguard_cli(opts, dir, kind)?;
+                let mut tweak: Box<dyn Fn(&mut toml::Table)> =
+                    Box::new(keyguard_tweak(kind, opts.workers));
+                if kind == TargetKind::Redis {
+                    let (redis, url) = start_redis(&dir.join(kind.name()))?;
+                    // The keys provisioned in the embedded store, moved as an operator would.
+                    let out = std::process::Command::new(&opts.tools.keyguard)
+                        .arg("migrate")
+                        .arg("--from")
+                        .arg(&cli.data_dir)
+                        .args(["--to", &url])
+                        .output()?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "keyguard migrate failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    gateways.push(redis);
+                    let base = keyguard_tweak(kind, opts.workers);
+                    tweak = Box::new(move |doc: &mut toml::Table| {
+                        base(doc);
+                        harness::set(doc, "store.kind", "redis");
+                        harness::set(doc, "store.url", url.clone());
+                    });
+                }
                 let (gw, addr) = harness::start_gateway(
                     &cli,
                     dialect,
                     &mock_url,
                     &dir.join(kind.name()),
-                    &keyguard_tweak(kind, opts.workers),
+                    &*tweak,
                 )?;
                 t.url = Some(format!("http://{addr}"));
                 t.proxy = Some((gw.pid(), false));
@@ -341,6 +365,31 @@ fn keyguard_tweak(kind: TargetKind, workers: Option<usize>) -> impl Fn(&mut toml
         bench_limits(doc);
         gateway_settings(doc, alg, workers);
     }
+}
+
+/// A `redis-server` for the Redis target: loopback, a free port, append-only file with
+/// `everysec` (what a production setup would run), no snapshots.
+fn start_redis(dir: &Path) -> anyhow::Result<(ChildGuard, String)> {
+    let rdir = dir.join("redis");
+    std::fs::create_dir_all(&rdir)?;
+    let port = harness::free_addr()?.port();
+    let guard = ChildGuard::spawn(
+        "redis",
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .current_dir(&rdir),
+        &rdir,
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((guard, format!("redis://127.0.0.1:{port}")))
 }
 
 /// Copies a data dir that no process has open (files and subfolders).
