@@ -1293,3 +1293,37 @@ fn overload_and_http2_defaults_are_safe_and_bounded() {
     let e = err(&format!("[overload]\nipv4_prefix = 33\n{MINIMAL}"));
     assert!(at(&e, 2, "overload.ipv4_prefix").contains("32"));
 }
+
+#[test]
+fn audit_settings_have_defaults_and_errors_name_line_and_key() {
+    let cfg = ok(MINIMAL);
+    assert_eq!(cfg.audit.fsync_interval, std::time::Duration::from_secs(1));
+    assert_eq!(cfg.audit.rotate_bytes, 256 << 20);
+    assert_eq!(cfg.audit.max_files, 30);
+    assert_eq!(cfg.audit.preauth_lines_per_sec, 20);
+    let cfg = ok(&with(
+        "[audit]\nfsync_interval = \"250ms\"\nrotate_bytes = 0\nrotate_interval = \"1h\"\n",
+    ));
+    assert_eq!(
+        cfg.audit.fsync_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(cfg.audit.rotate_bytes, 0, "0: by time only");
+    assert_eq!(
+        cfg.audit.rotate_interval,
+        std::time::Duration::from_secs(3600)
+    );
+
+    let e = err(&with("[audit]\n\nrotate_bytes = 4096\n"));
+    assert!(
+        at(&e, 11, "audit.rotate_bytes").contains("below 64 KiB"),
+        "{e}"
+    );
+    let e = err(&with("[audit]\nfsync_interval = \"0s\"\n"));
+    assert!(
+        at(&e, 10, "audit.fsync_interval").contains("out of range"),
+        "{e}"
+    );
+    let e = err(&with("[audit]\npreauth_lines_per_sec = 0\n"));
+    at(&e, 10, "audit.preauth_lines_per_sec");
+}

@@ -163,7 +163,6 @@ struct Shared {
     health: Arc<writer::Health>,
     summaries: Arc<summary::Summaries>,
     write_timeout: Duration,
-    dialect: &'static str,
     last_drop_log: Mutex<Option<std::time::Instant>>,
 }
 
@@ -284,7 +283,6 @@ impl AuditSink {
             health: health.clone(),
             summaries,
             write_timeout: settings.write_timeout,
-            dialect: settings.dialect,
             last_drop_log: Mutex::new(None),
         });
         Ok((AuditSink { shared }, AuditHandle { health, thread }))
@@ -348,11 +346,6 @@ impl AuditSink {
             return false;
         }
         matches!(rx.recv_timeout(self.shared.write_timeout), Ok(true))
-    }
-
-    /// The dialect named in summary lines.
-    pub fn dialect(&self) -> &'static str {
-        self.shared.dialect
     }
 
     /// Watches availability and calls `changed(available)` on every change (within

@@ -223,6 +223,25 @@ mod tests {
     }
 
     #[test]
+    fn a_new_second_closes_the_last_ones_counts_before_any_flush() {
+        let s = Summaries::new(1);
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let t0 = UNIX_EPOCH + Duration::from_secs(2_000);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(s.admit(ip, "ip_banned", t0));
+        assert!(!s.admit(ip, "ip_banned", t0));
+        assert!(!s.admit(ip, "ip_banned", t0));
+        // The next second starts before the writer flushed: a fresh budget, and the two
+        // counted in t0 stay t0's.
+        assert!(s.admit(ip, "ip_banned", t1));
+        assert!(!s.admit(ip, "ip_banned", t1));
+        let mut out = Vec::new();
+        s.take_due(t1 + Duration::from_secs(1), &mut out);
+        let got: Vec<(u64, u64)> = out.iter().map(|x| (x.second, x.count)).collect();
+        assert_eq!(got, [(2_000, 2), (2_001, 1)]);
+    }
+
+    #[test]
     fn ipv6_clients_are_counted_per_64() {
         let ip: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         assert_eq!(network_of(ip).to_string(), "2001:db8:1:2::/64");

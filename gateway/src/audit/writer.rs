@@ -182,7 +182,8 @@ impl Writer {
                 // not fit is dropped and counted by the senders.
                 thread::sleep(RETRY_EVERY);
             }
-            while self.pending.len() < MAX_BATCH_BYTES {
+            // At shutdown everything queued goes out before the writer stops.
+            while stopping || self.pending.len() < MAX_BATCH_BYTES {
                 match self.rx.try_recv() {
                     Ok(job) => self.take(job),
                     Err(_) => break,

@@ -376,7 +376,14 @@ fn start_redis(dir: &Path) -> anyhow::Result<(ChildGuard, String)> {
     let guard = ChildGuard::spawn(
         "redis",
         std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .current_dir(&rdir),
         &rdir,
