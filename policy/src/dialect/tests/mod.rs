@@ -168,3 +168,29 @@ fn credentials_debug_hides_the_signature() {
     let debug = format!("{key:?}");
     assert!(!debug.contains("secret: [115]") && debug.contains("<redacted>"));
 }
+
+#[test]
+fn hex_signatures_decode_exactly() {
+    assert_eq!(
+        decode_hex_signature("00aF9b", 3),
+        Ok(vec![0x00, 0xaf, 0x9b])
+    );
+    assert_eq!(
+        decode_hex_signature(&hex::encode([0xde, 0xad, 0xbe, 0xef]), 4),
+        Ok(vec![0xde, 0xad, 0xbe, 0xef])
+    );
+    for bad in [
+        "00aF9",
+        "00aF9bc",
+        "0g0000",
+        "+00000",
+        " 00000",
+        "\u{e9}0000",
+    ] {
+        assert_eq!(
+            decode_hex_signature(bad, 3),
+            Err(Deny::InvalidSignature),
+            "{bad:?}"
+        );
+    }
+}
