@@ -138,6 +138,23 @@ fn env_secret(var: &Option<String>, what: &str) -> anyhow::Result<Option<String>
     }
 }
 
+/// One node's connection settings, with the credentials from the environment.
+fn node_info(
+    url: &str,
+    password: &Option<String>,
+    username: &Option<String>,
+) -> anyhow::Result<redis::ConnectionInfo> {
+    let info = url.into_connection_info()?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(p) = password {
+        settings = settings.set_password(p);
+    }
+    if let Some(u) = username {
+        settings = settings.set_username(u);
+    }
+    Ok(info.set_redis_settings(settings))
+}
+
 impl RedisStore {
     /// A store for `cfg`; connects lazily (per thread), so a gateway starts, and fails
     /// closed, while Redis is down.
@@ -146,18 +163,9 @@ impl RedisStore {
         let username = env_secret(&cfg.username_env, "username")?;
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let client = match &cfg.target {
-            RedisTarget::Single(url) => {
-                let mut info = url.as_str().into_connection_info()?;
-                let mut settings = info.redis_settings().clone();
-                if let Some(p) = &password {
-                    settings = settings.set_password(p);
-                }
-                if let Some(u) = &username {
-                    settings = settings.set_username(u);
-                }
-                info = info.set_redis_settings(settings);
-                Client::Single(Box::new(redis::Client::open(info)?))
-            }
+            RedisTarget::Single(url) => Client::Single(Box::new(redis::Client::open(node_info(
+                url, &password, &username,
+            )?)?)),
             RedisTarget::Cluster(nodes) => {
                 let mut b = ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(timeout)
@@ -232,16 +240,9 @@ impl RedisStore {
                 // A PUBLISH reaches the subscribers of every node of a cluster, so any
                 // one node will do; the loop moves on to the next when one fails.
                 let n = NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed) as usize % nodes.len();
-                let mut info = nodes[n].as_str().into_connection_info()?;
-                let mut settings = info.redis_settings().clone();
-                if let Some(p) = &password {
-                    settings = settings.set_password(p);
-                }
-                if let Some(u) = &username {
-                    settings = settings.set_username(u);
-                }
-                info = info.set_redis_settings(settings);
-                Ok(redis::Client::open(info)?)
+                Ok(redis::Client::open(node_info(
+                    &nodes[n], &password, &username,
+                )?)?)
             }
             (Client::Cluster(_), RedisTarget::Single(_)) => unreachable!("built from the target"),
         }
