@@ -577,13 +577,11 @@ impl Gateway {
             self.suspend_shared(sh, ctx, key);
         }
         if let Some(deny) = admitted.deny {
+            // A ban is alerted once, when it starts (as in the embedded pipeline, whose
+            // refusals of an already banned network raise no alert of their own).
             if matches!(
                 deny,
-                Deny::IpBlocked
-                    | Deny::IpBanned
-                    | Deny::TooManyIps
-                    | Deny::KeyDormant
-                    | Deny::NewIpProbation
+                Deny::IpBlocked | Deny::TooManyIps | Deny::KeyDormant | Deny::NewIpProbation
             ) {
                 self.alert(ctx, "anomaly_deny", deny.code(), String::new());
             }
@@ -659,9 +657,20 @@ impl Gateway {
             let (store, scripts) = (sh.store.clone(), sh.scripts.clone());
             let rules = sh.rules.clone();
             let net = keyguard_policy::limits::ClientNet::of(ctx.client_ip);
+            // The alert is prepared now; it is sent only if this failure is the one that
+            // bans the network (once per ban, whichever replica counts it).
+            let alert = self.alert_for(
+                ctx,
+                "ip_banned",
+                Deny::IpBanned.code(),
+                format!("after {}", deny.code()),
+            );
+            let alerts = self.alerts.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.auth_failed(&scripts, &rules.anomaly, net).await {
-                    tracing::warn!(error = %e, "auth failure not counted in redis");
+                match store.auth_failed(&scripts, &rules.anomaly, net).await {
+                    Ok(Some(_)) => alerts.send(alert),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "auth failure not counted in redis"),
                 }
             });
             return deny.into();

@@ -473,3 +473,77 @@ async fn cluster_spreads_state_and_fails_closed_through_a_failover() {
     );
     assert!(recovered, "no recovery after the failover");
 }
+
+/// Failed signatures spread over the replicas add up to one ban in Redis; every replica
+/// then refuses the network, and the ban is alerted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_failures_on_all_replicas_ban_the_network_everywhere() {
+    if !utils::redis::available("auth_failures_on_all_replicas_ban_the_network_everywhere") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let hook = Origin::start().await;
+    let url = format!("http://{}/keyguard", hook.addr);
+    let r = Replicas::start(dir.path(), single(&redis.url()), |cfg| {
+        set(cfg, "anomaly.auth_failures.max_failures", 3);
+        set(cfg, "alerts.webhook_url", url.clone());
+    })
+    .await;
+    let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            r.gw(2)
+                .request_from(ALLOWED_IP, &zaif::read(&key))
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+    let attacker = std::net::Ipv4Addr::new(127, 0, 7, 7);
+    let mut wrong = key.clone();
+    wrong.secret = format!("{}x", key.secret);
+    for i in 0..4 {
+        let bad = zaif::signed(
+            &wrong,
+            &zaif::body("get_info2", &next_nonce().to_string(), &[]),
+        );
+        let resp = r.gw(i).request_from(attacker, &bad).await;
+        assert_eq!(resp.status, 401, "{}", resp.text());
+    }
+    // Counted off the response path: every replica refuses the network shortly after.
+    for i in 0..3 {
+        let gw = r.gw(i);
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                let resp = gw.request_from(attacker, &zaif::read(&key)).await;
+                resp.status == 403 && resp.text().contains("ip_banned")
+            })
+            .await,
+            "replica {i} does not refuse the banned network"
+        );
+    }
+    assert_eq!(
+        r.gw(1)
+            .request_from(ALLOWED_IP, &zaif::read(&key))
+            .await
+            .status,
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            hook.records()
+                .iter()
+                .filter(|rec| String::from_utf8_lossy(&rec.body).contains("\"ip_banned\""))
+                .count()
+                == 1
+        })
+        .await,
+        "the ban is not alerted exactly once: {:?}",
+        hook.records()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect::<Vec<_>>()
+    );
+}

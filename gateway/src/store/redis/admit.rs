@@ -524,7 +524,8 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Counts a failed authentication from `net`; returns the ban's end if it is banned.
+    /// Counts a failed authentication from `net`; returns the ban's end when this very
+    /// failure banned the network (so the ban is alerted once, by one replica).
     pub async fn auth_failed(
         &self,
         scripts: &Scripts,
@@ -541,11 +542,11 @@ impl RedisStore {
             .arg(rule.ban_ms)
             .arg(net.to_string());
         let mut c = self.conn().await?;
-        let until: u64 = self.deadline(inv.invoke_async(&mut c)).await?;
+        let (until, new_ban): (u64, u8) = self.deadline(inv.invoke_async(&mut c)).await?;
         if until > 0 {
             self.remember_standing(net, "banned", until);
         }
-        Ok((until > 0).then_some(until))
+        Ok((new_ban == 1).then_some(until))
     }
 
     /// Blocks `net` for every key until `until` (a canary was used from it).
