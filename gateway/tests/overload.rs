@@ -49,9 +49,17 @@ async fn requests_past_the_in_flight_limit_are_shed_with_retry_after() {
     let gw = env.start(upstream).await;
     let gw = std::sync::Arc::new(gw);
     let mut stuck = Vec::new();
-    for _ in 0..2 {
+    // One after the other: sent at once, the later nonce could arrive first and the
+    // earlier one be refused as a replay instead of staying in flight.
+    for i in 0..2 {
         let (gw, req) = (gw.clone(), zaif::read(&k));
         stuck.push(tokio::spawn(async move { gw.request(&req).await }));
+        let arrived = eventually(Duration::from_secs(10), || {
+            let n = accepted.load(Ordering::SeqCst);
+            async move { n > i }
+        })
+        .await;
+        assert!(arrived, "request {} did not reach the upstream", i + 1);
     }
     assert!(
         eventually(Duration::from_secs(10), || {
