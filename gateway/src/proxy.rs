@@ -386,22 +386,7 @@ impl Gateway {
                 let last_used = snapshot.by_key_id(&key.key_id).and_then(|t| t.last_used);
                 (last_used, reservation)
             };
-            let moves_funds = matches!(classified.action, Action::Trade | Action::Withdraw);
-            let local = if moves_funds && !self.keys.is_fresh() {
-                Err(Deny::StateUnavailable)
-            } else {
-                authorize(
-                    &p.authz,
-                    &key,
-                    &AccessRequest {
-                        action: classified.action,
-                        facts: &classified.facts,
-                        client_ip: ctx.client_ip,
-                        now,
-                    },
-                    &snapshot.freezes,
-                )
-            };
+            let local = self.authorize_locally(p, ctx, &key, &classified, &snapshot, now);
             drop(snapshot);
             let settle = self
                 .admit_shared(
@@ -459,28 +444,8 @@ impl Gateway {
         }
         self.apply(ctx, anomaly.verdict, true)?;
 
-        // Authorization: status, expiry, scope, IP allowlist, withdrawal rules, freezes —
-        // on a snapshot known to be current when funds move (fail closed otherwise).
-        if matches!(classified.action, Action::Trade | Action::Withdraw) && !self.keys.is_fresh() {
-            return Err(Deny::StateUnavailable.into());
-        }
-        // Funds must not move without a record: a full, failing or stalled audit disk
-        // stops trades and withdrawals (reads go on, their lines queue).
-        if matches!(classified.action, Action::Trade | Action::Withdraw) && !self.audit.available()
-        {
-            return Err(Deny::AuditUnavailable.into());
-        }
-        authorize(
-            &p.authz,
-            &key,
-            &AccessRequest {
-                action: classified.action,
-                facts: &classified.facts,
-                client_ip: ctx.client_ip,
-                now,
-            },
-            &snapshot.freezes,
-        )?;
+        // Authorization: status, expiry, scope, IP allowlist, withdrawal rules, freezes.
+        self.authorize_locally(p, ctx, &key, &classified, &snapshot, now)?;
         drop(snapshot);
 
         // Per-key, per-account and per-action rate limits.
@@ -515,6 +480,41 @@ impl Gateway {
             }
         }
         result
+    }
+
+    /// The checks that need no shared state, the same in both stores: a snapshot known
+    /// to be current and an audit log that takes lines when funds move (fail closed
+    /// otherwise), then status, expiry, scope, IP allowlist, withdrawal rules and freezes.
+    fn authorize_locally(
+        &self,
+        p: &Policy,
+        ctx: &RequestCtx,
+        key: &KeyRecord,
+        classified: &keyguard_policy::route::Classified,
+        snapshot: &crate::keys::Snapshot,
+        now: u64,
+    ) -> Result<(), Deny> {
+        if matches!(classified.action, Action::Trade | Action::Withdraw) {
+            if !self.keys.is_fresh() {
+                return Err(Deny::StateUnavailable);
+            }
+            // Funds must not move without a record: a full, failing or stalled audit disk
+            // stops trades and withdrawals (reads go on, their lines queue).
+            if !self.audit.available() {
+                return Err(Deny::AuditUnavailable);
+            }
+        }
+        authorize(
+            &p.authz,
+            key,
+            &AccessRequest {
+                action: classified.action,
+                facts: &classified.facts,
+                client_ip: ctx.client_ip,
+                now,
+            },
+            &snapshot.freezes,
+        )
     }
 
     /// Distributed mode: the anomaly rules, rates, replay and velocity of one request in
