@@ -447,10 +447,9 @@ async fn redis_admin_audit_loop(
                 continue;
             }
         };
-        let Some(newest) = events.last().map(|e| e.id.clone()) else {
-            continue;
-        };
+        let mut newest = None;
         for e in events {
+            let id = e.id.clone();
             let ts = timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts));
             if matches!(e.action.as_str(), "freeze" | "key_suspend") {
                 gw.alerts.send(Alert {
@@ -467,7 +466,7 @@ async fn redis_admin_audit_loop(
                     ..Alert::default()
                 });
             }
-            gw.audit.record_line(&AuditLine::Admin(AdminAudit {
+            let written = gw.audit.record_line(&AuditLine::Admin(AdminAudit {
                 ts,
                 kind: "admin",
                 actor: e.actor,
@@ -475,7 +474,15 @@ async fn redis_admin_audit_loop(
                 target: e.target,
                 reason: e.reason,
             }));
+            // The cursor passes only lines the audit log took (a full disk must not lose
+            // an operator change); the rest are read again on the next tick.
+            if !written {
+                tracing::error!("admin event not written to the audit log yet; retrying");
+                break;
+            }
+            newest = Some(id);
         }
+        let Some(newest) = newest else { continue };
         if let Err(e) = std::fs::write(&cursor, &newest) {
             tracing::error!(error = %e, "saving the admin event cursor failed; events may be logged twice");
         }
