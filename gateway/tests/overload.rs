@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use utils::*;
 
 fn audit_lines(env: &Env) -> Vec<Value> {
@@ -107,16 +108,23 @@ async fn connections_past_the_per_network_cap_are_closed_at_accept() {
         sock.bind((ip, 0).into()).unwrap();
         sock.connect(gw.addr).await.unwrap()
     };
-    // Two idle connections from 127.0.0.2 take its whole share...
-    let held_a = connect_from(ALLOWED_IP).await;
-    let _held_b = connect_from(ALLOWED_IP).await;
-    // ...so a third from there is closed without an answer (once the gateway has
-    // accepted the two: poll until it refuses).
+    // Two connections from 127.0.0.2 take its whole share. Each is answered once before
+    // the next is opened: with one listener per worker the gateway may accept connections
+    // in another order than they were made, so two merely connected sockets do not yet
+    // hold their slots and a third could overtake them.
+    let hold = || async {
+        let mut s = connect_from(ALLOWED_IP).await;
+        s.write_all(&zaif::read(&k).to_bytes(&gw.addr.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut s).await.unwrap().status, 200);
+        s
+    };
+    let held_a = hold().await;
+    let _held_b = hold().await;
+    // ...so a third from there is closed without an answer.
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            gw.send(ALLOWED_IP, &zaif::read(&k)).await.is_err()
-        })
-        .await,
+        gw.send(ALLOWED_IP, &zaif::read(&k)).await.is_err(),
         "a third connection from the same network was served"
     );
     let lines = audited(&env, "too_many_connections").await;
@@ -163,8 +171,13 @@ async fn start_with_low_nofile(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn");
+    // Its own "keyguard serving" line, not just an accepting port: another process may
+    // hold the port we picked.
     let up = eventually(Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("keyguard serving")
+            && tokio::net::TcpStream::connect(addr).await.is_ok()
     })
     .await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();

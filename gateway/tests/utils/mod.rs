@@ -471,7 +471,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Ok once the port accepts; Err(true) if the process exited, Err(false) on timeout.
+    /// Ok once this process says it serves and the port accepts; Err(true) if the process
+    /// exited, Err(false) on timeout.
+    ///
+    /// The port alone is not proof: when another process took the port between
+    /// [`free_port`] and our bind, a connect succeeds against *that* process while ours is
+    /// exiting with "address in use". So the process's own "keyguard serving" line, written
+    /// after every listener is bound, is waited for as well.
     async fn wait_ready(&mut self) -> Result<(), bool> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -479,6 +485,13 @@ impl Gateway {
                 if child.try_wait().expect("try_wait").is_some() {
                     return Err(true);
                 }
+            }
+            if !self.log().contains("keyguard serving") {
+                if Instant::now() > deadline {
+                    return Err(false);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             if let Ok(Ok(_)) = tokio::time::timeout(
                 Duration::from_millis(500),
