@@ -135,7 +135,13 @@ pub async fn run(
     let gateway = Arc::new(Gateway {
         policy: arc_swap::ArcSwap::from_pointee(crate::reload::policy(&cfg)),
         keys: keys.clone(),
-        replay: ReplayGuard::open(&s.data_dir, nonces, writer.clone(), started_at)?,
+        replay: ReplayGuard::open(
+            &s.data_dir,
+            nonces,
+            writer.clone(),
+            started_at,
+            cfg.audit.write_timeout,
+        )?,
         limits,
         velocity,
         anomaly,

@@ -802,11 +802,19 @@ impl Gateway {
             return Ok(None);
         }
         let record = self.velocity.record(id).ok_or(Deny::StateUnavailable)?;
-        match self.writer.submit(WriteOp::Velocity(record)).await {
-            Ok(Ok(())) => Ok(Some(id)),
-            _ => {
+        let committed = self.writer.submit(WriteOp::Velocity(record.clone()));
+        match tokio::time::timeout(self.audit.write_timeout(), committed).await {
+            Ok(Ok(Ok(()))) => Ok(Some(id)),
+            late_or_failed => {
                 // Not durable: undo in memory and fail closed.
                 let _ = self.velocity.release(id);
+                if late_or_failed.is_err() {
+                    // A stalled disk: the entry may still be committed later, as reserved;
+                    // queue its release after it, so a restart does not count it.
+                    let mut released = record;
+                    released.state = EntryState::Released;
+                    self.writer.submit_detached(WriteOp::Velocity(released));
+                }
                 Err(Deny::StateUnavailable)
             }
         }

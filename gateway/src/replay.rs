@@ -22,7 +22,7 @@ use keyguard_policy::dialect::Replay;
 use keyguard_policy::{Deny, UnixMillis};
 use parking_lot::Mutex;
 
-use crate::store::journal::NonceJournal;
+use crate::store::journal::{JournalWriter, NonceJournal};
 use crate::store::writer::{StoreWriter, WriteOp};
 
 /// How often accepted nonces are copied from the journal to SQLite.
@@ -37,13 +37,16 @@ pub struct ReplayGuard {
     nonces: Arc<Mutex<Nonces>>,
     seen: Mutex<SeenSignatures>,
     started_at: UnixMillis,
+    /// How long a request waits for its nonce's line (`audit.write_timeout`: the journal
+    /// sits on the same data disk as the audit log).
+    write_timeout: Duration,
 }
 
 /// Accepted nonces and where they are recorded.
 struct Nonces {
     /// The last accepted nonce of every key.
     last: HashMap<String, Decimal>,
-    journal: NonceJournal,
+    journal: JournalWriter,
     /// Accepted since the last checkpoint: in the journal, not yet in SQLite.
     unsaved: HashMap<String, Decimal>,
     /// A checkpoint that failed closed the journal files up to this number; the next one
@@ -54,14 +57,37 @@ struct Nonces {
 
 impl ReplayGuard {
     /// Starts from the nonces in the store and those journaled in `data_dir` after the
-    /// last checkpoint, and starts the checkpoint thread (it ends with the guard).
+    /// last checkpoint, and starts the journal's writer and the checkpoint thread (both
+    /// end with the guard).
     pub fn open(
         data_dir: &Path,
         stored: HashMap<String, Decimal>,
         writer: StoreWriter,
         started_at: UnixMillis,
+        write_timeout: Duration,
     ) -> anyhow::Result<Self> {
         let (journal, journaled) = NonceJournal::open(data_dir)?;
+        Self::with_journal(
+            data_dir,
+            journal,
+            journaled,
+            stored,
+            writer,
+            started_at,
+            write_timeout,
+        )
+    }
+
+    fn with_journal(
+        data_dir: &Path,
+        journal: NonceJournal,
+        journaled: HashMap<String, Decimal>,
+        stored: HashMap<String, Decimal>,
+        writer: StoreWriter,
+        started_at: UnixMillis,
+        write_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let journal = JournalWriter::start(journal).context("starting the nonce journal")?;
         let mut last = stored;
         for (key_id, nonce) in &journaled {
             raise(&mut last, key_id, *nonce);
@@ -78,34 +104,56 @@ impl ReplayGuard {
         let dir = data_dir.to_owned();
         std::thread::Builder::new()
             .name("keyguard-nonce-checkpoint".into())
-            .spawn(move || checkpoint_loop(&weak, &writer, &dir))
+            .spawn(move || checkpoint_loop(&weak, &writer, &dir, write_timeout))
             .context("starting the nonce checkpoint thread")?;
         Ok(ReplayGuard {
             nonces,
             seen: Mutex::new(SeenSignatures::default()),
             started_at,
+            write_timeout,
         })
     }
 
     /// Accepts `proof` for `key_id` once, durably. Fails closed: if the journal cannot
-    /// record the nonce, the request is refused with 503.
+    /// record the nonce within the write timeout, the request is refused with 503.
     pub async fn accept(&self, key_id: &str, proof: &Replay, now: UnixMillis) -> Result<(), Deny> {
         match proof {
             Replay::Nonce(nonce) => {
-                let mut nonces = self.nonces.lock();
-                let n = &mut *nonces;
-                if n.last.get(key_id).is_some_and(|last| nonce <= last) {
-                    return Err(Deny::InvalidNonce);
-                }
-                // Remembered before it is written: if the write fails the nonce is burnt,
-                // which can only refuse a client's retry, never accept a replay.
-                n.last.insert(key_id.to_owned(), *nonce);
-                if let Err(e) = n.journal.append(key_id, nonce) {
-                    tracing::error!(error = %e, "nonce journal write failed");
-                    return Err(Deny::StateUnavailable);
-                }
-                n.unsaved.insert(key_id.to_owned(), *nonce);
-                Ok(())
+                let written = {
+                    let mut nonces = self.nonces.lock();
+                    let n = &mut *nonces;
+                    if n.journal.stalled(self.write_timeout) {
+                        // Waiting would only time out; refuse before the nonce is burnt.
+                        crate::metrics::metrics().nonce_journal_failures.inc();
+                        return Err(Deny::StateUnavailable);
+                    }
+                    if n.last.get(key_id).is_some_and(|last| nonce <= last) {
+                        return Err(Deny::InvalidNonce);
+                    }
+                    // Remembered before it is written: if the write fails the nonce is
+                    // burnt, which can only refuse a client's retry, never accept a replay.
+                    n.last.insert(key_id.to_owned(), *nonce);
+                    // Unsaved from now on, not from the acknowledgement: a checkpoint that
+                    // runs in between closes the file this line goes to, and must put the
+                    // nonce in SQLite before it deletes that file.
+                    n.unsaved.insert(key_id.to_owned(), *nonce);
+                    n.journal.append(key_id, nonce)
+                };
+                let failure = match written {
+                    Err(e) => e.to_string(),
+                    Ok(written) => match tokio::time::timeout(self.write_timeout, written).await {
+                        Ok(Ok(Ok(()))) => return Ok(()),
+                        Ok(Ok(Err(e))) => e,
+                        Ok(Err(_)) => "the journal writer stopped".to_owned(),
+                        Err(_) => format!(
+                            "no acknowledgement within {:?} (stalled disk?)",
+                            self.write_timeout
+                        ),
+                    },
+                };
+                crate::metrics::metrics().nonce_journal_failures.inc();
+                tracing::error!(error = %failure, "nonce journal write failed");
+                Err(Deny::StateUnavailable)
             }
             Replay::Timestamp {
                 at_ms,
@@ -133,13 +181,18 @@ fn raise(map: &mut HashMap<String, Decimal>, key_id: &str, nonce: Decimal) {
 }
 
 /// Checkpoints once a second until the guard is dropped.
-fn checkpoint_loop(nonces: &Weak<Mutex<Nonces>>, writer: &StoreWriter, dir: &Path) {
+fn checkpoint_loop(
+    nonces: &Weak<Mutex<Nonces>>,
+    writer: &StoreWriter,
+    dir: &Path,
+    write_timeout: Duration,
+) {
     loop {
         std::thread::sleep(CHECKPOINT_EVERY);
         let Some(nonces) = nonces.upgrade() else {
             return;
         };
-        if let Err(e) = checkpoint(&nonces, writer, dir) {
+        if let Err(e) = checkpoint(&nonces, writer, dir, write_timeout) {
             tracing::error!(error = %format!("{e:#}"), "nonce checkpoint failed; the journal keeps the nonces");
         }
     }
@@ -147,15 +200,39 @@ fn checkpoint_loop(nonces: &Weak<Mutex<Nonces>>, writer: &StoreWriter, dir: &Pat
 
 /// Copies the nonces accepted since the last checkpoint to SQLite, then deletes the
 /// journal files that held them. Appends go on meanwhile, into a fresh file.
-fn checkpoint(nonces: &Mutex<Nonces>, writer: &StoreWriter, dir: &Path) -> anyhow::Result<()> {
+fn checkpoint(
+    nonces: &Mutex<Nonces>,
+    writer: &StoreWriter,
+    dir: &Path,
+    write_timeout: Duration,
+) -> anyhow::Result<()> {
+    // The rotation is asked for under the lock, so every nonce taken here was queued
+    // before it and is in a file numbered at most the closed one; the answer is waited
+    // for without the lock, which requests need.
     let (batch, closed) = {
         let mut n = nonces.lock();
         let closed = match n.retry_through {
-            Some(closed) => closed,
+            Some(closed) => Ok(closed),
             None if n.unsaved.is_empty() => return Ok(()),
-            None => n.journal.rotate()?,
+            None => Err(n.journal.rotate()?),
         };
         (std::mem::take(&mut n.unsaved), closed)
+    };
+    let closed = match closed {
+        Ok(closed) => closed,
+        Err(rotated) => match rotated.recv_timeout(write_timeout.max(CHECKPOINT_EVERY)) {
+            Ok(Ok(closed)) => closed,
+            failed => {
+                let mut n = nonces.lock();
+                for (key_id, nonce) in batch {
+                    raise(&mut n.unsaved, &key_id, nonce);
+                }
+                match failed {
+                    Ok(Err(e)) => return Err(e).context("starting a new nonce journal file"),
+                    _ => anyhow::bail!("the nonce journal did not start a new file in time"),
+                }
+            }
+        },
     };
     let commits: Vec<_> = batch
         .iter()
@@ -215,6 +292,8 @@ mod tests {
     use super::*;
     use keyguard_policy::decimal::parse_decimal;
 
+    const T: Duration = Duration::from_secs(2);
+
     fn guard(dir: &std::path::Path) -> ReplayGuard {
         let store = crate::store::Store::open(dir).unwrap();
         let stored = crate::store::load_nonces(&store.connect().unwrap()).unwrap();
@@ -223,6 +302,7 @@ mod tests {
             stored,
             StoreWriter::start(store.connect().unwrap()),
             1_000,
+            Duration::from_secs(2),
         )
         .unwrap()
     }
@@ -271,7 +351,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
         let writer = StoreWriter::start(store.connect().unwrap());
-        let g = ReplayGuard::open(dir.path(), HashMap::new(), writer.clone(), 0).unwrap();
+        let g = ReplayGuard::open(dir.path(), HashMap::new(), writer.clone(), 0, T).unwrap();
         let n = |s: &str| Replay::Nonce(parse_decimal(s).unwrap());
         for i in 1..=50 {
             assert_eq!(g.accept("k", &n(&i.to_string()), 0).await, Ok(()));
@@ -282,7 +362,7 @@ mod tests {
             "nothing is in SQLite before a checkpoint"
         );
         let (nonces, path) = (g.nonces.clone(), dir.path().to_owned());
-        tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path))
+        tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path, T))
             .await
             .unwrap()
             .unwrap();
@@ -307,12 +387,12 @@ mod tests {
         // A store that refuses every nonce write.
         conn.execute_batch("DROP TABLE nonces").unwrap();
         let writer = StoreWriter::start(conn);
-        let g = ReplayGuard::open(dir.path(), HashMap::new(), writer.clone(), 0).unwrap();
+        let g = ReplayGuard::open(dir.path(), HashMap::new(), writer.clone(), 0, T).unwrap();
         let n = |s: &str| Replay::Nonce(parse_decimal(s).unwrap());
         assert_eq!(g.accept("k", &n("3"), 0).await, Ok(()));
         let run = |g: &ReplayGuard| {
             let (nonces, path, writer) = (g.nonces.clone(), dir.path().to_owned(), writer.clone());
-            tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path))
+            tokio::task::spawn_blocking(move || checkpoint(&nonces, &writer, &path, T))
         };
         assert!(run(&g).await.unwrap().is_err());
         assert_eq!(journal_files(dir.path()), 2, "the closed file is kept");
@@ -359,5 +439,112 @@ mod tests {
             g.accept("k", &ts(999, 3), 2_000).await,
             Err(Deny::StaleTimestamp)
         );
+    }
+
+    /// A journal whose `write(2)` never returns (a FIFO nobody reads, full: the kernel
+    /// holds the writer like a hung disk). The request is refused after the write
+    /// timeout, on a single-threaded runtime that stays free meanwhile; later requests are
+    /// refused at once, without burning their nonce; once the disk moves again, nonces
+    /// are accepted.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stalled_journal_refuses_in_time_and_never_holds_the_worker() {
+        use std::io::Read;
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stalled.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Read-write, so opening does not wait for a reader. The pipe is then filled to
+        // the brim through a second, non-blocking handle (O_NONBLOCK is 0o4000 on Linux),
+        // so the journal's own blocking write has no room left.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let mut drain = std::fs::File::open(&fifo).unwrap();
+        let filler = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(0o4000)
+                .open(&fifo)
+                .unwrap()
+        };
+        let mut filled = 0;
+        while let Ok(n) = std::io::Write::write(&mut &filler, &[b'x'; 4096]) {
+            filled += n;
+        }
+        assert!(filled >= 4096, "the pipe took nothing");
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let timeout = Duration::from_millis(300);
+        let g = ReplayGuard::with_journal(
+            dir.path(),
+            NonceJournal::on_file(dir.path(), file),
+            HashMap::new(),
+            HashMap::new(),
+            StoreWriter::start(store.connect().unwrap()),
+            0,
+            timeout,
+        )
+        .unwrap();
+        let n = |s: &str| Replay::Nonce(parse_decimal(s).unwrap());
+        // A timer on this same thread keeps ticking while the request waits.
+        let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+        let counter = ticks.clone();
+        let local = tokio::task::LocalSet::new();
+        let started = Instant::now();
+        let refused = local
+            .run_until(async {
+                tokio::task::spawn_local(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        counter.set(counter.get() + 1);
+                    }
+                });
+                g.accept("k", &n("1"), 0).await
+            })
+            .await;
+        let waited = started.elapsed();
+        assert_eq!(refused, Err(Deny::StateUnavailable));
+        assert!(waited >= timeout, "refused before the timeout: {waited:?}");
+        assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+        assert!(
+            ticks.get() >= 5,
+            "the runtime was held: {} ticks",
+            ticks.get()
+        );
+        // Stuck for longer than the timeout (the write began just after the first request
+        // queued it): refused at once, and nonce 2 is not burnt.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        assert_eq!(g.accept("k", &n("2"), 0).await, Err(Deny::StateUnavailable));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // The disk moves again: the stuck write completes and the next nonce is taken.
+        let drained = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = Vec::new();
+            while !got.ends_with(b"k 2\n") {
+                let k = drain.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..k]);
+            }
+            got
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match g.accept("k", &n("2"), 0).await {
+                Ok(()) => break,
+                Err(Deny::StateUnavailable) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("after the stall: {other:?}"),
+            }
+        }
+        let got = drained.join().unwrap();
+        let text = String::from_utf8_lossy(&got[filled..]).into_owned();
+        assert_eq!(text, "k 1\nk 2\n", "the journal after the stall");
     }
 }

@@ -295,6 +295,12 @@ impl AuditSink {
         self.shared.health.available()
     }
 
+    /// `audit.write_timeout`: how long a request waits for the data disk, for its audit
+    /// line and for any other state that must be durable before it is forwarded.
+    pub fn write_timeout(&self) -> Duration {
+        self.shared.write_timeout
+    }
+
     /// Appends a request event and returns once it is written (or after
     /// `audit.write_timeout`, or at once while the log is unavailable).
     ///

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     /// Store commits that failed.
     pub store_commit_errors: Counter,
+    /// Nonce-dialect requests refused because their nonce's journal line could not be
+    /// written in time (a failing or stalled data disk).
+    pub nonce_journal_failures: Counter,
     /// One Redis call of the distributed store (the per-request script included).
     pub redis_call_duration: Histogram,
     /// Redis calls that failed or timed out (the request failed closed).
@@ -181,6 +184,12 @@ impl Metrics {
             "store_commit_errors",
             "Store commits that failed",
             store_commit_errors.clone(),
+        );
+        let nonce_journal_failures = Counter::default();
+        registry.register(
+            "nonce_journal_failures",
+            "Requests refused because their nonce could not be journaled within audit.write_timeout",
+            nonce_journal_failures.clone(),
         );
         let redis_call_duration = hist();
         registry.register(
@@ -296,6 +305,7 @@ impl Metrics {
             upstream_duration,
             store_commit_duration,
             store_commit_errors,
+            nonce_journal_failures,
             redis_call_duration,
             redis_call_errors,
             audit_write_duration,

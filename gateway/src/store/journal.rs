@@ -9,14 +9,24 @@
 //! back, so a nonce the exchange saw is never accepted again.
 //!
 //! Files are `nonces-<seq>.journal` in the data dir; each line is `<key id> <nonce>\n`.
+//!
+//! The file is written by its own thread ([`JournalWriter`]), never by a runtime worker:
+//! a stalled disk can hold a `write(2)` for as long as it likes, and on a worker that would
+//! stop every connection the worker serves. Requests wait for the acknowledgement with a
+//! deadline instead, and while a write is stuck past it they are refused at once. Appends
+//! queued together go out in one `write(2)`, so a burst costs one system call.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use keyguard_policy::decimal::{parse_decimal, Decimal};
+use tokio::sync::oneshot;
 
 const PREFIX: &str = "nonces-";
 const SUFFIX: &str = ".journal";
@@ -70,21 +80,39 @@ impl NonceJournal {
         Ok((journal, newest))
     }
 
+    /// A journal appending to `file` (a test stands in a disk that stops).
+    #[cfg(test)]
+    pub fn on_file(dir: &Path, file: File) -> NonceJournal {
+        NonceJournal {
+            dir: dir.to_owned(),
+            file,
+            seq: 1,
+            len: 0,
+            broken: false,
+            line: Vec::new(),
+        }
+    }
+
     /// Appends one accepted nonce. Returns once the line is in the kernel.
     pub fn append(&mut self, key_id: &str, nonce: &Decimal) -> io::Result<()> {
-        if key_id.is_empty() || key_id.bytes().any(|b| b.is_ascii_whitespace()) {
-            // Key ids are generated without whitespace; one with it would corrupt the file.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "key id with whitespace",
-            ));
-        }
+        check_key_id(key_id)?;
+        self.append_batch([(key_id, nonce)])
+    }
+
+    /// Appends lines for nonces whose key ids passed [`check_key_id`], in one `write(2)`.
+    fn append_batch<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a str, &'a Decimal)>,
+    ) -> io::Result<()> {
         if self.broken {
             return Err(io::Error::other("nonce journal needs a new file"));
         }
         self.line.clear();
-        writeln!(self.line, "{key_id} {nonce}")?;
-        // One write call: a crash leaves the line whole or absent.
+        for (key_id, nonce) in entries {
+            writeln!(self.line, "{key_id} {nonce}")?;
+        }
+        // One write call: a crash of the process leaves every line whole or absent (a
+        // power cut can tear the last one, which start-up skips).
         match (&self.file).write_all(&self.line) {
             Ok(()) => {
                 self.len += self.line.len() as u64;
@@ -123,6 +151,145 @@ impl NonceJournal {
             }
         }
         Ok(())
+    }
+}
+
+/// Key ids are generated without whitespace; one with it would corrupt the file.
+fn check_key_id(key_id: &str) -> io::Result<()> {
+    if key_id.is_empty() || key_id.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "key id with whitespace",
+        ));
+    }
+    Ok(())
+}
+
+/// What a request waits for: the line is in the kernel, or why not.
+pub type Written = oneshot::Receiver<Result<(), String>>;
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+enum Cmd {
+    Append {
+        key_id: String,
+        nonce: Decimal,
+        done: Ack,
+    },
+    Rotate(mpsc::SyncSender<io::Result<u64>>),
+}
+
+/// The handle to the journal's writer thread. The thread ends, after what was queued,
+/// when the handle is dropped.
+pub struct JournalWriter {
+    tx: mpsc::Sender<Cmd>,
+    /// When the write in progress began (ms since [`epoch`], plus one), 0 when none is.
+    busy_since: Arc<AtomicU64>,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl JournalWriter {
+    /// Moves `journal` to a thread of its own.
+    pub fn start(journal: NonceJournal) -> io::Result<JournalWriter> {
+        let (tx, rx) = mpsc::channel();
+        let busy_since = Arc::new(AtomicU64::new(0));
+        let busy = busy_since.clone();
+        epoch();
+        std::thread::Builder::new()
+            .name("keyguard-nonce-journal".into())
+            .spawn(move || write_loop(journal, &rx, &busy))?;
+        Ok(JournalWriter { tx, busy_since })
+    }
+
+    /// Whether a write has been in progress for longer than `limit`: the disk is stalled,
+    /// and a request that waited for its line would only time out.
+    pub fn stalled(&self, limit: Duration) -> bool {
+        let since = self.busy_since.load(Ordering::Acquire);
+        since != 0 && now_ms().saturating_sub(since - 1) > limit.as_millis() as u64
+    }
+
+    /// Queues the line for `nonce`. Queuing never blocks, so the caller may hold the lock
+    /// that orders appends and rotations; it then waits on the receiver without it.
+    pub fn append(&self, key_id: &str, nonce: &Decimal) -> io::Result<Written> {
+        check_key_id(key_id)?;
+        let (done, written) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append {
+                key_id: key_id.to_owned(),
+                nonce: *nonce,
+                done,
+            })
+            .map_err(|_| io::Error::other("nonce journal writer stopped"))?;
+        Ok(written)
+    }
+
+    /// Asks for a new file. The answer (the sequence number of the closed file, which
+    /// holds every line queued before this call) comes on the receiver.
+    pub fn rotate(&self) -> io::Result<mpsc::Receiver<io::Result<u64>>> {
+        let (reply, rotated) = mpsc::sync_channel(1);
+        self.tx
+            .send(Cmd::Rotate(reply))
+            .map_err(|_| io::Error::other("nonce journal writer stopped"))?;
+        Ok(rotated)
+    }
+}
+
+fn write_loop(mut journal: NonceJournal, rx: &mpsc::Receiver<Cmd>, busy_since: &AtomicU64) {
+    let mut batch: Vec<(String, Decimal, Ack)> = Vec::new();
+    let mut next = None;
+    loop {
+        let cmd = match next.take() {
+            Some(cmd) => cmd,
+            None => match rx.recv() {
+                Ok(cmd) => cmd,
+                Err(_) => return,
+            },
+        };
+        match cmd {
+            Cmd::Rotate(reply) => {
+                busy_since.store(now_ms() + 1, Ordering::Release);
+                let _ = reply.send(journal.rotate());
+            }
+            Cmd::Append {
+                key_id,
+                nonce,
+                done,
+            } => {
+                batch.push((key_id, nonce, done));
+                // Everything queued meanwhile goes into the same write, up to a rotation,
+                // which must come after the lines queued before it.
+                while batch.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(Cmd::Append {
+                            key_id,
+                            nonce,
+                            done,
+                        }) => batch.push((key_id, nonce, done)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                busy_since.store(now_ms() + 1, Ordering::Release);
+                let result = journal
+                    .append_batch(batch.iter().map(|(k, n, _)| (k.as_str(), n)))
+                    .map_err(|e| e.to_string());
+                for (_, _, done) in batch.drain(..) {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+        busy_since.store(0, Ordering::Release);
     }
 }
 
