@@ -688,6 +688,56 @@ async fn http2_rapid_reset_closes_the_connection() {
     s.gw.request(&zaif::read(&k)).await.assert_forwarded_ok();
 }
 
+/// A SETTINGS flood from a client that never reads: h2 acknowledges each SETTINGS before
+/// it reads the next frame, so once the unread acks fill the socket the gateway stops
+/// reading that connection. The flood's cost is bounded by what the socket buffers hold:
+/// memory stays flat, and other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_flood_is_held_back_and_costs_no_memory() {
+    let s = h2_setup(|_| {}).await;
+    let k = s.key().clone();
+    s.gw.request(&zaif::read(&k)).await.assert_forwarded_ok();
+    let before = s.gw.rss_kib();
+    let mut c = raw_h2(&s).await;
+    // SETTINGS_ENABLE_PUSH = 0, valid every time; up to 4 million frames, 60 MB (here the
+    // gateway stopped reading after about 11 MB: what the socket buffers hold of acks).
+    let one = raw::frame(raw::SETTINGS, 0, 0, &[0, 2, 0, 0, 0, 0]);
+    let chunk: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 10_000)
+        .collect();
+    let flood = tokio::spawn(async move {
+        let mut sent = 0usize;
+        for _ in 0..400 {
+            match tokio::time::timeout(Duration::from_secs(3), c.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                // Held back (no progress for 3 s: the gateway stopped reading) or cut
+                // off: either bounds it.
+                Ok(Err(_)) | Err(_) => return (sent, false),
+            }
+        }
+        (sent, true)
+    });
+    // While the flood runs, another client is answered.
+    for _ in 0..5 {
+        s.gw.request(&zaif::read(&k)).await.assert_forwarded_ok();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sent, all_taken) = flood.await.unwrap();
+    let after = s.gw.rss_kib();
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB under a SETTINGS flood of {sent} bytes"
+    );
+    assert!(
+        !all_taken,
+        "the gateway read all {sent} bytes of SETTINGS without acknowledging being read"
+    );
+    s.gw.request(&zaif::read(&k)).await.assert_forwarded_ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_continuation_flood_and_oversized_headers_are_cut_off() {
     let s = h2_setup(|_| {}).await;

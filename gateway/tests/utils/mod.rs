@@ -508,6 +508,17 @@ impl Gateway {
         }
     }
 
+    /// The process's resident memory now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("gateway running").id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("reading /proc/<pid>/status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// The gateway's stderr so far.
     pub fn log(&self) -> String {
         let mut s = String::new();
