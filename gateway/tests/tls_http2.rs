@@ -40,12 +40,24 @@ async fn the_listener_serves_https_and_refuses_plain_http() {
     let certs = tempdir();
     let pki = Pki::new(certs.path(), "listen");
     let d = Dialect::Zaif;
-    let s = setup_env(
-        Env::new(d, |c| with_listener_tls(c, &pki)),
-        &[KeySpec::full(d)],
-    )
-    .await;
-    let k = s.key().clone();
+    let env = Env::new(d, |c| with_listener_tls(c, &pki));
+    let k = env.create_key(&KeySpec::full(d));
+    let origin = Origin::start().await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = env
+        .start_with_args(
+            &format!("http://{}", origin.addr),
+            &["--admin-listen".into(), admin.to_string()],
+        )
+        .await;
+    let jwks = env.assertion_jwks();
+    let s = Setup {
+        gw,
+        origin,
+        env,
+        jwks,
+        keys: vec![k.clone()],
+    };
     let cfg = tls_client_config(&pki, &[b"http/1.1"]);
     let raw_req = zaif::read(&k).to_bytes(&s.gw.addr.to_string());
     let resp = send_tls(s.gw.addr, ALLOWED_IP, cfg.clone(), &raw_req)
@@ -76,6 +88,24 @@ async fn the_listener_serves_https_and_refuses_plain_http() {
     )
     .await;
     assert!(r.is_err(), "a certificate from another CA verified: {r:?}");
+    // Both failed handshakes are counted.
+    let get = b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+    let counted = eventually(Duration::from_secs(10), || async {
+        send_raw(admin, Ipv4Addr::LOCALHOST, get)
+            .await
+            .is_ok_and(|r| {
+                r.text().lines().any(|l| {
+                    l.strip_prefix("keyguard_tls_handshake_failures_total ")
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 2.0)
+                })
+            })
+    })
+    .await;
+    assert!(
+        counted,
+        "keyguard_tls_handshake_failures_total did not reach 2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     /// Store commits that failed.
     pub store_commit_errors: Counter,
+    /// TLS handshakes on the exchange-facing listener that failed (bad hello, no common
+    /// protocol, unknown certificate authority at the client) or did not finish within
+    /// `server.header_read_timeout_ms`.
+    pub tls_handshake_failures: Counter,
     /// Nonce-dialect requests refused because their nonce's journal line could not be
     /// written in time (a failing or stalled data disk).
     pub nonce_journal_failures: Counter,
@@ -184,6 +188,12 @@ impl Metrics {
             "store_commit_errors",
             "Store commits that failed",
             store_commit_errors.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the exchange-facing listener that failed or timed out",
+            tls_handshake_failures.clone(),
         );
         let nonce_journal_failures = Counter::default();
         registry.register(
@@ -305,6 +315,7 @@ impl Metrics {
             upstream_duration,
             store_commit_duration,
             store_commit_errors,
+            tls_handshake_failures,
             nonce_journal_failures,
             redis_call_duration,
             redis_call_errors,

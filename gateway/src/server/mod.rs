@@ -195,8 +195,14 @@ impl Conn {
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
                 self.serve_io(tls, h2 && http2.enabled, &http2).await
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, peer = %self.peer, "TLS handshake failed"),
-            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+            Ok(Err(e)) => {
+                crate::metrics::metrics().tls_handshake_failures.inc();
+                tracing::debug!(error = %e, peer = %self.peer, "TLS handshake failed");
+            }
+            Err(_) => {
+                crate::metrics::metrics().tls_handshake_failures.inc();
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+            }
         }
     }
 
