@@ -191,13 +191,27 @@ async fn replicas_share_nonces_velocity_rates_and_revocations() {
         "{allowed} reads allowed, limit 20: the limit refused early"
     );
 
-    // Velocity: 30 concurrent withdrawals over 3 replicas, 5 may pass.
+    // Velocity: 30 concurrent withdrawals over 3 replicas, 5 may pass. Zaif nonces must
+    // increase, so among concurrent requests a later nonce can overtake an earlier one;
+    // a withdrawal refused for its nonce is signed again with a fresh one, so that every
+    // one of the 30 reaches the velocity check.
     let before = r.origin.count();
     let mut tasks = Vec::new();
     for i in 0..30 {
         let addr = r.gw(i).addr;
-        let req = zaif::withdraw(&key, WITHDRAW_ADDR);
-        tasks.push(tokio::spawn(async move { send_to(addr, &req).await }));
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let req = zaif::withdraw(&key, WITHDRAW_ADDR);
+                let resp = send_raw(addr, ALLOWED_IP, &req.to_bytes(&addr.to_string())).await;
+                match resp {
+                    Ok(r) if r.text().contains("invalid_nonce") => continue,
+                    Ok(r) => return r.status,
+                    Err(_) => return 0,
+                }
+            }
+            0
+        }));
     }
     let mut ok = 0;
     for t in tasks {
