@@ -154,10 +154,9 @@ async fn start_with_low_nofile(
     env: &Env,
     upstream: std::net::SocketAddr,
 ) -> (std::process::Child, String, String) {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = env.dir.path().join("nofile.log");
     let cmd = format!(
-        "ulimit -Sn 256 && exec '{BIN}' serve --config '{}' --data-dir '{}' --listen {addr} --upstream http://{upstream}",
+        "ulimit -Sn 256 && exec '{BIN}' serve --config '{}' --data-dir '{}' --listen 127.0.0.1:0 --upstream http://{upstream}",
         env.config.display(),
         env.data.display()
     );
@@ -171,13 +170,12 @@ async fn start_with_low_nofile(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn");
-    // Its own "keyguard serving" line, not just an accepting port: another process may
-    // hold the port we picked.
+    // The port it picked is in its "keyguard serving" line.
     let up = eventually(Duration::from_secs(30), || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("keyguard serving")
-            && tokio::net::TcpStream::connect(addr).await.is_ok()
+        match serving_addr(&std::fs::read_to_string(&log).unwrap_or_default()) {
+            Some(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+            None => false,
+        }
     })
     .await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();

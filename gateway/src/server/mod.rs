@@ -76,28 +76,39 @@ pub fn listener_alpn(http2: &Http2Config) -> &'static [&'static [u8]] {
 /// kernel spreads new connections over the workers and each accepts on its own thread.
 ///
 /// `SO_REUSEPORT` would also let a second process of the same user bind the same port and
-/// take a share of the connections, silently; so the address is first bound without it,
-/// which fails if anyone already listens there. With port 0 the first socket's port is
-/// used for the others.
+/// take a share of the connections, silently; so a given address is first bound without
+/// it, which fails if anyone already listens there. With port 0 the kernel picks a port
+/// nobody uses for the first socket, and the others join it: no probe, and so no moment
+/// in which another process could pick the same port (the log's `keyguard serving` line
+/// says which one it is).
 pub fn bind_workers(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let probe = std::net::TcpListener::bind(addr)?;
-    let addr = probe.local_addr()?;
-    drop(probe);
-    (0..n.max(1))
-        .map(|_| {
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )?;
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-            socket.set_nonblocking(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(1024)?;
-            Ok(socket.into())
-        })
-        .collect()
+    let reuse_port_socket = |addr: SocketAddr| -> io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    let mut listeners = Vec::with_capacity(n.max(1));
+    let addr = if addr.port() == 0 {
+        let first = reuse_port_socket(addr)?;
+        let bound = first.local_addr()?;
+        listeners.push(first);
+        bound
+    } else {
+        drop(std::net::TcpListener::bind(addr)?);
+        addr
+    };
+    while listeners.len() < n.max(1) {
+        listeners.push(reuse_port_socket(addr)?);
+    }
+    Ok(listeners)
 }
 
 /// Serves `listener` on the current worker's runtime until `shutdown` resolves, then

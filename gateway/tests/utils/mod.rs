@@ -406,20 +406,22 @@ impl Env {
     }
 
     /// Starts `keyguard serve --upstream URL EXTRA...` (e.g. `--admin-listen ADDR`).
+    ///
+    /// The gateway listens on port 0 and the port is read from its `keyguard serving`
+    /// line: a port picked here and released could be picked by another test's gateway
+    /// too, and with `SO_REUSEPORT` both would bind it and share its connections.
     pub async fn start_with_args(&self, upstream: &str, extra: &[String]) -> Gateway {
         let mut last_log = String::new();
-        // The listen port is picked by binding :0 and releasing it; another process can
-        // take it in between, so a failed bind is retried with a fresh port.
+        // An `--admin-listen` port from `free_port` can still be taken in between; such a
+        // start is retried.
         for attempt in 0..5 {
-            let port = free_port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let log = self.dir.path().join(format!("gateway-{attempt}.log"));
             let log_file = std::fs::File::create(&log).expect("create log");
             let mut args = vec!["serve".to_owned()];
             args.extend(self.cfg_args());
             args.extend([
                 "--listen".into(),
-                addr.to_string(),
+                "127.0.0.1:0".into(),
                 "--upstream".into(),
                 upstream.to_owned(),
             ]);
@@ -436,7 +438,7 @@ impl Env {
                 .expect("spawn keyguard serve");
             let mut gw = Gateway {
                 child: Some(child),
-                addr,
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
                 log,
             };
             match gw.wait_ready().await {
@@ -457,6 +459,20 @@ impl Env {
     }
 }
 
+/// The address in a `keyguard serving` log line, text (`listen=ADDR`) or JSON
+/// (`"listen":"ADDR"`).
+pub fn serving_addr(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("keyguard serving"))?;
+    let rest = line
+        .split_once("listen=")
+        .or_else(|| line.split_once("\"listen\":\""))?
+        .1;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
@@ -471,13 +487,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Ok once this process says it serves and the port accepts; Err(true) if the process
-    /// exited, Err(false) on timeout.
-    ///
-    /// The port alone is not proof: when another process took the port between
-    /// [`free_port`] and our bind, a connect succeeds against *that* process while ours is
-    /// exiting with "address in use". So the process's own "keyguard serving" line, written
-    /// after every listener is bound, is waited for as well.
+    /// Ok once this process says where it serves (its `keyguard serving` line, written
+    /// after every listener is bound; that sets `addr`) and the port accepts; Err(true) if
+    /// the process exited, Err(false) on timeout.
     async fn wait_ready(&mut self) -> Result<(), bool> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -486,12 +498,15 @@ impl Gateway {
                     return Err(true);
                 }
             }
-            if !self.log().contains("keyguard serving") {
-                if Instant::now() > deadline {
-                    return Err(false);
+            match serving_addr(&self.log()) {
+                Some(addr) => self.addr = addr,
+                None => {
+                    if Instant::now() > deadline {
+                        return Err(false);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
             }
             if let Ok(Ok(_)) = tokio::time::timeout(
                 Duration::from_millis(500),
