@@ -21,6 +21,7 @@
 //! - [`store`]: the embedded SQLite store and its group-commit writer.
 //! - [`secrets`]: the master key and AES-256-GCM sealing of API secrets.
 //! - [`audit`]: the JSONL audit log: writer thread, rotation, flood summaries.
+//! - [`batch`]: one hand-off per worker turn for the lines writer threads append.
 //! - [`metrics`]: Prometheus metrics for the admin listener's `/metrics`.
 
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod alerts;
 pub mod app;
 pub mod assertion;
 pub mod audit;
+pub mod batch;
 pub mod cli;
 pub mod json;
 pub mod keys;

@@ -22,7 +22,13 @@ use keyguard_policy::dialect::Replay;
 use keyguard_policy::{Deny, UnixMillis};
 use parking_lot::Mutex;
 
-use crate::store::journal::{JournalWriter, NonceJournal};
+use crate::batch::{Completion, Joined, Slot};
+use crate::store::journal::{check_key_id, Entries, JournalWriter, NonceJournal};
+
+thread_local! {
+    /// The nonces accepted on this worker in its current turn (see [`crate::batch`]).
+    static JOURNAL_BATCH: Slot<Entries> = Slot::default();
+}
 use crate::store::writer::{StoreWriter, WriteOp};
 
 /// How often accepted nonces are copied from the journal to SQLite.
@@ -119,7 +125,8 @@ impl ReplayGuard {
     pub async fn accept(&self, key_id: &str, proof: &Replay, now: UnixMillis) -> Result<(), Deny> {
         match proof {
             Replay::Nonce(nonce) => {
-                let written = {
+                let owner = Arc::as_ptr(&self.nonces) as usize;
+                let joined = {
                     let mut nonces = self.nonces.lock();
                     let n = &mut *nonces;
                     if n.journal.stalled(self.write_timeout) {
@@ -130,29 +137,46 @@ impl ReplayGuard {
                     if n.last.get(key_id).is_some_and(|last| nonce <= last) {
                         return Err(Deny::InvalidNonce);
                     }
+                    if check_key_id(key_id).is_err() {
+                        return Err(Deny::StateUnavailable);
+                    }
                     // Remembered before it is written: if the write fails the nonce is
                     // burnt, which can only refuse a client's retry, never accept a replay.
                     n.last.insert(key_id.to_owned(), *nonce);
                     // Unsaved from now on, not from the acknowledgement: a checkpoint that
-                    // runs in between closes the file this line goes to, and must put the
-                    // nonce in SQLite before it deletes that file.
+                    // runs before the line is written closes the file the line would have
+                    // gone to, and must put the nonce in SQLite before it deletes it.
                     n.unsaved.insert(key_id.to_owned(), *nonce);
-                    n.journal.append(key_id, nonce)
+                    let entry = (key_id.to_owned(), *nonce);
+                    match JOURNAL_BATCH.with(|slot| slot.join(owner, |b| b.push(entry.clone()))) {
+                        Some(joined) => joined,
+                        None => {
+                            // Another guard's batch is open on this thread (tests only).
+                            let done = Completion::new();
+                            n.journal.append(vec![entry], done.clone());
+                            Joined::Member(done)
+                        }
+                    }
                 };
-                let failure = match written {
-                    Err(e) => e.to_string(),
-                    Ok(written) => match tokio::time::timeout(self.write_timeout, written).await {
-                        Ok(Ok(Ok(()))) => return Ok(()),
-                        Ok(Ok(Err(e))) => e,
-                        Ok(Err(_)) => "the journal writer stopped".to_owned(),
-                        Err(_) => format!(
-                            "no acknowledgement within {:?} (stalled disk?)",
-                            self.write_timeout
-                        ),
-                    },
+                // The nonces of this worker's turn go to the journal together.
+                let done = match joined {
+                    Joined::Member(done) => done,
+                    Joined::Leader(leader) => {
+                        let (entries, done) = leader.close().await;
+                        self.nonces.lock().journal.append(entries, done.clone());
+                        done
+                    }
                 };
+                match tokio::time::timeout(self.write_timeout, done.wait()).await {
+                    Ok(true) => return Ok(()),
+                    // The writer logged why.
+                    Ok(false) => {}
+                    Err(_) => tracing::error!(
+                        timeout = ?self.write_timeout,
+                        "nonce journal write not acknowledged in time (stalled disk?); nonce-dialect requests are refused while it lasts"
+                    ),
+                }
                 crate::metrics::metrics().nonce_journal_failures.inc();
-                tracing::error!(error = %failure, "nonce journal write failed");
                 Err(Deny::StateUnavailable)
             }
             Replay::Timestamp {

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
+use crate::batch::{Joined, Slot};
 use crate::json::Object;
 
 /// One request's outcome. Borrowed from the request's context: it is written straight
@@ -313,19 +313,43 @@ impl AuditSink {
                 return;
             }
         }
-        let line = serialize(&AuditLine::Request(event));
         if !self.available() {
-            self.enqueue(line, None);
+            self.enqueue(serialize(&AuditLine::Request(event)), 1, None);
             return;
         }
-        let (tx, rx) = oneshot::channel();
-        if !self.enqueue(line, Some(writer::Ack::Async(tx))) {
-            return;
-        }
-        match tokio::time::timeout(self.shared.write_timeout, rx).await {
-            Ok(Ok(true)) => {}
+        // The lines of this worker's turn go to the writer together (see `crate::batch`).
+        let owner = Arc::as_ptr(&self.shared) as usize;
+        let joined = BATCH.with(|slot| {
+            slot.join(owner, |batch: &mut LineBatch| {
+                event.write_json(&mut batch.bytes);
+                batch.bytes.push(b'\n');
+                batch.lines += 1;
+            })
+        });
+        let done = match joined {
+            Some(Joined::Member(done)) => done,
+            Some(Joined::Leader(leader)) => {
+                let (batch, done) = leader.close().await;
+                let ack = writer::Ack::Batch(done.clone());
+                if !self.enqueue(batch.bytes, batch.lines, Some(ack)) {
+                    done.finish(false);
+                }
+                done
+            }
+            None => {
+                // Another sink's batch is open on this thread (only in tests): alone.
+                let done = crate::batch::Completion::new();
+                let line = serialize(&AuditLine::Request(event));
+                if !self.enqueue(line, 1, Some(writer::Ack::Batch(done.clone()))) {
+                    return;
+                }
+                done
+            }
+        };
+        match tokio::time::timeout(self.shared.write_timeout, done.wait()).await {
+            Ok(true) => {}
             // Failed: the writer has marked the log unavailable already.
-            Ok(_) => {}
+            Ok(false) => {}
             Err(_) => {
                 crate::metrics::metrics().audit_ack_timeouts.inc();
             }
@@ -341,14 +365,14 @@ impl AuditSink {
                 return;
             }
         }
-        self.enqueue(serialize(&AuditLine::Request(event)), None);
+        self.enqueue(serialize(&AuditLine::Request(event)), 1, None);
     }
 
     /// Appends any line from a plain thread and waits until it is written; `false` if it
     /// was not within `audit.write_timeout` (it may still be written later).
     pub fn record_line(&self, line: &AuditLine<'_>) -> bool {
         let (tx, rx) = mpsc::sync_channel(1);
-        if !self.enqueue(serialize(line), Some(writer::Ack::Blocking(tx))) {
+        if !self.enqueue(serialize(line), 1, Some(writer::Ack::Blocking(tx))) {
             return false;
         }
         matches!(rx.recv_timeout(self.shared.write_timeout), Ok(true))
@@ -376,15 +400,20 @@ impl AuditSink {
         }
     }
 
-    fn enqueue(&self, line: Vec<u8>, ack: Option<writer::Ack>) -> bool {
+    /// Queues `bytes`, which hold `lines` whole lines.
+    fn enqueue(&self, bytes: Vec<u8>, lines: usize, ack: Option<writer::Ack>) -> bool {
         let m = crate::metrics::metrics();
         // Counted before the send: the writer may write (and subtract) it at once.
-        m.audit_queue_lines.inc();
-        match self.shared.tx.try_send(writer::Job { line, ack }) {
+        m.audit_queue_lines.inc_by(lines as i64);
+        match self.shared.tx.try_send(writer::Job {
+            line: bytes,
+            lines,
+            ack,
+        }) {
             Ok(()) => true,
             Err(_) => {
-                m.audit_queue_lines.dec();
-                m.audit_dropped_lines.inc();
+                m.audit_queue_lines.dec_by(lines as i64);
+                m.audit_dropped_lines.inc_by(lines as u64);
                 let mut last = self.shared.last_drop_log.lock();
                 if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     *last = Some(std::time::Instant::now());
@@ -396,6 +425,17 @@ impl AuditSink {
             }
         }
     }
+}
+
+/// The request lines of one worker's turn.
+#[derive(Default)]
+struct LineBatch {
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
+thread_local! {
+    static BATCH: Slot<LineBatch> = Slot::default();
 }
 
 /// One line's bytes, newline included.

@@ -17,8 +17,6 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::oneshot;
-
 use super::rotate::{self, RotatePolicy};
 use super::summary::{Summaries, Summary};
 use crate::metrics::metrics;
@@ -31,8 +29,8 @@ const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// Tells a waiting request (or the admin-events thread) that its line is in the kernel
 /// (`true`) or that writing it failed for now (`false`; it stays queued).
 pub(crate) enum Ack {
-    /// A request on a runtime worker.
-    Async(oneshot::Sender<bool>),
+    /// The requests of one worker's turn.
+    Batch(Arc<crate::batch::Completion>),
     /// A plain thread.
     Blocking(mpsc::SyncSender<bool>),
 }
@@ -40,9 +38,7 @@ pub(crate) enum Ack {
 impl Ack {
     fn send(self, ok: bool) {
         match self {
-            Ack::Async(tx) => {
-                let _ = tx.send(ok);
-            }
+            Ack::Batch(done) => done.finish(ok),
             Ack::Blocking(tx) => {
                 let _ = tx.try_send(ok);
             }
@@ -50,9 +46,12 @@ impl Ack {
     }
 }
 
-/// One queued line.
+/// Queued lines: one, or a worker's batch.
 pub(crate) struct Job {
+    /// Whole lines, each ending in a newline.
     pub(crate) line: Vec<u8>,
+    /// How many (for the queue gauge).
+    pub(crate) lines: usize,
     pub(crate) ack: Option<Ack>,
 }
 
@@ -126,8 +125,8 @@ pub(crate) struct Writer {
     pending: Vec<u8>,
     /// Each waiting line's end offset in `pending`, with its acknowledgement.
     acks: Vec<(usize, Ack)>,
-    /// Ends of the queued (request) lines in `pending`, for the queue gauge.
-    queued_ends: Vec<usize>,
+    /// Ends of the queued jobs in `pending`, with their line counts, for the queue gauge.
+    queued_ends: Vec<(usize, usize)>,
     last_error_log: Option<Instant>,
     summary_buf: Vec<Summary>,
 }
@@ -231,7 +230,7 @@ impl Writer {
 
     fn take(&mut self, job: Job) {
         self.pending.extend_from_slice(&job.line);
-        self.queued_ends.push(self.pending.len());
+        self.queued_ends.push((self.pending.len(), job.lines));
         if let Some(ack) = job.ack {
             self.acks.push((self.pending.len(), ack));
         }
@@ -264,12 +263,12 @@ impl Writer {
             for (end, _) in &mut self.acks {
                 *end -= done;
             }
-            let written = self.queued_ends.partition_point(|end| *end <= done);
-            self.queued_ends.drain(..written);
-            for end in &mut self.queued_ends {
+            let written = self.queued_ends.partition_point(|(end, _)| *end <= done);
+            let lines: usize = self.queued_ends.drain(..written).map(|(_, n)| n).sum();
+            for (end, _) in &mut self.queued_ends {
                 *end -= done;
             }
-            metrics().audit_queue_lines.dec_by(written as i64);
+            metrics().audit_queue_lines.dec_by(lines as i64);
         }
         match result {
             Ok(()) => {

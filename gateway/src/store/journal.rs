@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use keyguard_policy::decimal::{parse_decimal, Decimal};
-use tokio::sync::oneshot;
+
+use crate::batch::Completion;
 
 const PREFIX: &str = "nonces-";
 const SUFFIX: &str = ".journal";
@@ -100,7 +101,7 @@ impl NonceJournal {
     }
 
     /// Appends lines for nonces whose key ids passed [`check_key_id`], in one `write(2)`.
-    fn append_batch<'a>(
+    pub fn append_batch<'a>(
         &mut self,
         entries: impl IntoIterator<Item = (&'a str, &'a Decimal)>,
     ) -> io::Result<()> {
@@ -155,7 +156,7 @@ impl NonceJournal {
 }
 
 /// Key ids are generated without whitespace; one with it would corrupt the file.
-fn check_key_id(key_id: &str) -> io::Result<()> {
+pub fn check_key_id(key_id: &str) -> io::Result<()> {
     if key_id.is_empty() || key_id.bytes().any(|b| b.is_ascii_whitespace()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -165,16 +166,13 @@ fn check_key_id(key_id: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// What a request waits for: the line is in the kernel, or why not.
-pub type Written = oneshot::Receiver<Result<(), String>>;
-
-type Ack = oneshot::Sender<Result<(), String>>;
+/// Accepted nonces to append, each with a key id that passed [`check_key_id`].
+pub type Entries = Vec<(String, Decimal)>;
 
 enum Cmd {
     Append {
-        key_id: String,
-        nonce: Decimal,
-        done: Ack,
+        entries: Entries,
+        done: Arc<Completion>,
     },
     Rotate(mpsc::SyncSender<io::Result<u64>>),
 }
@@ -216,19 +214,14 @@ impl JournalWriter {
         since != 0 && now_ms().saturating_sub(since - 1) > limit.as_millis() as u64
     }
 
-    /// Queues the line for `nonce`. Queuing never blocks, so the caller may hold the lock
-    /// that orders appends and rotations; it then waits on the receiver without it.
-    pub fn append(&self, key_id: &str, nonce: &Decimal) -> io::Result<Written> {
-        check_key_id(key_id)?;
-        let (done, written) = oneshot::channel();
-        self.tx
-            .send(Cmd::Append {
-                key_id: key_id.to_owned(),
-                nonce: *nonce,
-                done,
-            })
-            .map_err(|_| io::Error::other("nonce journal writer stopped"))?;
-        Ok(written)
+    /// Queues `entries`; `done` is finished once they are in the kernel (or failed).
+    /// Queuing never blocks.
+    pub fn append(&self, entries: Entries, done: Arc<Completion>) {
+        if let Err(mpsc::SendError(Cmd::Append { done, .. })) =
+            self.tx.send(Cmd::Append { entries, done })
+        {
+            done.finish(false);
+        }
     }
 
     /// Asks for a new file. The answer (the sequence number of the closed file, which
@@ -243,8 +236,10 @@ impl JournalWriter {
 }
 
 fn write_loop(mut journal: NonceJournal, rx: &mpsc::Receiver<Cmd>, busy_since: &AtomicU64) {
-    let mut batch: Vec<(String, Decimal, Ack)> = Vec::new();
+    let mut entries: Entries = Vec::new();
+    let mut waiting: Vec<Arc<Completion>> = Vec::new();
     let mut next = None;
+    let mut last_error_log = None;
     loop {
         let cmd = match next.take() {
             Some(cmd) => cmd,
@@ -259,20 +254,22 @@ fn write_loop(mut journal: NonceJournal, rx: &mpsc::Receiver<Cmd>, busy_since: &
                 let _ = reply.send(journal.rotate());
             }
             Cmd::Append {
-                key_id,
-                nonce,
+                entries: first,
                 done,
             } => {
-                batch.push((key_id, nonce, done));
+                entries.extend(first);
+                waiting.push(done);
                 // Everything queued meanwhile goes into the same write, up to a rotation,
                 // which must come after the lines queued before it.
-                while batch.len() < 4096 {
+                while entries.len() < 4096 {
                     match rx.try_recv() {
                         Ok(Cmd::Append {
-                            key_id,
-                            nonce,
+                            entries: more,
                             done,
-                        }) => batch.push((key_id, nonce, done)),
+                        }) => {
+                            entries.extend(more);
+                            waiting.push(done);
+                        }
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -281,11 +278,19 @@ fn write_loop(mut journal: NonceJournal, rx: &mpsc::Receiver<Cmd>, busy_since: &
                     }
                 }
                 busy_since.store(now_ms() + 1, Ordering::Release);
-                let result = journal
-                    .append_batch(batch.iter().map(|(k, n, _)| (k.as_str(), n)))
-                    .map_err(|e| e.to_string());
-                for (_, _, done) in batch.drain(..) {
-                    let _ = done.send(result.clone());
+                let result = journal.append_batch(entries.iter().map(|(k, n)| (k.as_str(), n)));
+                if let Err(e) = &result {
+                    // Once, then every 10 s: a full disk must not also fill the log.
+                    if last_error_log.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(10))
+                    {
+                        tracing::error!(error = %e, "nonce journal write failed; nonce-dialect requests are refused until one succeeds");
+                        last_error_log = Some(Instant::now());
+                    }
+                }
+                let written = result.is_ok();
+                entries.clear();
+                for done in waiting.drain(..) {
+                    done.finish(written);
                 }
             }
         }
