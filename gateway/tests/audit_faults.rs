@@ -252,6 +252,64 @@ async fn full_disk_stops_trades_and_withdrawals_reads_go_on() {
     );
 }
 
+/// A full data disk (`server.data_dir` on a small tmpfs; the audit log elsewhere): a Zaif
+/// request whose nonce cannot be journaled is refused with 503 `state_unavailable` and
+/// never forwarded, the metric counts it; once space is back requests are forwarded again,
+/// and the refused request's nonce stays spent (its replay is `invalid_nonce`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_data_disk_refuses_nonce_requests_then_recovers() {
+    let d = Dialect::Zaif;
+    let outside = tempfile::tempdir().unwrap();
+    let audit = outside.path().join("audit.jsonl");
+    let env = Env::new(d, |cfg| {
+        set(cfg, "audit.path", audit.to_string_lossy().into_owned());
+        set(cfg, "audit.write_timeout", "300ms");
+        generous_limits(cfg);
+    });
+    let _mount = Tmpfs::mount(&env.data, "4m");
+    let (s, admin) = start_with_admin(env, &[KeySpec::full(d)]).await;
+    let k = s.key().clone();
+    s.gw.request(&read_req(d, &k)).await.assert_forwarded_ok();
+
+    fill(&s.env.data.join("filler"));
+    // tmpfs allocates whole pages: the journal's last page may take a few more lines.
+    let mut refused = None;
+    for _ in 0..500 {
+        let req = read_req(d, &k);
+        let before = s.origin.count();
+        let r = s.gw.request(&req).await;
+        if r.status == 503 {
+            r.assert_error(503, "state_unavailable");
+            s.origin
+                .assert_unchanged(before, "a request whose nonce was not journaled");
+            refused = Some(req);
+            break;
+        }
+        r.assert_forwarded_ok();
+    }
+    let refused = refused.expect("the nonce journal never ran out of space");
+    let text = metrics(admin).await;
+    assert!(
+        metric(&text, "keyguard_nonce_journal_failures_total").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        s.gw.log().contains("nonce journal write failed"),
+        "{}",
+        s.gw.log()
+    );
+
+    std::fs::remove_file(s.env.data.join("filler")).unwrap();
+    s.gw.request(&read_req(d, &k)).await.assert_forwarded_ok();
+    // The refused nonce was burnt, not forgotten.
+    let before = s.origin.count();
+    let replay = s.gw.request(&refused).await;
+    assert_eq!(replay.status, 401, "{}", replay.text());
+    assert!(replay.text().contains("invalid_nonce"), "{}", replay.text());
+    s.origin
+        .assert_unchanged(before, "the replayed refused request");
+}
+
 /// A writer stuck in `write(2)` (the log is a FIFO nobody reads, so the kernel blocks it
 /// like a hung disk): requests are still answered, trades are refused once the write has
 /// taken longer than `audit.write_timeout`, and everything queued comes out, in whole
