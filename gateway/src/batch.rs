@@ -71,15 +71,44 @@ pub struct Leader<T> {
 
 impl<T> Leader<T> {
     /// Lets every task that is ready on this worker run (and add to the batch), then
-    /// closes the batch: later additions open the next one.
-    pub async fn close(self) -> (T, Arc<Completion>) {
+    /// closes the batch (later additions open the next one) and hands its items over.
+    ///
+    /// If the request is dropped meanwhile (its client went away), the batch is still
+    /// closed and handed over, from the drop: the others in it are waiting for it, and a
+    /// batch left open would take every later line on this worker with it.
+    pub async fn close(self, hand_off: impl FnOnce(T, &Arc<Completion>)) -> Arc<Completion> {
+        let mut closing = Closing {
+            slot: self.slot,
+            done: self.done,
+            hand_off: Some(hand_off),
+        };
         tokio::task::yield_now().await;
-        let open = self
-            .slot
-            .lock()
-            .take()
-            .expect("only the leader closes its batch");
-        (open.items, self.done)
+        closing.finish();
+        closing.done.clone()
+    }
+}
+
+struct Closing<T, F: FnOnce(T, &Arc<Completion>)> {
+    slot: Arc<Mutex<Option<Open<T>>>>,
+    done: Arc<Completion>,
+    hand_off: Option<F>,
+}
+
+impl<T, F: FnOnce(T, &Arc<Completion>)> Closing<T, F> {
+    fn finish(&mut self) {
+        let Some(hand_off) = self.hand_off.take() else {
+            return;
+        };
+        let open = self.slot.lock().take();
+        if let Some(open) = open {
+            hand_off(open.items, &self.done);
+        }
+    }
+}
+
+impl<T, F: FnOnce(T, &Arc<Completion>)> Drop for Closing<T, F> {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -153,12 +182,14 @@ mod tests {
                         let joined = SLOT.with(|s| s.join(1, |v| v.push(i))).unwrap();
                         let done = match joined {
                             Joined::Leader(leader) => {
-                                let (items, done) = leader.close().await;
-                                handed.borrow_mut().push(items);
-                                // The writer thread's part.
-                                let finisher = done.clone();
-                                std::thread::spawn(move || finisher.finish(true));
-                                done
+                                leader
+                                    .close(|items, done| {
+                                        handed.borrow_mut().push(items);
+                                        // The writer thread's part.
+                                        let finisher = done.clone();
+                                        std::thread::spawn(move || finisher.finish(true));
+                                    })
+                                    .await
                             }
                             Joined::Member(done) => done,
                         };
@@ -181,6 +212,51 @@ mod tests {
         ));
         // Another owner's lines never join it.
         assert!(SLOT.with(|s| s.join(2, |v| v.push(10))).is_none());
+    }
+
+    /// A leader dropped while it yields (its client went away) still hands the batch
+    /// over, so the requests in it are answered and the next line opens a new batch.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_leader_still_hands_its_batch_over() {
+        thread_local! {
+            static S: Slot<Vec<u32>> = Slot::default();
+        }
+        let handed: Rc<RefCell<Vec<Vec<u32>>>> = Rc::default();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let h = handed.clone();
+                let leader = tokio::task::spawn_local(async move {
+                    let Some(Joined::Leader(l)) = S.with(|s| s.join(7, |v| v.push(1))) else {
+                        panic!("the first line leads");
+                    };
+                    l.close(|items, done| {
+                        h.borrow_mut().push(items);
+                        done.finish(true);
+                    })
+                    .await;
+                    unreachable!("aborted during its yield");
+                });
+                // Let the leader run up to its yield, and a member join.
+                tokio::task::yield_now().await;
+                let Some(Joined::Member(done)) = S.with(|s| s.join(7, |v| v.push(2))) else {
+                    panic!("the second line joins the open batch");
+                };
+                leader.abort();
+                let _ = leader.await;
+                let waited = tokio::time::timeout(std::time::Duration::from_secs(5), done.wait());
+                assert_eq!(
+                    waited.await,
+                    Ok(true),
+                    "the member's batch was never handed over"
+                );
+            })
+            .await;
+        assert_eq!(*handed.borrow(), [vec![1, 2]]);
+        assert!(matches!(
+            S.with(|s| s.join(7, |v| v.push(3))),
+            Some(Joined::Leader(_))
+        ));
     }
 
     #[tokio::test(flavor = "current_thread")]

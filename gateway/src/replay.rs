@@ -24,12 +24,12 @@ use parking_lot::Mutex;
 
 use crate::batch::{Completion, Joined, Slot};
 use crate::store::journal::{check_key_id, Entries, JournalWriter, NonceJournal};
+use crate::store::writer::{StoreWriter, WriteOp};
 
 thread_local! {
     /// The nonces accepted on this worker in its current turn (see [`crate::batch`]).
     static JOURNAL_BATCH: Slot<Entries> = Slot::default();
 }
-use crate::store::writer::{StoreWriter, WriteOp};
 
 /// How often accepted nonces are copied from the journal to SQLite.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -162,9 +162,11 @@ impl ReplayGuard {
                 let done = match joined {
                     Joined::Member(done) => done,
                     Joined::Leader(leader) => {
-                        let (entries, done) = leader.close().await;
-                        self.nonces.lock().journal.append(entries, done.clone());
-                        done
+                        leader
+                            .close(|entries, done| {
+                                self.nonces.lock().journal.append(entries, done.clone());
+                            })
+                            .await
                     }
                 };
                 match tokio::time::timeout(self.write_timeout, done.wait()).await {

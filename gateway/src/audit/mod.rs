@@ -329,12 +329,14 @@ impl AuditSink {
         let done = match joined {
             Some(Joined::Member(done)) => done,
             Some(Joined::Leader(leader)) => {
-                let (batch, done) = leader.close().await;
-                let ack = writer::Ack::Batch(done.clone());
-                if !self.enqueue(batch.bytes, batch.lines, Some(ack)) {
-                    done.finish(false);
-                }
-                done
+                leader
+                    .close(|batch: LineBatch, done| {
+                        let ack = writer::Ack::Batch(done.clone());
+                        if !self.enqueue(batch.bytes, batch.lines, Some(ack)) {
+                            done.finish(false);
+                        }
+                    })
+                    .await
             }
             None => {
                 // Another sink's batch is open on this thread (only in tests): alone.
