@@ -130,7 +130,18 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .to_string())
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Argon2 verifications run on this thread, with their PHC parameter strings.
+    static VERIFIED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn verify_password(hash: &str, password: &str) -> bool {
+    #[cfg(test)]
+    VERIFIED.with(|v| {
+        let params: Vec<&str> = hash.split('$').take(4).collect();
+        v.borrow_mut().push(params.join("$"));
+    });
     PasswordHash::new(hash)
         .map(|h| hasher().verify_password(password.as_bytes(), &h).is_ok())
         .unwrap_or(false)
