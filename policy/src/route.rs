@@ -463,7 +463,7 @@ mod tests {
         .unwrap();
         let req = |method: Method, path: &str| ParsedRequest {
             method,
-            path: path.into(),
+            path: path.to_owned().into(),
             params: crate::Params::new(),
             body_kind: crate::dialect::BodyKind::Empty,
             credentials: None,

@@ -14,16 +14,49 @@
 //! The encoding side ([`quote`], [`urlencode`]) reproduces Python's
 //! `urllib.parse.quote`/`urlencode(quote_via=quote)`, which is what ccxt signs.
 
+use std::borrow::Cow;
+
 use crate::Deny;
+
+/// One decoded `name=value` piece, borrowing from the raw text unless it had something
+/// to decode.
+pub type Pair<'a> = (Cow<'a, str>, Cow<'a, str>);
 
 /// Parses a query string (without `?`) or a form body into `(name, value)` pairs in
 /// arrival order, with unique names.
-pub fn parse_urlencoded(raw: &[u8]) -> Result<Vec<(String, String)>, Deny> {
+pub fn parse_urlencoded(raw: &[u8]) -> Result<Vec<Pair<'_>>, Deny> {
+    let mut pairs: Vec<Pair<'_>> = Vec::with_capacity(count_pieces(raw));
+    for_each_pair(raw, |name, value| {
+        // Requests carry a handful of parameters; a linear scan is cheaper than hashing.
+        // A flood of thousands is bounded by the body limit and refused on the first repeat.
+        if pairs.iter().any(|(n, _)| *n == name) {
+            return Err(Deny::DuplicateParameter);
+        }
+        pairs.push((name, value));
+        Ok(())
+    })?;
+    Ok(pairs)
+}
+
+/// How many `name=value` pieces `raw` holds if it parses: one more than its `&`s.
+pub(crate) fn count_pieces(raw: &[u8]) -> usize {
     if raw.is_empty() {
-        return Ok(Vec::new());
+        0
+    } else {
+        raw.iter().filter(|b| **b == b'&').count() + 1
     }
-    let mut pairs: Vec<(String, String)> =
-        Vec::with_capacity(raw.iter().filter(|b| **b == b'&').count() + 1);
+}
+
+/// The splitting and decoding of [`parse_urlencoded`] without its duplicate check: `f`
+/// gets each decoded pair in order and may refuse it (the caller checks duplicates
+/// against what it keeps, so no second list is built).
+pub(crate) fn for_each_pair<'a>(
+    raw: &'a [u8],
+    mut f: impl FnMut(Cow<'a, str>, Cow<'a, str>) -> Result<(), Deny>,
+) -> Result<(), Deny> {
+    if raw.is_empty() {
+        return Ok(());
+    }
     for piece in raw.split(|b| *b == b'&') {
         let eq = piece
             .iter()
@@ -34,27 +67,26 @@ pub fn parse_urlencoded(raw: &[u8]) -> Result<Vec<(String, String)>, Deny> {
         }
         let name = decode_component(&piece[..eq], true)?;
         let value = decode_component(&piece[eq + 1..], true)?;
-        // Requests carry a handful of parameters; a linear scan is cheaper than hashing.
-        // A flood of thousands is bounded by the body limit and refused on the first repeat.
-        if pairs.iter().any(|(n, _)| *n == name) {
-            return Err(Deny::DuplicateParameter);
-        }
-        pairs.push((name, value));
+        f(name, value)?;
     }
-    Ok(pairs)
+    Ok(())
 }
 
 /// Decodes one name or value: `%XX` escapes (either hex case), `+` as space when
 /// `plus_as_space` (form semantics), and refuses anything [`parse_urlencoded`] refuses.
-pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<String, Deny> {
+/// Text with nothing to decode is borrowed.
+pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<Cow<'_, str>, Deny> {
     // Most names and values (method names, numbers, hex, base64 without padding) have
     // nothing to decode: printable ASCII is valid UTF-8 without control characters, so it
-    // is copied once, with no second pass.
+    // is borrowed as it is, with no second pass.
     if raw
         .iter()
         .all(|b| matches!(b, 0x20..=0x7e) && !matches!(b, b'%' | b'+' | b';'))
     {
-        return Ok(std::str::from_utf8(raw).unwrap_or_default().to_owned());
+        // Printable ASCII is UTF-8, so this never fails.
+        return std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| Deny::InvalidParameter);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -82,7 +114,7 @@ pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<String, Deny>
     if s.chars().any(char::is_control) {
         return Err(Deny::InvalidParameter);
     }
-    Ok(s)
+    Ok(Cow::Owned(s))
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -135,7 +167,11 @@ mod tests {
     use super::*;
 
     fn pairs(raw: &str) -> Result<Vec<(String, String)>, Deny> {
-        parse_urlencoded(raw.as_bytes())
+        parse_urlencoded(raw.as_bytes()).map(|p| {
+            p.into_iter()
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect()
+        })
     }
 
     #[test]
@@ -163,10 +199,7 @@ mod tests {
         ] {
             assert_eq!(pairs(bad), Err(Deny::InvalidParameter), "{bad:?}");
         }
-        assert_eq!(
-            parse_urlencoded("a=\u{e9}".as_bytes()),
-            Err(Deny::InvalidParameter)
-        );
+        assert_eq!(pairs("a=\u{e9}"), Err(Deny::InvalidParameter));
     }
 
     #[test]
