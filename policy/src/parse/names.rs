@@ -74,9 +74,18 @@ impl NameForms {
         if php_a.eq_ignore_ascii_case(php_b) {
             return true;
         }
+        // Plain names read the same under both readings: nothing more to compare.
+        if fa.is_plain() && fb.is_plain() {
+            return false;
+        }
         let trimmed_a = fa.trimmed.as_deref().unwrap_or(a);
         let trimmed_b = fb.trimmed.as_deref().unwrap_or(b);
         trimmed_a.eq_ignore_ascii_case(trimmed_b)
+    }
+
+    /// Whether every reading is the name itself up to ASCII case.
+    fn is_plain(&self) -> bool {
+        self.php.is_none() && self.trimmed.is_none()
     }
 
     /// The two readings of `name` (whose forms these are), each lower-cased: names are
