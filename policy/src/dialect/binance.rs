@@ -25,7 +25,7 @@ const ED25519_LEN: usize = 64;
 const MAX_DIGITS: usize = 19;
 
 pub(super) fn credentials<'a>(rx: &Received<'_, 'a>) -> Result<Option<Credentials<'a>>, Deny> {
-    let Some(api_key) = parse::auth_value(rx.headers, "x-mbx-apikey")? else {
+    let Some(api_key) = rx.auth("x-mbx-apikey")? else {
         return Ok(None);
     };
     let source = match rx.param("signature") {

@@ -48,9 +48,9 @@ pub(super) fn check_host(cfg: &DialectConfig, headers: &http::HeaderMap) -> Resu
 }
 
 pub(super) fn credentials<'a>(rx: &Received<'_, 'a>) -> Result<Option<Credentials<'a>>, Deny> {
-    let key = parse::auth_value(rx.headers, "access-key")?;
-    let nonce = parse::auth_value(rx.headers, "access-nonce")?;
-    let sign = parse::auth_value(rx.headers, "access-signature")?;
+    let key = rx.auth("access-key")?;
+    let nonce = rx.auth("access-nonce")?;
+    let sign = rx.auth("access-signature")?;
     let (api_key, sign) = match (key, sign) {
         (None, None) if nonce.is_none() => return Ok(None),
         (None, _) => return Err(Deny::MissingCredentials),

@@ -290,8 +290,8 @@ pub fn parse<'a>(
         coincheck::check_host(cfg, &parts.headers)?;
     }
     let path = parse::normalize_path(parts.uri.path())?;
-    parse::check_headers(&parts.headers, kind.auth_headers(), body.len())?;
-    let body_kind = body_kind(kind, &method, &parts.headers, body)?;
+    let headers = parse::scan_headers(&parts.headers, kind.auth_headers(), body.len())?;
+    let body_kind = body_kind(kind, &method, headers.content_type, body)?;
     let query = parts.uri.query();
     if query.is_some() && !kind.query_allowed(&method) {
         return Err(Deny::InvalidParameter);
@@ -319,6 +319,7 @@ pub fn parse<'a>(
         query_present: query.is_some(),
         body,
         headers: &parts.headers,
+        auth: headers.auth,
         params: &params,
     };
     let credentials = match kind {
@@ -359,10 +360,10 @@ impl DialectKind {
 fn body_kind(
     kind: DialectKind,
     method: &Method,
-    headers: &http::HeaderMap,
+    content_type: Option<&http::HeaderValue>,
     body: &[u8],
 ) -> Result<BodyKind, Deny> {
-    let media = parse::media_type(headers)?;
+    let media = parse::media_type_of(content_type)?;
     if media.is_some_and(|m| !kind.uses(m)) {
         return Err(Deny::UnsupportedMediaType);
     }
@@ -392,6 +393,9 @@ struct Received<'r, 'a> {
     query_present: bool,
     body: &'a [u8],
     headers: &'a http::HeaderMap,
+    /// The credential headers' values, as [`parse::scan_headers`] found them (in the
+    /// order of [`DialectKind::auth_headers`]).
+    auth: [Option<&'a http::HeaderValue>; parse::headers::MAX_AUTH_HEADERS],
     params: &'r Params<'a>,
 }
 
@@ -404,6 +408,15 @@ impl<'r, 'a> Received<'r, 'a> {
             .map(|(_, v, s)| (v, s))
     }
 
+    /// The single value of credential header `name` as text ([`parse::auth_value`]).
+    fn auth(&self, name: &str) -> Result<Option<&'a str>, Deny> {
+        let kind = self.cfg.kind;
+        match kind.auth_headers().iter().position(|a| *a == name) {
+            Some(i) if i < self.auth.len() => parse::auth_text(self.auth[i]),
+            _ => parse::auth_value(self.headers, name),
+        }
+    }
+
     /// The key and signature headers of a two-header dialect (Zaif, Kraken): `None` when
     /// neither is present.
     fn key_and_signature(
@@ -411,8 +424,8 @@ impl<'r, 'a> Received<'r, 'a> {
         key_header: &str,
         sign_header: &str,
     ) -> Result<Option<(&'a str, &'a str)>, Deny> {
-        let key = parse::auth_value(self.headers, key_header)?;
-        let sign = parse::auth_value(self.headers, sign_header)?;
+        let key = self.auth(key_header)?;
+        let sign = self.auth(sign_header)?;
         match (key, sign) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(Deny::MissingCredentials),
