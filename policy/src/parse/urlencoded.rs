@@ -57,6 +57,12 @@ pub(crate) fn for_each_pair<'a>(
     if raw.is_empty() {
         return Ok(());
     }
+    // One UTF-8 check for the whole text, so that the components with nothing to decode
+    // (nearly all) are borrowed as they are. Text that is not UTF-8 is refused anyway
+    // (raw bytes must be printable ASCII), but only when its piece is reached, so it
+    // takes the component-by-component path.
+    let text = std::str::from_utf8(raw).ok();
+    let mut start = 0;
     for piece in raw.split(|b| *b == b'&') {
         let eq = piece
             .iter()
@@ -65,12 +71,41 @@ pub(crate) fn for_each_pair<'a>(
         if eq == 0 {
             return Err(Deny::InvalidParameter);
         }
-        let name = decode_component(&piece[..eq], true)?;
-        let value = decode_component(&piece[eq + 1..], true)?;
+        let name = component(raw, text, start, start + eq)?;
+        let value = component(raw, text, start + eq + 1, start + piece.len())?;
         f(name, value)?;
+        start += piece.len() + 1;
     }
     Ok(())
 }
+
+/// `raw[from..to]` decoded as [`decode_component`] does, borrowed from `text` (`raw`
+/// as a `str`, when it is UTF-8) without a second UTF-8 check when nothing needs
+/// decoding.
+fn component<'a>(
+    raw: &'a [u8],
+    text: Option<&'a str>,
+    from: usize,
+    to: usize,
+) -> Result<Cow<'a, str>, Deny> {
+    let bytes = &raw[from..to];
+    match text.and_then(|t| t.get(from..to)) {
+        Some(plain) if bytes.iter().all(|b| PLAIN[usize::from(*b)]) => Ok(Cow::Borrowed(plain)),
+        _ => decode_component(bytes, true),
+    }
+}
+
+/// Bytes that stand for themselves in a name or value: printable ASCII and space, but
+/// not the escapes (`%`, `+`) nor `;`, which is refused.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b <= 0x7e {
+        t[b] = !matches!(b as u8, b'%' | b'+' | b';');
+        b += 1;
+    }
+    t
+};
 
 /// Decodes one name or value: `%XX` escapes (either hex case), `+` as space when
 /// `plus_as_space` (form semantics), and refuses anything [`parse_urlencoded`] refuses.
@@ -79,10 +114,7 @@ pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<Cow<'_, str>,
     // Most names and values (method names, numbers, hex, base64 without padding) have
     // nothing to decode: printable ASCII is valid UTF-8 without control characters, so it
     // is borrowed as it is, with no second pass.
-    if raw
-        .iter()
-        .all(|b| matches!(b, 0x20..=0x7e) && !matches!(b, b'%' | b'+' | b';'))
-    {
+    if raw.iter().all(|b| PLAIN[usize::from(*b)]) {
         // Printable ASCII is UTF-8, so this never fails.
         return std::str::from_utf8(raw)
             .map(Cow::Borrowed)
