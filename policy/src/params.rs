@@ -139,9 +139,15 @@ impl<'a> Params<'a> {
         let start = self.entries.len();
         self.entries
             .reserve(crate::parse::urlencoded::count_pieces(raw));
-        crate::parse::urlencoded::for_each_pair(raw, |name, value| {
+        let mut simple = 0u64;
+        crate::parse::urlencoded::for_each_pair(raw, |name, value, is_simple| {
             if self.entries[start..].iter().any(|e| e.name == name) {
                 return Err(Deny::DuplicateParameter);
+            }
+            // Which names need their readings built (the first 64; the rest always do).
+            let n = self.entries.len() - start;
+            if is_simple && n < 64 {
+                simple |= 1 << n;
             }
             self.entries.push(Entry {
                 name,
@@ -154,7 +160,11 @@ impl<'a> Params<'a> {
         for i in start..self.entries.len() {
             let (before, rest) = self.entries.split_at_mut(i);
             let entry = &mut rest[0];
-            entry.forms = NameForms::of(&entry.name).ok_or(Deny::InvalidParameter)?;
+            let n = i - start;
+            // A simple name's readings are the name itself: NameForms::of would say so.
+            if n >= 64 || simple & (1 << n) == 0 {
+                entry.forms = NameForms::of(&entry.name).ok_or(Deny::InvalidParameter)?;
+            }
             if before
                 .iter()
                 .any(|e| NameForms::same(&e.name, &e.forms, &entry.name, &entry.forms))

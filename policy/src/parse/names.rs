@@ -68,15 +68,17 @@ impl NameForms {
     }
 
     /// Whether `a` (with forms `fa`) and `b` (with `fb`) name the same parameter.
+    #[inline]
     pub fn same(a: &str, fa: &NameForms, b: &str, fb: &NameForms) -> bool {
+        // Plain names read the same under both readings, so one comparison (which
+        // usually stops at the lengths) settles it.
+        if fa.is_plain() && fb.is_plain() {
+            return a.eq_ignore_ascii_case(b);
+        }
         let php_a = fa.php.as_deref().unwrap_or(a);
         let php_b = fb.php.as_deref().unwrap_or(b);
         if php_a.eq_ignore_ascii_case(php_b) {
             return true;
-        }
-        // Plain names read the same under both readings: nothing more to compare.
-        if fa.is_plain() && fb.is_plain() {
-            return false;
         }
         let trimmed_a = fa.trimmed.as_deref().unwrap_or(a);
         let trimmed_b = fb.trimmed.as_deref().unwrap_or(b);

@@ -26,7 +26,7 @@ pub type Pair<'a> = (Cow<'a, str>, Cow<'a, str>);
 /// arrival order, with unique names.
 pub fn parse_urlencoded(raw: &[u8]) -> Result<Vec<Pair<'_>>, Deny> {
     let mut pairs: Vec<Pair<'_>> = Vec::with_capacity(count_pieces(raw));
-    for_each_pair(raw, |name, value| {
+    for_each_pair(raw, |name, value, _| {
         // Requests carry a handful of parameters; a linear scan is cheaper than hashing.
         // A flood of thousands is bounded by the body limit and refused on the first repeat.
         if pairs.iter().any(|(n, _)| *n == name) {
@@ -48,11 +48,12 @@ pub(crate) fn count_pieces(raw: &[u8]) -> usize {
 }
 
 /// The splitting and decoding of [`parse_urlencoded`] without its duplicate check: `f`
-/// gets each decoded pair in order and may refuse it (the caller checks duplicates
+/// gets each decoded pair in order, and whether the name is made of `[A-Za-z0-9_-]`
+/// only (see [`crate::parse::names`]), and may refuse it (the caller checks duplicates
 /// against what it keeps, so no second list is built).
 pub(crate) fn for_each_pair<'a>(
     raw: &'a [u8],
-    mut f: impl FnMut(Cow<'a, str>, Cow<'a, str>) -> Result<(), Deny>,
+    mut f: impl FnMut(Cow<'a, str>, Cow<'a, str>, bool) -> Result<(), Deny>,
 ) -> Result<(), Deny> {
     if raw.is_empty() {
         return Ok(());
@@ -62,46 +63,66 @@ pub(crate) fn for_each_pair<'a>(
     // (raw bytes must be printable ASCII), but only when its piece is reached, so it
     // takes the component-by-component path.
     let text = std::str::from_utf8(raw).ok();
+    // One walk over the bytes: each piece is finished (and may be refused) at its `&`,
+    // before anything after it is looked at, as a split-then-decode loop would.
     let mut start = 0;
-    for piece in raw.split(|b| *b == b'&') {
-        let eq = piece
-            .iter()
-            .position(|b| *b == b'=')
-            .ok_or(Deny::InvalidParameter)?;
-        if eq == 0 {
-            return Err(Deny::InvalidParameter);
+    let mut eq: Option<usize> = None;
+    let mut class = 0u8;
+    let mut value_class = 0u8;
+    for (i, &b) in raw.iter().chain(std::iter::once(&b'&')).enumerate() {
+        if b == b'&' {
+            let eq = eq.take().ok_or(Deny::InvalidParameter)?;
+            if eq == start {
+                return Err(Deny::InvalidParameter);
+            }
+            let name = component(raw, text, start, eq, class & NOT_PLAIN == 0)?;
+            let value = component(raw, text, eq + 1, i, value_class & NOT_PLAIN == 0)?;
+            f(name, value, class & NOT_SIMPLE_NAME == 0)?;
+            start = i + 1;
+            class = 0;
+            value_class = 0;
+        } else if eq.is_some() {
+            value_class |= CLASS[usize::from(b)];
+        } else if b == b'=' {
+            eq = Some(i);
+        } else {
+            class |= CLASS[usize::from(b)];
         }
-        let name = component(raw, text, start, start + eq)?;
-        let value = component(raw, text, start + eq + 1, start + piece.len())?;
-        f(name, value)?;
-        start += piece.len() + 1;
     }
     Ok(())
 }
 
 /// `raw[from..to]` decoded as [`decode_component`] does, borrowed from `text` (`raw`
-/// as a `str`, when it is UTF-8) without a second UTF-8 check when nothing needs
-/// decoding.
+/// as a `str`, when it is UTF-8) without a second check when the walk found it `plain`.
 fn component<'a>(
     raw: &'a [u8],
     text: Option<&'a str>,
     from: usize,
     to: usize,
+    plain: bool,
 ) -> Result<Cow<'a, str>, Deny> {
-    let bytes = &raw[from..to];
     match text.and_then(|t| t.get(from..to)) {
-        Some(plain) if bytes.iter().all(|b| PLAIN[usize::from(*b)]) => Ok(Cow::Borrowed(plain)),
-        _ => decode_component(bytes, true),
+        Some(t) if plain => Ok(Cow::Borrowed(t)),
+        _ => decode_component(&raw[from..to], true),
     }
 }
 
-/// Bytes that stand for themselves in a name or value: printable ASCII and space, but
-/// not the escapes (`%`, `+`) nor `;`, which is refused.
-const PLAIN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0x20;
-    while b <= 0x7e {
-        t[b] = !matches!(b as u8, b'%' | b'+' | b';');
+/// [`CLASS`] bit: the byte does not stand for itself in a name or value (an escape `%`
+/// or `+`, the refused `;`, anything but printable ASCII and space).
+const NOT_PLAIN: u8 = 1;
+/// [`CLASS`] bit: the byte is not one of `[A-Za-z0-9_-]`, the names whose lenient
+/// readings are the name itself ([`crate::parse::names`]).
+const NOT_SIMPLE_NAME: u8 = 2;
+
+/// What each byte is, as [`NOT_PLAIN`] and [`NOT_SIMPLE_NAME`] bits.
+const CLASS: [u8; 256] = {
+    let mut t = [NOT_PLAIN | NOT_SIMPLE_NAME; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let plain = c >= 0x20 && c <= 0x7e && !matches!(c, b'%' | b'+' | b';');
+        let simple = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        t[b] = (if plain { 0 } else { NOT_PLAIN }) | (if simple { 0 } else { NOT_SIMPLE_NAME });
         b += 1;
     }
     t
@@ -114,7 +135,7 @@ pub fn decode_component(raw: &[u8], plus_as_space: bool) -> Result<Cow<'_, str>,
     // Most names and values (method names, numbers, hex, base64 without padding) have
     // nothing to decode: printable ASCII is valid UTF-8 without control characters, so it
     // is borrowed as it is, with no second pass.
-    if raw.iter().all(|b| PLAIN[usize::from(*b)]) {
+    if raw.iter().all(|b| CLASS[usize::from(*b)] & NOT_PLAIN == 0) {
         // Printable ASCII is UTF-8, so this never fails.
         return std::str::from_utf8(raw)
             .map(Cow::Borrowed)
