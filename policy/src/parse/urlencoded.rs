@@ -63,33 +63,37 @@ pub(crate) fn for_each_pair<'a>(
     // (raw bytes must be printable ASCII), but only when its piece is reached, so it
     // takes the component-by-component path.
     let text = std::str::from_utf8(raw).ok();
-    // One walk over the bytes: each piece is finished (and may be refused) at its `&`,
-    // before anything after it is looked at, as a split-then-decode loop would.
+    // Piece by piece, each finished (and maybe refused) before anything after it is
+    // looked at, as a split-then-decode loop would. The searches and the byte-class
+    // folds are separate tight loops (one fused loop measured slower).
+    let find = |from: usize, to: usize, needle: u8| -> Option<usize> {
+        raw[from..to]
+            .iter()
+            .position(|b| *b == needle)
+            .map(|p| from + p)
+    };
+    let classes = |from: usize, to: usize| {
+        raw[from..to]
+            .iter()
+            .fold(0u8, |c, b| c | CLASS[usize::from(*b)])
+    };
     let mut start = 0;
-    let mut eq: Option<usize> = None;
-    let mut class = 0u8;
-    let mut value_class = 0u8;
-    for (i, &b) in raw.iter().chain(std::iter::once(&b'&')).enumerate() {
-        if b == b'&' {
-            let eq = eq.take().ok_or(Deny::InvalidParameter)?;
-            if eq == start {
-                return Err(Deny::InvalidParameter);
-            }
-            let name = component(raw, text, start, eq, class & NOT_PLAIN == 0)?;
-            let value = component(raw, text, eq + 1, i, value_class & NOT_PLAIN == 0)?;
-            f(name, value, class & NOT_SIMPLE_NAME == 0)?;
-            start = i + 1;
-            class = 0;
-            value_class = 0;
-        } else if eq.is_some() {
-            value_class |= CLASS[usize::from(b)];
-        } else if b == b'=' {
-            eq = Some(i);
-        } else {
-            class |= CLASS[usize::from(b)];
+    loop {
+        let end = find(start, raw.len(), b'&').unwrap_or(raw.len());
+        let eq = find(start, end, b'=').ok_or(Deny::InvalidParameter)?;
+        if eq == start {
+            return Err(Deny::InvalidParameter);
         }
+        let class = classes(start, eq);
+        let name = component(raw, text, start, eq, class & NOT_PLAIN == 0)?;
+        let value_plain = classes(eq + 1, end) & NOT_PLAIN == 0;
+        let value = component(raw, text, eq + 1, end, value_plain)?;
+        f(name, value, class & NOT_SIMPLE_NAME == 0)?;
+        if end == raw.len() {
+            return Ok(());
+        }
+        start = end + 1;
     }
-    Ok(())
 }
 
 /// `raw[from..to]` decoded as [`decode_component`] does, borrowed from `text` (`raw`
