@@ -39,9 +39,11 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, Deny> {
     // scale is the fraction's length. Built directly: rust_decimal's parser (rounding,
     // separators, signs) is most of the cost and none of it applies here.
     if exp == 0 && int_part.len() + frac.len() <= MAX_DIGITS {
+        // Trailing fraction zeros dropped here leave nothing for `normalize` to do.
+        let frac = frac.trim_end_matches('0');
         let digits = int_part.bytes().chain(frac.bytes());
         let m = digits.fold(0i128, |m, d| m * 10 + i128::from(d - b'0'));
-        return Ok(Decimal::from_i128_with_scale(m, frac.len() as u32).normalize());
+        return Ok(Decimal::from_i128_with_scale(m, frac.len() as u32));
     }
     let mut value: Decimal = mantissa.parse().map_err(|_| Deny::InvalidField)?;
     // rust_decimal silently rounds inputs with more than 28 significant digits; an amount

@@ -323,8 +323,12 @@ fn extract_facts(fields: &FieldMap, req: &ParsedRequest) -> Result<Facts, Deny> 
             None => Ok(None),
         }
     };
+    let asset = match &fields.asset {
+        Some(n) => req.params.field_text(n)?.map(str::to_ascii_lowercase),
+        None => None,
+    };
     Ok(Facts {
-        asset: text(&fields.asset)?.map(|a| a.to_ascii_lowercase()),
+        asset,
         amount: decimal(&fields.amount)?,
         address: text(&fields.address)?,
         withdraw_key: text(&fields.withdraw_key)?,
