@@ -165,10 +165,16 @@ impl<'a> Params<'a> {
             if n >= 64 || simple & (1 << n) == 0 {
                 entry.forms = NameForms::of(&entry.name).ok_or(Deny::InvalidParameter)?;
             }
-            if before
-                .iter()
-                .any(|e| NameForms::same(&e.name, &e.forms, &entry.name, &entry.forms))
-            {
+            // Plain against plain (nearly every pair) is NameForms::same's first case,
+            // written out so that it is a length check in the loop, not a call.
+            let plain = entry.forms.is_plain();
+            if before.iter().any(|e| {
+                if plain && e.forms.is_plain() {
+                    e.name.eq_ignore_ascii_case(&entry.name)
+                } else {
+                    NameForms::same(&e.name, &e.forms, &entry.name, &entry.forms)
+                }
+            }) {
                 return Err(Deny::DuplicateParameter);
             }
         }

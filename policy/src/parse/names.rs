@@ -86,7 +86,7 @@ impl NameForms {
     }
 
     /// Whether every reading is the name itself up to ASCII case.
-    fn is_plain(&self) -> bool {
+    pub(crate) fn is_plain(&self) -> bool {
         self.php.is_none() && self.trimmed.is_none()
     }
 
