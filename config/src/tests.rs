@@ -78,19 +78,19 @@ fn examples_load_and_validate() {
     }
 }
 
-fn request(method: Method, path: &str, params: &[(&str, &str)]) -> ParsedRequest {
+fn request(method: Method, path: &str, params: &[(&str, &str)]) -> ParsedRequest<'static> {
     let mut p = Params::new();
     for (k, v) in params {
         p.insert(
-            (*k).to_owned(),
-            ParamValue::Text((*v).to_owned()),
+            (*k).to_owned().into(),
+            ParamValue::Text((*v).to_owned().into()),
             ParamSource::Body,
         )
         .unwrap();
     }
     ParsedRequest {
         method,
-        path: path.to_owned(),
+        path: path.to_owned().into(),
         params: p,
         body_kind: BodyKind::Form,
         credentials: None,

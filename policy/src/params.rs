@@ -1,6 +1,12 @@
 //! Request parameters after strict parsing: every name appears once, across the query
 //! and the body, so "which `amount` did the policy read?" has a single answer and the
 //! exchange cannot be shown a different one.
+//!
+//! Names and text values borrow from the request (`Cow`): only the ones that had
+//! something to decode (`%XX`, `+`) or came from JSON are owned, so a typical order is
+//! parsed without one allocation per parameter.
+
+use std::borrow::Cow;
 
 use crate::decimal::{parse_decimal, Decimal};
 use crate::parse::names::NameForms;
@@ -26,14 +32,22 @@ pub enum JsonValue {
 
 /// One parameter's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParamValue {
+pub enum ParamValue<'a> {
     /// From a query string or a form body: percent-decoded UTF-8 text.
-    Text(String),
+    Text(Cow<'a, str>),
     /// From a JSON body: the typed value.
     Json(JsonValue),
 }
 
-impl ParamValue {
+impl ParamValue<'_> {
+    /// The same value owning its text.
+    pub fn into_owned(self) -> ParamValue<'static> {
+        match self {
+            ParamValue::Text(s) => ParamValue::Text(Cow::Owned(s.into_owned())),
+            ParamValue::Json(v) => ParamValue::Json(v),
+        }
+    }
+
     /// The value as a string field. JSON numbers are accepted as their text (an order id
     /// may be sent either way); other JSON types are the wrong type for a string field.
     pub fn as_text(&self) -> Result<&str, Deny> {
@@ -95,17 +109,76 @@ pub enum ParamSource {
 
 /// All parameters of a request, names unique across query and body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params {
-    entries: Vec<(String, ParamValue, ParamSource)>,
-    /// Each entry's readings under lenient parsers ([`NameForms`]), built once per name so
-    /// the duplicate checks compare plain strings instead of re-folding every pair.
-    forms: Vec<NameForms>,
+pub struct Params<'a> {
+    entries: Vec<Entry<'a>>,
 }
 
-impl Params {
+/// One parameter and its name's readings under lenient parsers ([`NameForms`]), built
+/// once per name so the duplicate checks compare plain strings instead of re-folding
+/// every pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry<'a> {
+    name: Cow<'a, str>,
+    value: ParamValue<'a>,
+    source: ParamSource,
+    forms: NameForms,
+}
+
+impl<'a> Params<'a> {
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Adds every pair of a query string or form body, as if each went through
+    /// [`Params::insert`] after [`crate::parse::parse_urlencoded`] accepted all of them:
+    /// a piece that does not parse or a name repeated exactly inside `raw` is refused
+    /// before any twin or invisible-character check, as that order of errors is part of
+    /// the contract. Names and values borrow from `raw` where nothing was decoded.
+    pub fn extend_urlencoded(&mut self, raw: &'a [u8], source: ParamSource) -> Result<(), Deny> {
+        let start = self.entries.len();
+        self.entries
+            .reserve(crate::parse::urlencoded::count_pieces(raw));
+        let mut simple = 0u64;
+        crate::parse::urlencoded::for_each_pair(raw, |name, value, is_simple| {
+            if self.entries[start..].iter().any(|e| e.name == name) {
+                return Err(Deny::DuplicateParameter);
+            }
+            // Which names need their readings built (the first 64; the rest always do).
+            let n = self.entries.len() - start;
+            if is_simple && n < 64 {
+                simple |= 1 << n;
+            }
+            self.entries.push(Entry {
+                name,
+                value: ParamValue::Text(value),
+                source,
+                forms: NameForms::default(),
+            });
+            Ok(())
+        })?;
+        for i in start..self.entries.len() {
+            let (before, rest) = self.entries.split_at_mut(i);
+            let entry = &mut rest[0];
+            let n = i - start;
+            // A simple name's readings are the name itself: NameForms::of would say so.
+            if n >= 64 || simple & (1 << n) == 0 {
+                entry.forms = NameForms::of(&entry.name).ok_or(Deny::InvalidParameter)?;
+            }
+            // Plain against plain (nearly every pair) is NameForms::same's first case,
+            // written out so that it is a length check in the loop, not a call.
+            let plain = entry.forms.is_plain();
+            if before.iter().any(|e| {
+                if plain && e.forms.is_plain() {
+                    e.name.eq_ignore_ascii_case(&entry.name)
+                } else {
+                    NameForms::same(&e.name, &e.forms, &entry.name, &entry.forms)
+                }
+            }) {
+                return Err(Deny::DuplicateParameter);
+            }
+        }
+        Ok(())
     }
 
     /// Adds a parameter. A name already present is a [`Deny::DuplicateParameter`], also
@@ -116,22 +189,41 @@ impl Params {
     /// linear scan beats hashing here.
     pub fn insert(
         &mut self,
-        name: String,
-        value: ParamValue,
+        name: Cow<'a, str>,
+        value: ParamValue<'a>,
         source: ParamSource,
     ) -> Result<(), Deny> {
         let forms = NameForms::of(&name).ok_or(Deny::InvalidParameter)?;
         if self
             .entries
             .iter()
-            .zip(&self.forms)
-            .any(|((n, _, _), f)| NameForms::same(n, f, &name, &forms))
+            .any(|e| NameForms::same(&e.name, &e.forms, &name, &forms))
         {
             return Err(Deny::DuplicateParameter);
         }
-        self.entries.push((name, value, source));
-        self.forms.push(forms);
+        self.entries.push(Entry {
+            name,
+            value,
+            source,
+            forms,
+        });
         Ok(())
+    }
+
+    /// The same parameters owning their names and values.
+    pub fn into_owned(self) -> Params<'static> {
+        Params {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|e| Entry {
+                    name: Cow::Owned(e.name.into_owned()),
+                    value: e.value.into_owned(),
+                    source: e.source,
+                    forms: e.forms,
+                })
+                .collect(),
+        }
     }
 
     /// Whether some parameter reads as `plain` (a lower-case ASCII name such as
@@ -139,15 +231,14 @@ impl Params {
     pub fn any_reads_as(&self, plain: &str) -> bool {
         self.entries
             .iter()
-            .zip(&self.forms)
-            .any(|((n, _, _), f)| NameForms::reads_as(n, f, plain))
+            .any(|e| NameForms::reads_as(&e.name, &e.forms, plain))
     }
 
     /// The value of a field the policy reads (a fact, a freshness field), spelled exactly
     /// `name`. When it is absent but another spelling of it is present (`AMOUNT` for
     /// `amount`), that is a [`Deny::InvalidParameter`]: a lenient exchange would read the
     /// value the gateway did not check.
-    pub fn field(&self, name: &str) -> Result<Option<&ParamValue>, Deny> {
+    pub fn field(&self, name: &str) -> Result<Option<&ParamValue<'a>>, Deny> {
         if let Some(v) = self.get(name) {
             return Ok(Some(v));
         }
@@ -155,8 +246,7 @@ impl Params {
         if self
             .entries
             .iter()
-            .zip(&self.forms)
-            .any(|((n, _, _), f)| NameForms::same(n, f, name, &forms))
+            .any(|e| NameForms::same(&e.name, &e.forms, name, &forms))
         {
             return Err(Deny::InvalidParameter);
         }
@@ -169,11 +259,11 @@ impl Params {
     }
 
     /// The value of `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&ParamValue> {
+    pub fn get(&self, name: &str) -> Option<&ParamValue<'a>> {
         self.entries
             .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, v, _)| v)
+            .find(|e| e.name == name)
+            .map(|e| &e.value)
     }
 
     /// The value of `name` as text, if present.
@@ -187,8 +277,10 @@ impl Params {
     }
 
     /// All parameters in arrival order (query first, then body).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &ParamValue, ParamSource)> {
-        self.entries.iter().map(|(n, v, s)| (n.as_str(), v, *s))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ParamValue<'a>, ParamSource)> {
+        self.entries
+            .iter()
+            .map(|e| (e.name.as_ref(), &e.value, e.source))
     }
 
     /// How many parameters there are.
@@ -206,7 +298,7 @@ impl Params {
 mod tests {
     use super::*;
 
-    fn text(s: &str) -> ParamValue {
+    fn text(s: &str) -> ParamValue<'_> {
         ParamValue::Text(s.into())
     }
 

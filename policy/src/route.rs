@@ -323,8 +323,12 @@ fn extract_facts(fields: &FieldMap, req: &ParsedRequest) -> Result<Facts, Deny> 
             None => Ok(None),
         }
     };
+    let asset = match &fields.asset {
+        Some(n) => req.params.field_text(n)?.map(str::to_ascii_lowercase),
+        None => None,
+    };
     Ok(Facts {
-        asset: text(&fields.asset)?.map(|a| a.to_ascii_lowercase()),
+        asset,
         amount: decimal(&fields.amount)?,
         address: text(&fields.address)?,
         withdraw_key: text(&fields.withdraw_key)?,
@@ -463,7 +467,7 @@ mod tests {
         .unwrap();
         let req = |method: Method, path: &str| ParsedRequest {
             method,
-            path: path.into(),
+            path: path.to_owned().into(),
             params: crate::Params::new(),
             body_kind: crate::dialect::BodyKind::Empty,
             credentials: None,

@@ -186,6 +186,12 @@ impl MemoryAnomalyStore {
         failures + presented + seen_from
     }
 
+    fn banned_until(&self, net: ClientNet, now: UnixMillis) -> Option<UnixMillis> {
+        self.failures
+            .peek(&net, |f| future(f.banned_until, now))
+            .flatten()
+    }
+
     /// Entries over all tables, for metrics.
     pub fn len(&self) -> usize {
         self.failures.len() + self.presented.len() + self.seen_from.len()
@@ -203,19 +209,17 @@ fn future(until: UnixMillis, now: UnixMillis) -> Option<UnixMillis> {
 
 impl AnomalyStore for MemoryAnomalyStore {
     fn standing(&self, net: ClientNet, now: UnixMillis) -> Result<Standing, Deny> {
+        // One look per table (each look hashes the network twice: shard, then entry).
+        let (blocked_until, tripped_until) = self
+            .presented
+            .peek(&net, |p| {
+                (future(p.blocked_until, now), future(p.tripped_until, now))
+            })
+            .unwrap_or_default();
         Ok(Standing {
-            banned_until: self
-                .failures
-                .peek(&net, |f| future(f.banned_until, now))
-                .flatten(),
-            blocked_until: self
-                .presented
-                .peek(&net, |p| future(p.blocked_until, now))
-                .flatten(),
-            tripped_until: self
-                .presented
-                .peek(&net, |p| future(p.tripped_until, now))
-                .flatten(),
+            banned_until: self.banned_until(net, now),
+            blocked_until,
+            tripped_until,
         })
     }
 
@@ -253,7 +257,7 @@ impl AnomalyStore for MemoryAnomalyStore {
     ) -> Result<Standing, Deny> {
         let key = self.ids.hash_one(key_id);
         let account = self.ids.hash_one(account);
-        let blocked_until = self.presented.with(&net, |p| {
+        let (blocked_until, tripped_until) = self.presented.with(&net, |p| {
             p.window_ms = p.window_ms.max(rule.window_ms);
             let keys = sighting(&mut p.keys, key, now, rule.window_ms, rule.max_keys);
             let accounts = sighting(
@@ -266,11 +270,13 @@ impl AnomalyStore for MemoryAnomalyStore {
             if keys > rule.max_keys || accounts > rule.max_accounts {
                 p.blocked_until = p.blocked_until.max(now.saturating_add(rule.block_ms));
             }
-            future(p.blocked_until, now)
+            // The entry `standing` would read: read it here, under the same lock.
+            (future(p.blocked_until, now), future(p.tripped_until, now))
         });
         Ok(Standing {
+            banned_until: self.banned_until(net, now),
             blocked_until,
-            ..self.standing(net, now)?
+            tripped_until,
         })
     }
 

@@ -4,6 +4,8 @@
 //! signature (percent-encoded in the request). `timestamp` and `recvWindow` bound the
 //! request in time; the signature's hash guards against replays inside that window.
 
+use std::borrow::Cow;
+
 use http::Method;
 use ring::{digest, hmac};
 
@@ -22,8 +24,8 @@ const ED25519_LEN: usize = 64;
 /// be a millisecond count and is not worth parsing.
 const MAX_DIGITS: usize = 19;
 
-pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny> {
-    let Some(api_key) = parse::auth_value(rx.headers, "x-mbx-apikey")? else {
+pub(super) fn credentials<'a>(rx: &Received<'_, 'a>) -> Result<Option<Credentials<'a>>, Deny> {
+    let Some(api_key) = rx.auth("x-mbx-apikey")? else {
         return Ok(None);
     };
     let source = match rx.param("signature") {
@@ -39,17 +41,19 @@ pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny
         ParamSource::Body => rx.body,
     };
     let (before, value) = split_last_signature(signed_part)?;
-    let mut payload = Vec::with_capacity(query.len() + rx.body.len());
-    match source {
-        ParamSource::Query => {
-            payload.extend_from_slice(before);
-            payload.extend_from_slice(rx.body);
-        }
-        ParamSource::Body => {
-            payload.extend_from_slice(query);
-            payload.extend_from_slice(before);
-        }
-    }
+    // ccxt puts everything in one part, so the signed bytes are usually a slice of the
+    // request; only a request with both a query and a body needs them joined.
+    let (first, second) = match source {
+        ParamSource::Query => (before, rx.body),
+        ParamSource::Body => (query, before),
+    };
+    let payload: Cow<'a, [u8]> = if second.is_empty() {
+        Cow::Borrowed(first)
+    } else if first.is_empty() {
+        Cow::Borrowed(second)
+    } else {
+        Cow::Owned([first, second].concat())
+    };
     let signature = decode_signature(value)?;
 
     let at_ms = match rx.params.field_text("timestamp") {
@@ -65,12 +69,12 @@ pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny
     if recv_window_ms > rx.cfg.recv_window_max_ms {
         return Err(Deny::InvalidParameter);
     }
-    let fingerprint: [u8; 32] = digest::digest(&digest::SHA256, &signature)
+    let fingerprint: [u8; 32] = digest::digest(&digest::SHA256, signature.as_slice())
         .as_ref()
         .try_into()
         .map_err(|_| Deny::InvalidSignature)?;
     Ok(Some(Credentials {
-        api_key: api_key.to_owned(),
+        api_key: Cow::Borrowed(api_key),
         replay: Replay::Timestamp {
             at_ms,
             recv_window_ms,
@@ -97,7 +101,7 @@ fn split_last_signature(part: &[u8]) -> Result<(&[u8], &[u8]), Deny> {
 /// Hex (HMAC) or base64 (Ed25519), told apart by length: 64 hex digits are only 48 bytes
 /// as base64, so the two never overlap. The key record decides later which one must
 /// verify. Only percent-escapes are decoded: a raw `+` is base64, not a space.
-fn decode_signature(raw: &[u8]) -> Result<Vec<u8>, Deny> {
+fn decode_signature(raw: &[u8]) -> Result<super::Signature, Deny> {
     let text = decode_component(raw, false).map_err(|_| Deny::InvalidSignature)?;
     if text.len() == HMAC_LEN * 2 {
         super::decode_hex_signature(&text, HMAC_LEN)

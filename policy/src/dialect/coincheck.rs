@@ -9,6 +9,8 @@
 //! phishing proxy, the real exchange) then cannot verify here, and one signed here cannot
 //! be replayed against a different deployment that shares the key.
 
+use std::borrow::Cow;
+
 use http::header::HOST;
 use http::Method;
 use ring::hmac;
@@ -45,15 +47,15 @@ pub(super) fn check_host(cfg: &DialectConfig, headers: &http::HeaderMap) -> Resu
     }
 }
 
-pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny> {
-    let key = parse::auth_value(rx.headers, "access-key")?;
-    let nonce = parse::auth_value(rx.headers, "access-nonce")?;
-    let sign = parse::auth_value(rx.headers, "access-signature")?;
+pub(super) fn credentials<'a>(rx: &Received<'_, 'a>) -> Result<Option<Credentials<'a>>, Deny> {
+    let key = rx.auth("access-key")?;
+    let nonce = rx.auth("access-nonce")?;
+    let sign = rx.auth("access-signature")?;
     let (api_key, sign) = match (key, sign) {
         (None, None) if nonce.is_none() => return Ok(None),
         (None, _) => return Err(Deny::MissingCredentials),
         (Some(_), None) => return Err(Deny::InvalidSignature),
-        (Some(key), Some(sign)) => (key.to_owned(), sign),
+        (Some(key), Some(sign)) => (key, sign),
     };
     let signature = super::decode_hex_signature(sign, SIGNATURE_LEN)?;
     let nonce_text = nonce.ok_or(Deny::InvalidNonce)?;
@@ -65,10 +67,10 @@ pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny
         .ok_or(Deny::InvalidTarget)?;
     let query = rx.query_present.then_some(rx.query);
     Ok(Some(Credentials {
-        api_key,
+        api_key: Cow::Borrowed(api_key),
         replay: Replay::Nonce(Decimal::from(nonce)),
         signature,
-        signed_payload: signed_payload(nonce_text, base, rx.path, query, rx.body),
+        signed_payload: Cow::Owned(signed_payload(nonce_text, base, rx.path, query, rx.body)),
     }))
 }
 

@@ -2,6 +2,8 @@
 //! base64 HMAC-SHA512(base64decode(secret), path ‖ SHA-256(nonce ‖ body)). The body is a
 //! form or JSON and carries a u64 `nonce` that must grow with every request.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::GeneralPurpose;
 use base64::engine::{DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine as _;
@@ -27,7 +29,7 @@ const SECRET_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny> {
+pub(super) fn credentials<'a>(rx: &Received<'_, 'a>) -> Result<Option<Credentials<'a>>, Deny> {
     let Some((api_key, sign)) = rx.key_and_signature("api-key", "api-sign")? else {
         return Ok(None);
     };
@@ -35,8 +37,8 @@ pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny
     // The signature covers the nonce as the client wrote it, so that exact text (not a
     // re-rendering of the parsed number) goes into the hash.
     let nonce_text = match rx.param("nonce") {
-        Some((ParamValue::Text(t), ParamSource::Body))
-        | Some((ParamValue::Json(JsonValue::String(t)), ParamSource::Body))
+        Some((ParamValue::Text(t), ParamSource::Body)) => t.as_ref(),
+        Some((ParamValue::Json(JsonValue::String(t)), ParamSource::Body))
         | Some((ParamValue::Json(JsonValue::Number(t)), ParamSource::Body)) => t.as_str(),
         _ => return Err(Deny::InvalidNonce),
     };
@@ -48,10 +50,10 @@ pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny
     }
     let nonce: u64 = nonce_text.parse().map_err(|_| Deny::InvalidNonce)?;
     Ok(Some(Credentials {
-        api_key,
+        api_key: Cow::Borrowed(api_key),
         replay: Replay::Nonce(Decimal::from(nonce)),
         signature,
-        signed_payload: signed_payload(rx.path, nonce_text, rx.body),
+        signed_payload: Cow::Owned(signed_payload(rx.path, nonce_text, rx.body)),
     }))
 }
 

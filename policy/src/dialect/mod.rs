@@ -38,6 +38,8 @@
 //! [`sign_request`] and [`public_request`] build requests byte for byte as ccxt 4.5
 //! does, for the load generator and the gateway's tests.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use http::Method;
@@ -161,24 +163,62 @@ pub enum Replay {
     },
 }
 
-/// What a private request claims about who signed it; not yet verified.
+/// What a private request claims about who signed it; not yet verified. Borrows from
+/// the request where it can: the key header, and the signed bytes when they are one
+/// contiguous part of it (Zaif's body, most Binance requests).
 ///
 /// `Debug` leaves the signature and signed bytes out: a logged signature is a replayable
 /// request for as long as its window is open.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub struct Credentials<'a> {
     /// The API key as presented.
-    pub api_key: String,
+    pub api_key: Cow<'a, str>,
     /// Freshness proof.
     pub replay: Replay,
     /// The signature as decoded from the request (hex/base64 already decoded).
-    signature: Vec<u8>,
+    signature: Signature,
     /// The exact bytes the dialect signs (Binance: query + body without `signature`;
     /// Zaif: body; Kraken: path ‖ SHA-256(nonce ‖ body)).
-    signed_payload: Vec<u8>,
+    signed_payload: Cow<'a, [u8]>,
 }
 
-impl std::fmt::Debug for Credentials {
+/// A decoded signature: every dialect's tag or signature is 32 or 64 bytes, so it lives
+/// inline rather than in its own allocation.
+#[derive(Clone, PartialEq, Eq)]
+struct Signature {
+    bytes: [u8; Signature::MAX],
+    len: u8,
+}
+
+impl Signature {
+    /// HMAC-SHA512 tags and Ed25519 signatures.
+    const MAX: usize = 64;
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Only the length: a signature is a replayable request while its window is open.
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature(<redacted>, {} bytes)", self.len)
+    }
+}
+
+impl Credentials<'_> {
+    /// The same credentials owning everything they borrowed.
+    pub fn into_owned(self) -> Credentials<'static> {
+        Credentials {
+            api_key: Cow::Owned(self.api_key.into_owned()),
+            replay: self.replay,
+            signature: self.signature,
+            signed_payload: Cow::Owned(self.signed_payload.into_owned()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("api_key", &self.api_key)
@@ -200,31 +240,46 @@ pub enum BodyKind {
     Json,
 }
 
-/// A request that passed strict parsing.
+/// A request that passed strict parsing. It borrows from the request it was parsed from
+/// (path, parameter names and values, key, signed bytes), so parsing a typical order
+/// allocates almost nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedRequest {
+pub struct ParsedRequest<'a> {
     /// The method.
     pub method: Method,
     /// The normalized path (what routes match against; equal to the received path, since
     /// anything that would normalize differently is rejected).
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// Query and body parameters, names unique.
-    pub params: Params,
+    pub params: Params<'a>,
     /// The body's kind.
     pub body_kind: BodyKind,
     /// Present when the request carries the dialect's auth headers.
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<Credentials<'a>>,
+}
+
+impl ParsedRequest<'_> {
+    /// The same request owning everything it borrowed, to keep it past the request.
+    pub fn into_owned(self) -> ParsedRequest<'static> {
+        ParsedRequest {
+            method: self.method,
+            path: Cow::Owned(self.path.into_owned()),
+            params: self.params.into_owned(),
+            body_kind: self.body_kind,
+            credentials: self.credentials.map(Credentials::into_owned),
+        }
+    }
 }
 
 /// Parses and strictly validates a request for `cfg.kind` (path, headers, content type,
 /// parameters, credentials). Everything that is rejected here is never forwarded.
 ///
 /// `body` is the whole buffered body; the signature covers exactly these bytes.
-pub fn parse(
+pub fn parse<'a>(
     cfg: &DialectConfig,
-    parts: &http::request::Parts,
-    body: &[u8],
-) -> Result<ParsedRequest, Deny> {
+    parts: &'a http::request::Parts,
+    body: &'a [u8],
+) -> Result<ParsedRequest<'a>, Deny> {
     let kind = cfg.kind;
     let method = match parts.method {
         Method::GET | Method::POST | Method::PUT | Method::DELETE => parts.method.clone(),
@@ -235,27 +290,21 @@ pub fn parse(
         coincheck::check_host(cfg, &parts.headers)?;
     }
     let path = parse::normalize_path(parts.uri.path())?;
-    parse::check_headers(&parts.headers, kind.auth_headers(), body.len())?;
-    let body_kind = body_kind(kind, &method, &parts.headers, body)?;
+    let headers = parse::scan_headers(&parts.headers, kind.auth_headers(), body.len())?;
+    let body_kind = body_kind(kind, &method, headers.content_type, body)?;
     let query = parts.uri.query();
     if query.is_some() && !kind.query_allowed(&method) {
         return Err(Deny::InvalidParameter);
     }
 
     let mut params = Params::new();
-    for (name, value) in parse::parse_urlencoded(query.unwrap_or("").as_bytes())? {
-        params.insert(name, ParamValue::Text(value), ParamSource::Query)?;
-    }
+    params.extend_urlencoded(query.unwrap_or("").as_bytes(), ParamSource::Query)?;
     match body_kind {
         BodyKind::Empty => {}
-        BodyKind::Form => {
-            for (name, value) in parse::parse_urlencoded(body)? {
-                params.insert(name, ParamValue::Text(value), ParamSource::Body)?;
-            }
-        }
+        BodyKind::Form => params.extend_urlencoded(body, ParamSource::Body)?,
         BodyKind::Json => {
             for (name, value) in parse::parse_json_object(body)? {
-                params.insert(name, ParamValue::Json(value), ParamSource::Body)?;
+                params.insert(Cow::Owned(name), ParamValue::Json(value), ParamSource::Body)?;
             }
         }
     }
@@ -270,6 +319,7 @@ pub fn parse(
         query_present: query.is_some(),
         body,
         headers: &parts.headers,
+        auth: headers.auth,
         params: &params,
     };
     let credentials = match kind {
@@ -280,7 +330,7 @@ pub fn parse(
     };
     Ok(ParsedRequest {
         method,
-        path: path.to_owned(),
+        path: Cow::Borrowed(path),
         params,
         body_kind,
         credentials,
@@ -310,10 +360,10 @@ impl DialectKind {
 fn body_kind(
     kind: DialectKind,
     method: &Method,
-    headers: &http::HeaderMap,
+    content_type: Option<&http::HeaderValue>,
     body: &[u8],
 ) -> Result<BodyKind, Deny> {
-    let media = parse::media_type(headers)?;
+    let media = parse::media_type_of(content_type)?;
     if media.is_some_and(|m| !kind.uses(m)) {
         return Err(Deny::UnsupportedMediaType);
     }
@@ -331,9 +381,10 @@ fn body_kind(
 }
 
 /// What a dialect's credential parser gets to look at: the request after the shared
-/// rules passed.
-struct Received<'a> {
-    cfg: &'a DialectConfig,
+/// rules passed. `'a` is the request's own lifetime, which the credentials may borrow;
+/// `'r` is this parse's (config and parameter list).
+struct Received<'r, 'a> {
+    cfg: &'r DialectConfig,
     /// The canonical path, exactly as received.
     path: &'a str,
     /// The raw query string without `?` (empty when there is none).
@@ -342,16 +393,28 @@ struct Received<'a> {
     query_present: bool,
     body: &'a [u8],
     headers: &'a http::HeaderMap,
-    params: &'a Params,
+    /// The credential headers' values, as [`parse::scan_headers`] found them (in the
+    /// order of [`DialectKind::auth_headers`]).
+    auth: [Option<&'a http::HeaderValue>; parse::headers::MAX_AUTH_HEADERS],
+    params: &'r Params<'a>,
 }
 
-impl Received<'_> {
+impl<'r, 'a> Received<'r, 'a> {
     /// A parameter with where it came from.
-    fn param(&self, name: &str) -> Option<(&ParamValue, ParamSource)> {
+    fn param(&self, name: &str) -> Option<(&'r ParamValue<'a>, ParamSource)> {
         self.params
             .iter()
             .find(|(n, _, _)| *n == name)
             .map(|(_, v, s)| (v, s))
+    }
+
+    /// The single value of credential header `name` as text ([`parse::auth_value`]).
+    fn auth(&self, name: &str) -> Result<Option<&'a str>, Deny> {
+        let kind = self.cfg.kind;
+        match kind.auth_headers().iter().position(|a| *a == name) {
+            Some(i) if i < self.auth.len() => parse::auth_text(self.auth[i]),
+            _ => parse::auth_value(self.headers, name),
+        }
     }
 
     /// The key and signature headers of a two-header dialect (Zaif, Kraken): `None` when
@@ -360,14 +423,14 @@ impl Received<'_> {
         &self,
         key_header: &str,
         sign_header: &str,
-    ) -> Result<Option<(String, &str)>, Deny> {
-        let key = parse::auth_value(self.headers, key_header)?;
-        let sign = parse::auth_value(self.headers, sign_header)?;
+    ) -> Result<Option<(&'a str, &'a str)>, Deny> {
+        let key = self.auth(key_header)?;
+        let sign = self.auth(sign_header)?;
         match (key, sign) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(Deny::MissingCredentials),
             (Some(_), None) => Err(Deny::InvalidSignature),
-            (Some(key), Some(sign)) => Ok(Some((key.to_owned(), sign))),
+            (Some(key), Some(sign)) => Ok(Some((key, sign))),
         }
     }
 }
@@ -376,7 +439,7 @@ impl Received<'_> {
 ///
 /// A table lookup per digit pair rather than `hex::decode`: its per-character iterator
 /// was a tenth of a Zaif parse (perf on `piece/zaif/parse`).
-fn decode_hex_signature(text: &str, bytes: usize) -> Result<Vec<u8>, Deny> {
+fn decode_hex_signature(text: &str, bytes: usize) -> Result<Signature, Deny> {
     const INVALID: u8 = 0xff;
     const VALUES: [u8; 256] = {
         let mut t = [INVALID; 256];
@@ -393,17 +456,20 @@ fn decode_hex_signature(text: &str, bytes: usize) -> Result<Vec<u8>, Deny> {
         }
         t
     };
-    if text.len() != bytes * 2 {
+    if text.len() != bytes * 2 || bytes > Signature::MAX {
         return Err(Deny::InvalidSignature);
     }
-    let mut out = Vec::with_capacity(bytes);
+    let mut out = Signature {
+        bytes: [0; Signature::MAX],
+        len: bytes as u8,
+    };
     let mut bad = 0u8;
-    for pair in text.as_bytes().chunks_exact(2) {
+    for (byte, pair) in out.bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
         let (hi, lo) = (VALUES[usize::from(pair[0])], VALUES[usize::from(pair[1])]);
         // Both halves are < 16 when valid, so one OR over all of them says whether any
         // digit was not hex, without a branch per digit.
         bad |= hi | lo;
-        out.push(hi << 4 | (lo & 0x0f));
+        *byte = hi << 4 | (lo & 0x0f);
     }
     if bad & 0xf0 != 0 {
         return Err(Deny::InvalidSignature);
@@ -412,14 +478,22 @@ fn decode_hex_signature(text: &str, bytes: usize) -> Result<Vec<u8>, Deny> {
 }
 
 /// Decodes a padded standard base64 signature of exactly `bytes` bytes.
-fn decode_base64_signature(text: &str, bytes: usize) -> Result<Vec<u8>, Deny> {
-    let decoded = BASE64
-        .decode(text.as_bytes())
+fn decode_base64_signature(text: &str, bytes: usize) -> Result<Signature, Deny> {
+    // Room for a few bytes more than the longest signature, so that a slightly too long
+    // one decodes and is refused for its length rather than for the buffer's.
+    let mut buf = [0u8; Signature::MAX + 8];
+    let len = BASE64
+        .decode_slice(text.as_bytes(), &mut buf)
         .map_err(|_| Deny::InvalidSignature)?;
-    if decoded.len() != bytes {
+    if len != bytes || bytes > Signature::MAX {
         return Err(Deny::InvalidSignature);
     }
-    Ok(decoded)
+    let mut out = Signature {
+        bytes: [0; Signature::MAX],
+        len: bytes as u8,
+    };
+    out.bytes[..len].copy_from_slice(&buf[..len]);
+    Ok(out)
 }
 
 /// Verifies the request's signature against the key's credential in constant time.
@@ -433,8 +507,8 @@ pub fn verify(
     creds: &Credentials,
     credential: &Credential,
 ) -> Result<(), Deny> {
-    let payload = &creds.signed_payload;
-    let signature = &creds.signature;
+    let payload: &[u8] = &creds.signed_payload;
+    let signature = creds.signature.as_slice();
     match (cfg.kind, credential) {
         (DialectKind::Zaif, Credential::Hmac(secret)) => {
             hmac_verify(secret.hmac_key(hmac::HMAC_SHA512, None), payload, signature)

@@ -1,6 +1,8 @@
 //! Zaif `tapi`: `POST /tapi` with a form body holding `method` and a decimal `nonce`;
 //! `Key` carries the API key and `Sign` the hex HMAC-SHA512 of the exact body.
 
+use std::borrow::Cow;
+
 use http::Method;
 use ring::hmac;
 
@@ -13,7 +15,7 @@ use crate::Deny;
 /// HMAC-SHA512 tags are 64 bytes, sent as 128 hex digits.
 const SIGNATURE_LEN: usize = 64;
 
-pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny> {
+pub(super) fn credentials<'a>(rx: &Received<'_, 'a>) -> Result<Option<Credentials<'a>>, Deny> {
     let Some((api_key, sign)) = rx.key_and_signature("key", "sign")? else {
         return Ok(None);
     };
@@ -24,10 +26,10 @@ pub(super) fn credentials(rx: &Received<'_>) -> Result<Option<Credentials>, Deny
         _ => return Err(Deny::InvalidNonce),
     };
     Ok(Some(Credentials {
-        api_key,
+        api_key: Cow::Borrowed(api_key),
         replay: Replay::Nonce(nonce),
         signature,
-        signed_payload: rx.body.to_vec(),
+        signed_payload: Cow::Borrowed(rx.body),
     }))
 }
 

@@ -30,9 +30,66 @@ pub fn check_headers(
     auth_headers: &[&str],
     body_len: usize,
 ) -> Result<(), Deny> {
+    scan_headers(headers, auth_headers, body_len).map(|_| ())
+}
+
+/// How many credential headers [`scan_headers`] keeps track of (every dialect has at
+/// most three).
+pub const MAX_AUTH_HEADERS: usize = 4;
+
+/// What [`scan_headers`] found on its way, so that nothing looks a header up again.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderScan<'h> {
+    /// The one `Content-Type`, if any.
+    pub content_type: Option<&'h HeaderValue>,
+    /// The one value of each credential header, in the order they were asked for
+    /// (the first [`MAX_AUTH_HEADERS`] of them).
+    pub auth: [Option<&'h HeaderValue>; MAX_AUTH_HEADERS],
+}
+
+/// [`check_headers`] in one walk over the headers, returning the `Content-Type` and
+/// credential values it passed. The errors are exactly those of the rules in
+/// [`check_headers`]' list, and in that order: a header that fails a per-header rule
+/// (control byte, method override, underscore twin) is reported as the walk reaches it;
+/// the rules about repeats and framing are checked after the walk, one after the other.
+pub fn scan_headers<'h>(
+    headers: &'h HeaderMap,
+    auth_headers: &[&str],
+    body_len: usize,
+) -> Result<HeaderScan<'h>, Deny> {
+    let mut scan = HeaderScan {
+        content_type: None,
+        auth: [None; MAX_AUTH_HEADERS],
+    };
+    let mut auth_repeated = false;
+    let mut content_types = 0usize;
+    let mut length: Option<&HeaderValue> = None;
+    let mut lengths = 0usize;
+    let mut transfer_encoding = false;
+    let mut foreign_coding = false;
     for (name, value) in headers {
-        if value.as_bytes().iter().any(|b| *b < 0x20 || *b == 0x7f) {
+        // Without an early exit the loop vectorizes: signatures make values long.
+        let control = value
+            .as_bytes()
+            .iter()
+            .fold(false, |seen, b| seen | (*b < 0x20) | (*b == 0x7f));
+        if control {
             return Err(Deny::InvalidHeader);
+        }
+        // Well-known names compare as a tag, without looking at text.
+        if name == CONTENT_LENGTH {
+            lengths += 1;
+            length = length.or(Some(value));
+        }
+        if name == CONTENT_TYPE {
+            content_types += 1;
+            scan.content_type = scan.content_type.or(Some(value));
+        }
+        if name == TRANSFER_ENCODING {
+            transfer_encoding = true;
+        }
+        if name == CONTENT_ENCODING {
+            foreign_coding |= !value.as_bytes().eq_ignore_ascii_case(b"identity");
         }
         let name = name.as_str();
         if METHOD_OVERRIDE_HEADERS
@@ -44,8 +101,28 @@ pub fn check_headers(
         if name.contains('_') && auth_headers.iter().any(|a| same_with_underscores(name, a)) {
             return Err(Deny::InvalidHeader);
         }
+        if let Some(i) = auth_headers
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(name))
+        {
+            match scan.auth.get_mut(i) {
+                Some(slot @ None) => *slot = Some(value),
+                Some(Some(_)) => auth_repeated = true,
+                None => {}
+            }
+        }
     }
-    for auth in auth_headers {
+    if auth_repeated
+        || scan
+            .auth
+            .iter()
+            .flatten()
+            .any(|v| v.as_bytes().contains(&b','))
+    {
+        return Err(Deny::InvalidHeader);
+    }
+    // Past the tracked ones (no dialect has that many), look the rest up.
+    for auth in auth_headers.iter().skip(MAX_AUTH_HEADERS) {
         let mut values = headers.get_all(*auth).iter();
         if let Some(v) = values.next() {
             if values.next().is_some() || v.as_bytes().contains(&b',') {
@@ -53,13 +130,12 @@ pub fn check_headers(
             }
         }
     }
-    let lengths: Vec<&HeaderValue> = headers.get_all(CONTENT_LENGTH).iter().collect();
-    if !lengths.is_empty() && headers.contains_key(TRANSFER_ENCODING) {
+    if lengths > 0 && transfer_encoding {
         return Err(Deny::InvalidHeader);
     }
-    match lengths.as_slice() {
-        [] => {}
-        [one] => {
+    match (lengths, length) {
+        (0, _) | (_, None) => {}
+        (1, Some(one)) => {
             let s = one.to_str().map_err(|_| Deny::InvalidHeader)?;
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(Deny::InvalidHeader);
@@ -70,15 +146,13 @@ pub fn check_headers(
         }
         _ => return Err(Deny::InvalidHeader),
     }
-    if headers.get_all(CONTENT_TYPE).iter().count() > 1 {
+    if content_types > 1 {
         return Err(Deny::InvalidHeader);
     }
-    for coding in headers.get_all(CONTENT_ENCODING) {
-        if !coding.as_bytes().eq_ignore_ascii_case(b"identity") {
-            return Err(Deny::UnsupportedMediaType);
-        }
+    if foreign_coding {
+        return Err(Deny::UnsupportedMediaType);
     }
-    Ok(())
+    Ok(scan)
 }
 
 /// Whether header `name` equals `canonical` once `_` is read as `-` (ASCII case-insensitive).
@@ -94,17 +168,29 @@ fn same_with_underscores(name: &str, canonical: &str) -> bool {
 /// is empty is treated as absent; anything but printable ASCII is [`Deny::InvalidHeader`].
 /// Call after [`check_headers`], which already refused repeats.
 pub fn auth_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Deny> {
-    match headers.get(name) {
+    auth_text(headers.get(name))
+}
+
+/// [`auth_value`] of a value already found (by [`scan_headers`]).
+pub fn auth_text(value: Option<&HeaderValue>) -> Result<Option<&str>, Deny> {
+    match value {
         None => Ok(None),
         Some(v) => {
             let bytes = v.as_bytes();
             if bytes.is_empty() {
                 return Ok(None);
             }
-            if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            // One branch-free pass (signatures are long), then the text: printable ASCII
+            // is UTF-8, which `from_utf8` confirms word by word.
+            let outside = bytes
+                .iter()
+                .fold(false, |seen, b| seen | !(0x21..=0x7e).contains(b));
+            if outside {
                 return Err(Deny::InvalidHeader);
             }
-            v.to_str().map(Some).map_err(|_| Deny::InvalidHeader)
+            std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| Deny::InvalidHeader)
         }
     }
 }
@@ -123,7 +209,12 @@ pub enum MediaType {
 /// would change how the signed bytes decode. Anything else is
 /// [`Deny::UnsupportedMediaType`].
 pub fn media_type(headers: &HeaderMap) -> Result<Option<MediaType>, Deny> {
-    let Some(value) = headers.get(CONTENT_TYPE) else {
+    media_type_of(headers.get(CONTENT_TYPE))
+}
+
+/// [`media_type`] of a `Content-Type` value already found (by [`scan_headers`]).
+pub fn media_type_of(value: Option<&HeaderValue>) -> Result<Option<MediaType>, Deny> {
+    let Some(value) = value else {
         return Ok(None);
     };
     let text = value.to_str().map_err(|_| Deny::UnsupportedMediaType)?;
@@ -259,6 +350,41 @@ mod tests {
         );
         let identity = map(&[("content-encoding", b"Identity")]);
         assert_eq!(check_headers(&identity, KRAKEN, 0), Ok(()));
+    }
+
+    #[test]
+    fn one_walk_finds_what_the_lookups_found() {
+        let h = map(&[
+            ("api-sign", b"s=="),
+            ("content-type", b"application/x-www-form-urlencoded"),
+            ("api-key", b"k"),
+            ("content-length", b"3"),
+        ]);
+        let scan = scan_headers(&h, KRAKEN, 3).unwrap();
+        assert_eq!(scan.auth[0].map(|v| v.as_bytes()), Some(&b"k"[..]));
+        assert_eq!(scan.auth[1].map(|v| v.as_bytes()), Some(&b"s=="[..]));
+        assert_eq!(scan.auth[2], None);
+        assert_eq!(media_type_of(scan.content_type), media_type(&h));
+        assert_eq!(auth_text(scan.auth[0]), auth_value(&h, "api-key"));
+        // The order of errors is the old order of checks: the framing rules after the
+        // credential repeats, the content coding last.
+        let h = map(&[("content-encoding", b"gzip"), ("content-length", b"9")]);
+        assert_eq!(check_headers(&h, KRAKEN, 3), Err(Deny::InvalidHeader));
+        let h = map(&[
+            ("content-length", b"9"),
+            ("api-key", b"a"),
+            ("api-key", b"b"),
+        ]);
+        assert_eq!(check_headers(&h, KRAKEN, 3), Err(Deny::InvalidHeader));
+        let h = map(&[("x-a", b"a\tb"), ("x-http-method", b"GET")]);
+        assert_eq!(check_headers(&h, KRAKEN, 0), Err(Deny::InvalidHeader));
+        let h = map(&[("x-http-method", b"GET"), ("x-a", b"a\tb")]);
+        assert_eq!(check_headers(&h, KRAKEN, 0), Err(Deny::MethodOverride));
+        // More credential headers than are tracked are still checked for repeats.
+        let many = ["a", "b", "c", "d", "e"];
+        let h = map(&[("e", b"1"), ("e", b"2")]);
+        assert_eq!(check_headers(&h, &many, 0), Err(Deny::InvalidHeader));
+        assert_eq!(check_headers(&map(&[("e", b"1")]), &many, 0), Ok(()));
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub mod path;
 pub mod target;
 pub mod urlencoded;
 
-pub use headers::{auth_value, check_headers, media_type, MediaType};
+pub use headers::{
+    auth_text, auth_value, check_headers, media_type, media_type_of, scan_headers, HeaderScan,
+    MediaType,
+};
 pub use json::{parse_json, parse_json_object};
 pub use path::normalize_path;
 pub use target::check_target;

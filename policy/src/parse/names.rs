@@ -68,7 +68,13 @@ impl NameForms {
     }
 
     /// Whether `a` (with forms `fa`) and `b` (with `fb`) name the same parameter.
+    #[inline]
     pub fn same(a: &str, fa: &NameForms, b: &str, fb: &NameForms) -> bool {
+        // Plain names read the same under both readings, so one comparison (which
+        // usually stops at the lengths) settles it.
+        if fa.is_plain() && fb.is_plain() {
+            return a.eq_ignore_ascii_case(b);
+        }
         let php_a = fa.php.as_deref().unwrap_or(a);
         let php_b = fb.php.as_deref().unwrap_or(b);
         if php_a.eq_ignore_ascii_case(php_b) {
@@ -77,6 +83,11 @@ impl NameForms {
         let trimmed_a = fa.trimmed.as_deref().unwrap_or(a);
         let trimmed_b = fb.trimmed.as_deref().unwrap_or(b);
         trimmed_a.eq_ignore_ascii_case(trimmed_b)
+    }
+
+    /// Whether every reading is the name itself up to ASCII case.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.php.is_none() && self.trimmed.is_none()
     }
 
     /// The two readings of `name` (whose forms these are), each lower-cased: names are

@@ -455,14 +455,17 @@ struct Entry {
 /// old ones are popped.
 #[derive(Debug, Clone)]
 struct Bucket {
+    /// The asset, the same `Arc` as the map key, so that one lookup finds both.
+    asset: Arc<str>,
     base: u64,
     entries: VecDeque<Entry>,
     windows: Vec<WindowSum>,
 }
 
 impl Bucket {
-    fn new(windows: &[u64]) -> Bucket {
+    fn new(asset: Arc<str>, windows: &[u64]) -> Bucket {
         Bucket {
+            asset,
             base: 0,
             entries: VecDeque::new(),
             windows: windows
@@ -598,8 +601,10 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// A subject's buckets by kind and asset. Names are `Arc<str>` so live records share them
 /// instead of allocating three strings per reservation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ledger {
+    /// The subject id, the same `Arc` as the map key, so that one lookup finds both.
+    id: Arc<str>,
     withdraw: FastMap<Arc<str>, Bucket>,
     order: FastMap<Arc<str>, Bucket>,
 }
@@ -694,17 +699,25 @@ impl Shard {
         windows: &[u64],
     ) -> (Arc<str>, Arc<str>, &mut Bucket) {
         let ledgers = self.subjects(subject);
+        // One lookup when the entries exist (every request but a subject's first).
         if !ledgers.contains_key(id) {
-            ledgers.insert(Arc::from(id), Ledger::default());
+            let id: Arc<str> = Arc::from(id);
+            let ledger = Ledger {
+                id: Arc::clone(&id),
+                withdraw: FastMap::default(),
+                order: FastMap::default(),
+            };
+            ledgers.insert(id, ledger);
         }
-        let subject_id = Arc::clone(ledgers.get_key_value(id).expect("inserted above").0);
-        let buckets = ledgers.get_mut(id).expect("inserted above").buckets(kind);
+        let ledger = ledgers.get_mut(id).expect("inserted above");
+        let subject_id = Arc::clone(&ledger.id);
+        let buckets = ledger.buckets(kind);
         if !buckets.contains_key(asset) {
-            buckets.insert(Arc::from(asset), Bucket::new(windows));
+            let asset: Arc<str> = Arc::from(asset);
+            buckets.insert(Arc::clone(&asset), Bucket::new(asset, windows));
         }
-        let asset = Arc::clone(buckets.get_key_value(asset).expect("inserted above").0);
-        let bucket = buckets.get_mut(&*asset).expect("inserted above");
-        (subject_id, asset, bucket)
+        let bucket = buckets.get_mut(asset).expect("inserted above");
+        (subject_id, Arc::clone(&bucket.asset), bucket)
     }
 
     /// Checks one subject's rules; `Ok` when there are none.

@@ -24,7 +24,7 @@ fn cc_cfg(base: &str) -> DialectConfig {
     }
 }
 
-fn check(req: &ClientRequest, cfg: &DialectConfig) -> Result<ParsedRequest, Deny> {
+fn check(req: &ClientRequest, cfg: &DialectConfig) -> Result<ParsedRequest<'static>, Deny> {
     let (parts, body) = from_client(req);
     let parsed = parse(cfg, &parts, &body)?;
     let creds = parsed
@@ -32,7 +32,7 @@ fn check(req: &ClientRequest, cfg: &DialectConfig) -> Result<ParsedRequest, Deny
         .as_ref()
         .ok_or(Deny::MissingCredentials)?;
     verify(cfg, creds, &hmac(SECRET))?;
-    Ok(parsed)
+    Ok(parsed.into_owned())
 }
 
 /// A request as `ccxt.coincheck().sign(path, ['private'], method, params)` returned it

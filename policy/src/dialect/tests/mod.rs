@@ -71,9 +71,12 @@ pub(super) fn hmac(secret: &str) -> Credential {
     Credential::Hmac(Secret::new(secret.as_bytes().to_vec()))
 }
 
-pub(super) fn parse_client(kind: DialectKind, req: &ClientRequest) -> Result<ParsedRequest, Deny> {
+pub(super) fn parse_client(
+    kind: DialectKind,
+    req: &ClientRequest,
+) -> Result<ParsedRequest<'static>, Deny> {
     let (parts, body) = from_client(req);
-    parse(&cfg(kind), &parts, &body)
+    parse(&cfg(kind), &parts, &body).map(ParsedRequest::into_owned)
 }
 
 /// Parses and verifies; the parsed request on success.
@@ -81,7 +84,7 @@ pub(super) fn authenticate(
     kind: DialectKind,
     req: &ClientRequest,
     credential: &Credential,
-) -> Result<ParsedRequest, Deny> {
+) -> Result<ParsedRequest<'static>, Deny> {
     let parsed = parse_client(kind, req)?;
     let creds = parsed
         .credentials
@@ -172,11 +175,12 @@ fn credentials_debug_hides_the_signature() {
 #[test]
 fn hex_signatures_decode_exactly() {
     assert_eq!(
-        decode_hex_signature("00aF9b", 3),
+        decode_hex_signature("00aF9b", 3).map(|s| s.as_slice().to_vec()),
         Ok(vec![0x00, 0xaf, 0x9b])
     );
     assert_eq!(
-        decode_hex_signature(&hex::encode([0xde, 0xad, 0xbe, 0xef]), 4),
+        decode_hex_signature(&hex::encode([0xde, 0xad, 0xbe, 0xef]), 4)
+            .map(|s| s.as_slice().to_vec()),
         Ok(vec![0xde, 0xad, 0xbe, 0xef])
     );
     for bad in [
@@ -188,7 +192,7 @@ fn hex_signatures_decode_exactly() {
         "\u{e9}0000",
     ] {
         assert_eq!(
-            decode_hex_signature(bad, 3),
+            decode_hex_signature(bad, 3).map(|s| s.as_slice().to_vec()),
             Err(Deny::InvalidSignature),
             "{bad:?}"
         );

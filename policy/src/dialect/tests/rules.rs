@@ -10,9 +10,9 @@ fn run(
     target: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> Result<ParsedRequest, Deny> {
+) -> Result<ParsedRequest<'static>, Deny> {
     let parts = received(method, target, headers, body.as_bytes());
-    parse(&cfg(kind), &parts, body.as_bytes())
+    parse(&cfg(kind), &parts, body.as_bytes()).map(ParsedRequest::into_owned)
 }
 
 fn deny(
