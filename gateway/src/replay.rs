@@ -142,18 +142,20 @@ impl ReplayGuard {
                     }
                     // Remembered before it is written: if the write fails the nonce is
                     // burnt, which can only refuse a client's retry, never accept a replay.
-                    n.last.insert(key_id.to_owned(), *nonce);
+                    set(&mut n.last, key_id, *nonce);
                     // Unsaved from now on, not from the acknowledgement: a checkpoint that
                     // runs before the line is written closes the file the line would have
                     // gone to, and must put the nonce in SQLite before it deletes it.
-                    n.unsaved.insert(key_id.to_owned(), *nonce);
-                    let entry = (key_id.to_owned(), *nonce);
-                    match JOURNAL_BATCH.with(|slot| slot.join(owner, |b| b.push(entry.clone()))) {
-                        Some(joined) => joined,
-                        None => {
+                    set(&mut n.unsaved, key_id, *nonce);
+                    let mut entry = Some((key_id.to_owned(), *nonce));
+                    let joined =
+                        JOURNAL_BATCH.with(|slot| slot.join(owner, |b| b.extend(entry.take())));
+                    match (joined, entry) {
+                        (Some(joined), _) => joined,
+                        (None, entry) => {
                             // Another guard's batch is open on this thread (tests only).
                             let done = Completion::new();
-                            n.journal.append(vec![entry], done.clone());
+                            n.journal.append(entry.into_iter().collect(), done.clone());
                             Joined::Member(done)
                         }
                     }
@@ -192,6 +194,17 @@ impl ReplayGuard {
                 let expires = at_ms.saturating_add(*recv_window_ms).max(now);
                 self.seen.lock().insert(*fingerprint, expires, now)
             }
+        }
+    }
+}
+
+/// `map[key_id] = nonce`, without allocating the key when it is there already (the usual
+/// case on the request path).
+fn set(map: &mut HashMap<String, Decimal>, key_id: &str, nonce: Decimal) {
+    match map.get_mut(key_id) {
+        Some(n) => *n = nonce,
+        None => {
+            map.insert(key_id.to_owned(), nonce);
         }
     }
 }
