@@ -33,14 +33,22 @@ static GLOBAL: StatsAlloc<mimalloc::MiMalloc> = StatsAlloc::new(mimalloc::MiMall
 const WARM_UP: u64 = 1_000;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let kind = match args.next().as_deref() {
-        Some("zaif") => DialectKind::Zaif,
-        Some("binance") => DialectKind::Binance,
-        _ => usage(),
+    // `cargo bench` passes `--bench` (and criterion-style flags): ignored, and with no
+    // dialect named both run a short smoke round.
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
+    let kinds = match args.next().as_deref() {
+        Some("zaif") => vec![DialectKind::Zaif],
+        Some("binance") => vec![DialectKind::Binance],
+        None => vec![DialectKind::Zaif, DialectKind::Binance],
+        Some(_) => usage(),
     };
-    // `cargo bench` passes `--bench`; with no count this is a smoke run.
     let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000);
+    for kind in kinds {
+        run(kind, n);
+    }
+}
+
+fn run(kind: DialectKind, n: u64) {
     let stores = support::stores();
     let req = support::signed(kind, "ak-0");
     let key = support::key("kg_0", "ak-0", "acct-0");
@@ -64,6 +72,6 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cost <zaif|binance> [N]");
+    eprintln!("usage: cost [zaif|binance] [N]");
     std::process::exit(2)
 }
