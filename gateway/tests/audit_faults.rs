@@ -70,10 +70,7 @@ fn admin_args(admin: SocketAddr) -> Vec<String> {
 async fn start_with_admin(env: Env, specs: &[KeySpec]) -> (Setup, SocketAddr) {
     let keys = specs.iter().map(|s| env.create_key(s)).collect();
     let origin = Origin::start().await;
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gw = env
-        .start_with_args(&format!("http://{}", origin.addr), &admin_args(admin))
-        .await;
+    let (gw, admin) = env.start_with_admin(origin.addr).await;
     let jwks = env.assertion_jwks();
     (
         Setup {

@@ -143,10 +143,7 @@ async fn replicas_share_nonces_velocity_rates_and_revocations() {
     for i in 0..3 {
         let gw = r.gw(i);
         assert!(
-            eventually(Duration::from_secs(2), || async {
-                gw.request_from(ALLOWED_IP, &zaif::read(&key)).await.status == 200
-            })
-            .await,
+            serves(gw, &key, Duration::from_secs(2)).await,
             "replica {i} never saw the new key"
         );
     }
@@ -256,6 +253,15 @@ async fn replicas_share_nonces_velocity_rates_and_revocations() {
 }
 
 /// One request to `addr` from the allowed IP; the status (0 if no answer).
+/// Whether replica `gw` answers a read with `key` within `within`: a key created through
+/// any replica reaches the others by pub/sub.
+async fn serves(gw: &Gateway, key: &TestKey, within: Duration) -> bool {
+    eventually(within, || async {
+        gw.request_from(ALLOWED_IP, &zaif::read(key)).await.status == 200
+    })
+    .await
+}
+
 async fn send_to(addr: std::net::SocketAddr, req: &Req) -> u16 {
     send_raw(addr, ALLOWED_IP, &req.to_bytes(&addr.to_string()))
         .await
@@ -275,16 +281,7 @@ async fn redis_down_fails_closed_then_recovers_without_restarts() {
     })
     .await;
     let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            r.gw(2)
-                .request_from(ALLOWED_IP, &zaif::read(&key))
-                .await
-                .status
-                == 200
-        })
-        .await
-    );
+    assert!(serves(r.gw(2), &key, Duration::from_secs(2)).await);
 
     redis.kill();
     let before = r.origin.count();
@@ -332,16 +329,7 @@ async fn local_reads_while_redis_is_down_are_audited_as_such() {
     store.insert("read_when_unavailable".into(), "local".into());
     let r = Replicas::start(dir.path(), store, |_| {}).await;
     let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            r.gw(0)
-                .request_from(ALLOWED_IP, &zaif::read(&key))
-                .await
-                .status
-                == 200
-        })
-        .await
-    );
+    assert!(serves(r.gw(0), &key, Duration::from_secs(2)).await);
     redis.kill();
     assert_eq!(
         r.gw(0)
@@ -433,16 +421,7 @@ async fn cluster_spreads_state_and_fails_closed_through_a_failover() {
     let mut c = RedisCluster::start(dir.path());
     let r = Replicas::start(dir.path(), cluster(&c.urls()), |cfg| withdraw_rule(cfg, 4)).await;
     let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            r.gw(1)
-                .request_from(ALLOWED_IP, &zaif::read(&key))
-                .await
-                .status
-                == 200
-        })
-        .await
-    );
+    assert!(serves(r.gw(1), &key, Duration::from_secs(3)).await);
     // Velocity across replicas on a cluster: 12 withdrawals, 4 pass.
     let before = r.origin.count();
     let mut tasks = Vec::new();
@@ -510,16 +489,7 @@ async fn auth_failures_on_all_replicas_ban_the_network_everywhere() {
     })
     .await;
     let key = r.envs[0].create_key(&KeySpec::full(Dialect::Zaif));
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            r.gw(2)
-                .request_from(ALLOWED_IP, &zaif::read(&key))
-                .await
-                .status
-                == 200
-        })
-        .await
-    );
+    assert!(serves(r.gw(2), &key, Duration::from_secs(2)).await);
     let attacker = std::net::Ipv4Addr::new(127, 0, 7, 7);
     let mut wrong = key.clone();
     wrong.secret = format!("{}x", key.secret);

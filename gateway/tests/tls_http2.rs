@@ -43,13 +43,7 @@ async fn the_listener_serves_https_and_refuses_plain_http() {
     let env = Env::new(d, |c| with_listener_tls(c, &pki));
     let k = env.create_key(&KeySpec::full(d));
     let origin = Origin::start().await;
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gw = env
-        .start_with_args(
-            &format!("http://{}", origin.addr),
-            &["--admin-listen".into(), admin.to_string()],
-        )
-        .await;
+    let (gw, admin) = env.start_with_admin(origin.addr).await;
     let jwks = env.assertion_jwks();
     let s = Setup {
         gw,
@@ -251,13 +245,7 @@ async fn the_admin_listener_serves_https() {
         );
     });
     let origin = Origin::start().await;
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _gw = env
-        .start_with_args(
-            &format!("http://{}", origin.addr),
-            &["--admin-listen".into(), admin.to_string()],
-        )
-        .await;
+    let (_gw, admin) = env.start_with_admin(origin.addr).await;
     let cfg = tls_client_config(&pki, &[b"http/1.1"]);
     let get = b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
     let mut resp = None;

@@ -166,13 +166,7 @@ async fn start(tweak: impl FnOnce(&mut toml::Table)) -> Admin {
     let env = Env::new(Dialect::Zaif, tweak);
     account(&env, &["create"], "alice", PASSWORD);
     let origin = Origin::start().await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gw = env
-        .start_with_args(
-            &format!("http://{}", origin.addr),
-            &["--admin-listen".into(), addr.to_string()],
-        )
-        .await;
+    let (gw, addr) = env.start_with_admin(origin.addr).await;
     Admin {
         addr,
         gw,

@@ -187,13 +187,7 @@ async fn trader_flow(javascript: bool, tag: &str) {
     let env = Env::new(Dialect::Zaif, |cfg| set(cfg, "admin.widen_cooldown", "1h"));
     create_account(&env, "alice", PASSWORD);
     let origin = Origin::start().await;
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gw = env
-        .start_with_args(
-            &format!("http://{}", origin.addr),
-            &["--admin-listen".into(), admin.to_string()],
-        )
-        .await;
+    let (gw, admin) = env.start_with_admin(origin.addr).await;
     let base = format!("http://{admin}");
 
     // Log in with the password; no TOTP yet.

@@ -405,6 +405,19 @@ impl Env {
         self.start_with_args(upstream, &[]).await
     }
 
+    /// Starts `keyguard serve` forwarding to `upstream` with the admin listener on a free
+    /// loopback port; returns the gateway and that port's address.
+    pub async fn start_with_admin(&self, upstream: SocketAddr) -> (Gateway, SocketAddr) {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let gw = self
+            .start_with_args(
+                &format!("http://{upstream}"),
+                &["--admin-listen".into(), admin.to_string()],
+            )
+            .await;
+        (gw, admin)
+    }
+
     /// Starts `keyguard serve --upstream URL EXTRA...` (e.g. `--admin-listen ADDR`).
     ///
     /// The gateway listens on port 0 and the port is read from its `keyguard serving`
