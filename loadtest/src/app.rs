@@ -162,6 +162,7 @@ async fn judge_run(
     let opts = RunOptions {
         dialect,
         target: Target::parse(url)?,
+        spread: Vec::new(),
         duration: req.duration,
         keep_records: true,
         progress: req.progress,

@@ -134,7 +134,7 @@ struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,nginx,hs256,eddsa,redis"
+        default_value = "direct,nginx,hs256,eddsa,redis,redis-3"
     )]
     targets: Vec<bench::TargetKind>,
     /// Closed-loop clients (one key and one connection each).

@@ -241,6 +241,9 @@ pub struct RunOptions {
     pub dialect: DialectKind,
     /// Where to send.
     pub target: Target,
+    /// More replicas of the same service: actor `i` sends to the `i mod (1 + n)`-th of
+    /// `target` and these, as a load balancer with sticky connections would.
+    pub spread: Vec<Target>,
     /// No new request starts after this.
     pub duration: Duration,
     /// Keep a [`Sent`] per request.
@@ -249,6 +252,16 @@ pub struct RunOptions {
     pub progress: bool,
     /// Seed for the actors' random choices.
     pub seed: u64,
+}
+
+impl RunOptions {
+    /// The replica actor `i` sends to.
+    pub fn target(&self, i: usize) -> &Target {
+        match i % (1 + self.spread.len()) {
+            0 => &self.target,
+            n => &self.spread[n - 1],
+        }
+    }
 }
 
 /// Actors that signal readiness, counted.
@@ -288,7 +301,8 @@ pub async fn run(actors: Vec<ActorSpec>, opts: &RunOptions) -> RunData {
             start,
             deadline,
             rng: fastrand::Rng::with_seed(opts.seed.wrapping_add(i as u64 * 0x9e37_79b9)),
-            base_url: opts.target.url(),
+            target: opts.target(i).clone(),
+            base_url: opts.target(i).url(),
         };
         tasks.push(tokio::spawn(run_actor(actor, client, ctx)));
     }
@@ -325,6 +339,8 @@ struct ActorCtx {
     start: Instant,
     deadline: Instant,
     rng: fastrand::Rng,
+    /// This actor's replica.
+    target: Target,
     /// Where requests go, for dialects that sign the full URL (Coincheck).
     base_url: String,
 }
@@ -413,7 +429,7 @@ async fn run_actor(
         };
         let sent_at = Instant::now();
         let request = workload::build(ctx.opts.dialect, &ctx.base_url, &planned, &mut ctx.rng);
-        let outcome = client::send(&client, &ctx.opts.target, &request).await;
+        let outcome = client::send(&client, &ctx.target, &request).await;
         let done = Instant::now();
         let latency_us = done.saturating_duration_since(start).as_micros() as u64;
         ctx.completed.fetch_add(1, Ordering::Relaxed);

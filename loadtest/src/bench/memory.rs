@@ -130,7 +130,7 @@ pub(super) async fn stuffing_check(
     let warm_fwd = Arc::new(AtomicU64::new(0));
     let _ = runner::run(
         actors(&warm_pool, &warm_fwd),
-        &run_opts(dialect, &url, Duration::from_secs(3)),
+        &run_opts(dialect, std::slice::from_ref(&url), Duration::from_secs(3)),
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -152,7 +152,7 @@ pub(super) async fn stuffing_check(
         "stuffing check: {:?} of random keys from fresh source IPs and forwarded IPs",
         opts.stuffing_duration
     );
-    let mut o = run_opts(dialect, &url, opts.stuffing_duration);
+    let mut o = run_opts(dialect, std::slice::from_ref(&url), opts.stuffing_duration);
     o.progress = true;
     let data = runner::run(actors(&pool, &forwarded), &o).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -91,16 +91,21 @@ pub enum TargetKind {
     Eddsa,
     /// (e) Keyguard with the Redis store.
     Redis,
+    /// (f) three Keyguard replicas sharing one Redis, the clients spread over them.
+    #[value(name = "redis-3")]
+    #[serde(rename = "redis-3")]
+    Redis3,
 }
 
 impl TargetKind {
     /// All of them, in report order.
-    pub const ALL: [TargetKind; 5] = [
+    pub const ALL: [TargetKind; 6] = [
         TargetKind::Direct,
         TargetKind::Nginx,
         TargetKind::Hs256,
         TargetKind::Eddsa,
         TargetKind::Redis,
+        TargetKind::Redis3,
     ];
 
     /// The name in `bench.json`.
@@ -111,6 +116,7 @@ impl TargetKind {
             TargetKind::Hs256 => "keyguard-hs256",
             TargetKind::Eddsa => "keyguard-eddsa",
             TargetKind::Redis => "keyguard-redis",
+            TargetKind::Redis3 => "keyguard-redis-3",
         }
     }
 
@@ -122,6 +128,7 @@ impl TargetKind {
             TargetKind::Hs256 => "(c) Keyguard, HS256",
             TargetKind::Eddsa => "(d) Keyguard, EdDSA",
             TargetKind::Redis => "(e) Keyguard, Redis",
+            TargetKind::Redis3 => "(f) Keyguard, Redis, 3 replicas",
         }
     }
 
@@ -130,15 +137,28 @@ impl TargetKind {
         match self {
             TargetKind::Hs256 => Some("HS256"),
             TargetKind::Eddsa => Some("EdDSA"),
-            TargetKind::Redis => Some("HS256"),
+            TargetKind::Redis | TargetKind::Redis3 => Some("HS256"),
             _ => None,
+        }
+    }
+
+    /// Whether it keeps its state in Redis.
+    pub const fn on_redis(self) -> bool {
+        matches!(self, TargetKind::Redis | TargetKind::Redis3)
+    }
+
+    /// How many gateway processes serve it.
+    pub const fn replicas(self) -> usize {
+        match self {
+            TargetKind::Redis3 => 3,
+            _ => 1,
         }
     }
 
     /// Why this target cannot run on this machine, if it cannot.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            TargetKind::Redis if !redis_installed() => {
+            TargetKind::Redis | TargetKind::Redis3 if !redis_installed() => {
                 Some("skipped: redis-server is not installed (apt-get install redis-server)")
             }
             _ => None,

@@ -207,7 +207,8 @@ impl Goal {
 
 /// The targets: per dialect HS256 ≥ 0.8× nginx's req/s with p99 ≤ 1.25× nginx's,
 /// EdDSA ≥ 0.5× nginx's req/s, and at half of nginx's maximum HS256's p50 ≤ 1.25×
-/// nginx's; the memory check's growth < 50 MiB.
+/// nginx's; on a single local Redis ≥ 0.7× the embedded store's req/s; the memory
+/// check's growth < 50 MiB.
 pub fn goals(dialects: &[DialectResult], memory: Option<&MemoryCheck>) -> Vec<Goal> {
     let mut out = Vec::new();
     for d in dialects {
@@ -240,6 +241,15 @@ pub fn goals(dialects: &[DialectResult], memory: Option<&MemoryCheck>) -> Vec<Go
             "HS256 p50 ÷ nginx p50 at half of nginx's maximum (open loop)",
             d.half_rate.as_ref().and_then(|h| h.p50_ratio_to_nginx),
             1.25,
+        ));
+        // Distributed mode's target: a single local Redis at 0.7x the embedded store.
+        out.push(Goal::at_least(
+            &d.dialect,
+            "Redis req/s ÷ embedded (HS256) req/s",
+            d.measured("keyguard-redis")
+                .zip(d.measured("keyguard-hs256"))
+                .and_then(|(r, e)| ratio(r.ok_rps, e.ok_rps)),
+            0.7,
         ));
     }
     if let Some(m) = memory {
@@ -383,7 +393,6 @@ mod tests {
             }),
         };
         let g = goals(&[d], None);
-        assert_eq!(g.len(), 4);
         assert_eq!(g[0].value, Some(0.9));
         assert_eq!(g[0].met, Some(true));
         assert_eq!(g[1].value, Some(1.375));
@@ -391,6 +400,19 @@ mod tests {
         assert_eq!(g[2].value, Some(0.48));
         assert_eq!(g[2].verdict(), "MISSED");
         assert_eq!(g[3].met, Some(false));
+        // Redis skipped: its goal is not measured, not missed.
+        assert_eq!(g.len(), 5);
+        assert_eq!((g[4].value, g[4].met), (None, None));
+        let on_redis = DialectResult {
+            dialect: "binance".into(),
+            targets: vec![
+                target("keyguard-hs256", m(1000.0, 220, 1100)),
+                target("keyguard-redis", m(650.0, 300, 1500)),
+            ],
+            half_rate: None,
+        };
+        let g = goals(&[on_redis], None);
+        assert_eq!((g[4].value, g[4].met), (Some(0.65), Some(false)));
         // Without nginx nothing can be judged, and it says so.
         let alone = DialectResult {
             dialect: "kraken".into(),

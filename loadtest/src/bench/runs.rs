@@ -20,10 +20,13 @@ use crate::workload::{KeyMaterial, Op};
 /// A target while it is being measured.
 struct Live {
     kind: TargetKind,
-    /// `None`: skipped (the reason is in `result`).
-    url: Option<String>,
-    /// The proxy's process and whether its children count (nginx's workers do).
-    proxy: Option<(u32, bool)>,
+    /// Where the clients send (several: replicas, client `i` to the `i mod n`-th);
+    /// empty: skipped (the reason is in `result`).
+    urls: Vec<String>,
+    /// The proxy's processes and whether their children count (nginx's workers do).
+    proxy: Vec<(u32, bool)>,
+    /// The `redis-server` it keeps its state in.
+    redis: Option<u32>,
     result: TargetResult,
     /// Every round's latencies, for the percentile curve.
     latency: Latency,
@@ -33,8 +36,9 @@ impl Live {
     fn new(kind: TargetKind) -> Live {
         Live {
             kind,
-            url: None,
-            proxy: None,
+            urls: Vec::new(),
+            proxy: Vec::new(),
+            redis: None,
             result: TargetResult {
                 name: kind.name().to_owned(),
                 description: kind.description().to_owned(),
@@ -57,13 +61,19 @@ struct CpuProbe {
 }
 
 impl CpuProbe {
-    fn new(exchange: u32, proxy: Option<(u32, bool)>) -> CpuProbe {
+    fn new(exchange: u32, proxy: &[(u32, bool)], redis: Option<u32>) -> CpuProbe {
         // The generator's children are the mock and the proxies: count only its own time.
         let mut procs = vec![
             ("generator", std::process::id(), false),
             ("exchange", exchange, false),
         ];
-        procs.extend(proxy.map(|(pid, children)| ("proxy", pid, children)));
+        // Replicas of one target add up: their CPU is what the target costs.
+        procs.extend(
+            proxy
+                .iter()
+                .map(|&(pid, children)| ("proxy", pid, children)),
+        );
+        procs.extend(redis.map(|pid| ("redis", pid, false)));
         CpuProbe { procs }
     }
 
@@ -80,16 +90,12 @@ impl CpuProbe {
         after: &[u64],
         requests: u64,
     ) -> std::collections::BTreeMap<String, f64> {
-        self.procs
-            .iter()
-            .zip(before.iter().zip(after))
-            .map(|((name, _, _), (b, a))| {
-                (
-                    (*name).to_owned(),
-                    a.saturating_sub(*b) as f64 / requests.max(1) as f64,
-                )
-            })
-            .collect()
+        let mut out = std::collections::BTreeMap::new();
+        for ((name, _, _), (b, a)) in self.procs.iter().zip(before.iter().zip(after)) {
+            *out.entry((*name).to_owned()).or_insert(0.0) +=
+                a.saturating_sub(*b) as f64 / requests.max(1) as f64;
+        }
+        out
     }
 }
 
@@ -170,11 +176,11 @@ pub(super) async fn bench_dialect(
             continue;
         }
         match t.kind {
-            TargetKind::Direct => t.url = Some(mock_url.clone()),
+            TargetKind::Direct => t.urls = vec![mock_url.clone()],
             TargetKind::Nginx => match nginx::start(dir, mock_addr) {
                 Ok((n, addr)) => {
-                    t.url = Some(format!("http://{addr}"));
-                    t.proxy = Some((n.pid(), true));
+                    t.urls = vec![format!("http://{addr}")];
+                    t.proxy = vec![(n.pid(), true)];
                     nginx_proc = Some(n);
                 }
                 Err(e) => {
@@ -186,7 +192,7 @@ pub(super) async fn bench_dialect(
                 let cli = keyguard_cli(opts, dir, kind)?;
                 let mut tweak: Box<dyn Fn(&mut toml::Table)> =
                     Box::new(keyguard_tweak(kind, opts.workers));
-                if kind == TargetKind::Redis {
+                if kind.on_redis() {
                     let (redis, url) = start_redis(&dir.join(kind.name()))?;
                     // The keys provisioned in the embedded store, moved as an operator would.
                     let out = std::process::Command::new(&opts.tools.keyguard)
@@ -200,6 +206,7 @@ pub(super) async fn bench_dialect(
                         "keyguard migrate failed: {}",
                         String::from_utf8_lossy(&out.stderr)
                     );
+                    t.redis = Some(redis.pid());
                     gateways.push(redis);
                     let base = keyguard_tweak(kind, opts.workers);
                     tweak = Box::new(move |doc: &mut toml::Table| {
@@ -208,36 +215,54 @@ pub(super) async fn bench_dialect(
                         harness::set(doc, "store.url", url.clone());
                     });
                 }
-                let (gw, addr) = harness::start_gateway(
-                    &cli,
-                    dialect,
-                    &mock_url,
-                    &dir.join(kind.name()),
-                    &*tweak,
-                )?;
-                t.url = Some(format!("http://{addr}"));
-                t.proxy = Some((gw.pid(), false));
-                gateways.push(gw);
+                for replica in 0..kind.replicas() {
+                    // One data dir per replica (`serve.lock`), each a copy of the first:
+                    // the same assertion key, as replicas of one deployment share it.
+                    let (cli, home) = if replica == 0 {
+                        (cli.clone(), dir.join(kind.name()))
+                    } else {
+                        let home = dir.join(format!("{}-{replica}", kind.name()));
+                        let data_dir = home.join("data");
+                        copy_dir(&cli.data_dir, &data_dir)?;
+                        let config = home.join("keyguard.toml");
+                        (
+                            KeyguardCli {
+                                bin: cli.bin.clone(),
+                                config,
+                                data_dir,
+                            },
+                            home,
+                        )
+                    };
+                    let (gw, addr) =
+                        harness::start_gateway(&cli, dialect, &mock_url, &home, &*tweak)?;
+                    t.urls.push(format!("http://{addr}"));
+                    t.proxy.push((gw.pid(), false));
+                    gateways.push(gw);
+                }
             }
         }
     }
 
     // Warm every target up (connections, caches, the gateway's key cache).
     for t in &live {
-        if let Some(url) = &t.url {
+        if !t.urls.is_empty() {
             eprintln!("warming up {}", t.result.name);
             let _ = runner::run(
                 bench_actors(&keys, Pace::Max),
-                &run_opts(dialect, url, opts.warmup),
+                &run_opts(dialect, &t.urls, opts.warmup),
             )
             .await;
         }
     }
     for round in 0..opts.rounds {
         for t in live.iter_mut() {
-            let Some(url) = &t.url else { continue };
-            let probe = CpuProbe::new(mock.pid(), t.proxy);
-            let (m, latency) = measure(&keys, Pace::Max, dialect, url, opts.duration, &probe).await;
+            if t.urls.is_empty() {
+                continue;
+            }
+            let probe = CpuProbe::new(mock.pid(), &t.proxy, t.redis);
+            let (m, latency) =
+                measure(&keys, Pace::Max, dialect, &t.urls, opts.duration, &probe).await;
             eprintln!(
                 "{} round {}: {:<15} {:>8.0} req/s  p50 {:>8}  p99 {:>8}  CPU µs/request {}{}",
                 dialect.as_str(),
@@ -286,7 +311,7 @@ async fn half_rate(
     live: &[Live],
     exchange: u32,
 ) -> Option<HalfRate> {
-    let find = |k: TargetKind| live.iter().find(|t| t.kind == k && t.url.is_some());
+    let find = |k: TargetKind| live.iter().find(|t| t.kind == k && !t.urls.is_empty());
     let keyguard = find(TargetKind::Hs256)?;
     let nginx = find(TargetKind::Nginx);
     let base = nginx.unwrap_or(keyguard);
@@ -301,10 +326,10 @@ async fn half_rate(
     );
     let pace = Pace::rate(rate / keys.len().max(1) as f64);
     let at_rate = |t: &Live| {
-        let url = t.url.clone().unwrap_or_default();
-        let probe = CpuProbe::new(exchange, t.proxy);
+        let probe = CpuProbe::new(exchange, &t.proxy, t.redis);
+        let urls = t.urls.clone();
         async move {
-            measure(keys, pace, dialect, &url, opts.duration, &probe)
+            measure(keys, pace, dialect, &urls, opts.duration, &probe)
                 .await
                 .0
         }
@@ -336,12 +361,12 @@ async fn measure(
     keys: &[Arc<KeyMaterial>],
     pace: Pace,
     dialect: DialectKind,
-    url: &str,
+    urls: &[String],
     duration: Duration,
     probe: &CpuProbe,
 ) -> (Measure, Latency) {
     let before = probe.sample();
-    let data = runner::run(bench_actors(keys, pace), &run_opts(dialect, url, duration)).await;
+    let data = runner::run(bench_actors(keys, pace), &run_opts(dialect, urls, duration)).await;
     let mut m = Measure::of(&data);
     m.cpu_us_per_request = probe.per_request(&before, &probe.sample(), m.requests);
     (m, data.latency)
@@ -414,11 +439,14 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run options for one bench run (no records kept: only counts and histograms).
-pub(super) fn run_opts(dialect: DialectKind, url: &str, duration: Duration) -> RunOptions {
+/// Run options for one bench run (no records kept: only counts and histograms), spread
+/// over `urls` (replicas of one target; at least one).
+pub(super) fn run_opts(dialect: DialectKind, urls: &[String], duration: Duration) -> RunOptions {
+    let parse = |u: &String| Target::parse(u).expect("bench URLs are http://host:port");
     RunOptions {
         dialect,
-        target: Target::parse(url).expect("bench URLs are http://host:port"),
+        target: parse(&urls[0]),
+        spread: urls[1..].iter().map(parse).collect(),
         duration,
         keep_records: false,
         progress: false,
@@ -447,7 +475,7 @@ fn bench_actors(keys: &[Arc<KeyMaterial>], pace: Pace) -> Vec<ActorSpec> {
 
 /// `proxy 20.1, generator 15.2, exchange 9.8`.
 pub(super) fn cpu_text(m: &Measure) -> String {
-    ["proxy", "generator", "exchange"]
+    ["proxy", "redis", "generator", "exchange"]
         .iter()
         .filter_map(|k| m.cpu(k).map(|v| format!("{k} {v:.1}")))
         .collect::<Vec<_>>()
