@@ -163,7 +163,7 @@ impl BenchReport {
                 TEXT_HEADERS[0],
                 TEXT_HEADERS[1..]
                     .iter()
-                    .map(|h| format!("{h:>10}"))
+                    .map(|h| format!(" {h:>9}"))
                     .collect::<String>()
             );
             for row in rows(d) {
@@ -175,7 +175,7 @@ impl BenchReport {
                             cells[0],
                             cells[1..]
                                 .iter()
-                                .map(|c| format!("{c:>10}"))
+                                .map(|c| format!(" {c:>9}"))
                                 .collect::<String>()
                         );
                     }
