@@ -484,7 +484,7 @@ impl BenchReport {
     fn cpu_chart(&self) -> String {
         let (_, rows) = self.bars(
             |t| {
-                ["proxy", "generator", "exchange"]
+                ["proxy", "redis", "generator", "exchange"]
                     .iter()
                     .enumerate()
                     .filter_map(|(i, p)| t.median.cpu(p).map(|v| (i, v)))
@@ -497,6 +497,7 @@ impl BenchReport {
             "µs of CPU per request",
             &[
                 ("proxy", plots::PALETTE[0]),
+                ("redis-server", plots::PALETTE[2]),
                 ("load generator", plots::PALETTE[7]),
                 ("mock exchange", plots::PALETTE[5]),
             ],

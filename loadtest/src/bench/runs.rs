@@ -215,25 +215,38 @@ pub(super) async fn bench_dialect(
                         harness::set(doc, "store.url", url.clone());
                     });
                 }
-                for replica in 0..kind.replicas() {
-                    // One data dir per replica (`serve.lock`), each a copy of the first:
-                    // the same assertion key, as replicas of one deployment share it.
-                    let (cli, home) = if replica == 0 {
-                        (cli.clone(), dir.join(kind.name()))
-                    } else {
-                        let home = dir.join(format!("{}-{replica}", kind.name()));
-                        let data_dir = home.join("data");
-                        copy_dir(&cli.data_dir, &data_dir)?;
-                        let config = home.join("keyguard.toml");
-                        (
-                            KeyguardCli {
-                                bin: cli.bin.clone(),
-                                config,
-                                data_dir,
-                            },
-                            home,
-                        )
-                    };
+                // One data dir per replica (`serve.lock`), each a copy of the first made
+                // before any replica opens it: the same assertion key, as replicas of one
+                // deployment share it.
+                if kind.replicas() > 1 {
+                    // The assertion key is made on first use: make it now, to be copied.
+                    harness::write_config(
+                        dialect,
+                        &cli.config,
+                        &cli.data_dir,
+                        harness::free_addr()?,
+                        &mock_url,
+                        &*tweak,
+                    )?;
+                    cli.assertion_jwks()?;
+                }
+                let mut replicas = vec![(cli.clone(), dir.join(kind.name()))];
+                for replica in 1..kind.replicas() {
+                    let home = dir.join(format!("{}-{replica}", kind.name()));
+                    let data_dir = home.join("data");
+                    copy_dir(&cli.data_dir, &data_dir)?;
+                    let config = home.join("keyguard.toml");
+                    let bin = cli.bin.clone();
+                    replicas.push((
+                        KeyguardCli {
+                            bin,
+                            config,
+                            data_dir,
+                        },
+                        home,
+                    ));
+                }
+                for (cli, home) in replicas {
                     let (gw, addr) =
                         harness::start_gateway(&cli, dialect, &mock_url, &home, &*tweak)?;
                     t.urls.push(format!("http://{addr}"));
