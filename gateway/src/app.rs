@@ -207,7 +207,16 @@ pub async fn run(
         .admin_tls
         .map(|c| Arc::new(crate::server::tls::Acceptor::new(c)));
     if let Some(addr) = s.admin_listen {
-        crate::admin::start(addr, &cfg, &store, &master, &keys, admin_tls.clone()).await?;
+        crate::admin::start(
+            addr,
+            &cfg,
+            &store,
+            &master,
+            &keys,
+            redis.clone(),
+            admin_tls.clone(),
+        )
+        .await?;
     }
 
     let workers = s

@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 use crate::accounts::{Accounts, Lockout};
 use crate::keys::KeyCache;
 use crate::secrets::MasterKey;
+use crate::store::redis::RedisStore;
 use crate::store::Store;
 
 /// What every admin handler shares.
@@ -58,6 +59,10 @@ pub struct AdminState {
     pub sso: Option<sso::Sso>,
     /// The config (dialect, cool-downs, admin tunables).
     pub cfg: Config,
+    /// The shared store when `[store] kind = "redis"`: then accounts, sessions, tokens,
+    /// key edits, pending changes and activity live there, so every replica's admin
+    /// listener sees the same state.
+    pub redis: Option<Arc<RedisStore>>,
 }
 
 impl AdminState {
@@ -67,6 +72,7 @@ impl AdminState {
         store: Store,
         master: Arc<MasterKey>,
         keys: Arc<KeyCache>,
+        redis: Option<Arc<RedisStore>>,
     ) -> anyhow::Result<AdminState> {
         let a = &cfg.admin;
         Ok(AdminState {
@@ -92,6 +98,7 @@ impl AdminState {
             master,
             keys,
             cfg,
+            redis,
         })
     }
 }
@@ -119,6 +126,7 @@ pub async fn start(
     store: &Store,
     master: &Arc<MasterKey>,
     keys: &Arc<KeyCache>,
+    redis: Option<Arc<RedisStore>>,
     tls: Option<Arc<crate::server::tls::Acceptor>>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -131,6 +139,7 @@ pub async fn start(
         store.clone(),
         master.clone(),
         keys.clone(),
+        redis,
     )?);
     activity::start(
         store.connect()?,
