@@ -445,12 +445,6 @@ fn on_redis<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyho
         .block_on(f)
 }
 
-fn not_on_redis(what: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{what} keeps its state in the embedded store and is not available with [store] kind = \"redis\" yet"
-    )
-}
-
 fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let cfg = args.config.as_deref().map(Config::load).transpose()?;
     let nodes: Vec<String> = args.to.split(',').map(|s| s.trim().to_owned()).collect();
@@ -672,24 +666,22 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Suspend(a) => set_status(a, KeyStatus::Suspended),
         KeysCommand::Resume(a) => set_status(a, KeyStatus::Active),
         KeysCommand::Revoke(a) => set_status(a, KeyStatus::Revoked),
-        KeysCommand::Edit(a) => {
-            if redis_store(&load(&a.store)?)?.is_some() {
-                return Err(not_on_redis("keys edit (pending changes)"));
-            }
-            edit_key(a)
-        }
+        KeysCommand::Edit(a) => edit_key(a),
         KeysCommand::Pending {
             store,
             key_id,
             json,
         } => {
             let cfg = load(&store)?;
-            if redis_store(&cfg)?.is_some() {
-                return Err(not_on_redis("keys pending"));
-            }
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            store::edit::apply_due(&mut conn, store::now_ms())?;
-            let pending = edit::list_pending(&conn, key_id.as_deref(), None)?;
+            let pending = match redis_store(&cfg)? {
+                // The running replicas apply due changes; the CLI only reads.
+                Some(r) => on_redis(r.list_pending(key_id.as_deref(), None))?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    store::edit::apply_due(&mut conn, store::now_ms())?;
+                    edit::list_pending(&conn, key_id.as_deref(), None)?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&pending)?);
             } else if pending.is_empty() {
@@ -719,18 +711,23 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             actor: who,
         } => {
             let cfg = load(&store)?;
-            if redis_store(&cfg)?.is_some() {
-                return Err(not_on_redis("keys cancel"));
-            }
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            let p = edit::cancel(
-                &mut conn,
-                change_id,
-                None,
-                &actor(who),
-                &reason,
-                store::now_ms(),
-            )?;
+            let p = match redis_store(&cfg)? {
+                Some(r) => on_redis(async {
+                    Ok(r.cancel_pending(change_id, None, &actor(who), &reason)
+                        .await?)
+                })?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    edit::cancel(
+                        &mut conn,
+                        change_id,
+                        None,
+                        &actor(who),
+                        &reason,
+                        store::now_ms(),
+                    )?
+                }
+            };
             eprintln!("#{} cancelled: {} on {}", p.id, p.description, p.key_id);
             Ok(())
         }
@@ -1087,23 +1084,51 @@ fn edit_key(a: EditArgs) -> anyhow::Result<()> {
         _ => "operator request".to_owned(),
     };
     let who = actor(a.actor);
-    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
     let requester = Requester {
         actor: &who,
         reason: &reason,
         now: a.now,
     };
+    // One runtime for every change: the store's connection lives on the runtime that
+    // made it.
+    let redis = match redis_store(&cfg)? {
+        Some(r) => Some((
+            r,
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        )),
+        None => None,
+    };
+    let mut conn = match redis {
+        Some(_) => None,
+        None => Some(Store::open(&cfg.server.data_dir)?.connect()?),
+    };
     let mut results = Vec::new();
     for c in &changes {
-        let outcome = edit::request(
-            &mut conn,
-            &a.key_id,
-            None,
-            c,
-            cooldowns(&cfg),
-            requester,
-            store::now_ms(),
-        )
+        let outcome = match (&redis, conn.as_mut()) {
+            (Some((r, rt)), _) => rt
+                .block_on(r.request_edit(
+                    &a.key_id,
+                    None,
+                    c,
+                    cooldowns(&cfg),
+                    requester,
+                    store::now_ms(),
+                ))
+                .map_err(anyhow::Error::from),
+            (None, Some(conn)) => edit::request(
+                conn,
+                &a.key_id,
+                None,
+                c,
+                cooldowns(&cfg),
+                requester,
+                store::now_ms(),
+            )
+            .map_err(anyhow::Error::from),
+            (None, None) => unreachable!("the embedded store is opened without redis"),
+        }
         .map_err(|e| anyhow::anyhow!("{}: {e}", c.describe()))?;
         if !a.json {
             match &outcome {

@@ -93,7 +93,7 @@ impl Change {
         })
     }
 
-    fn stored(&self) -> (&'static str, String) {
+    pub(crate) fn stored(&self) -> (&'static str, String) {
         match self {
             Change::AddIp(n) => ("add_ip", n.to_string()),
             Change::RemoveIp(n) => ("remove_ip", n.to_string()),
@@ -106,7 +106,8 @@ impl Change {
         }
     }
 
-    fn from_stored(kind: &str, value: &str) -> Option<Change> {
+    /// The change a stored `kind` and `value` name (`None` when unreadable).
+    pub(crate) fn from_stored(kind: &str, value: &str) -> Option<Change> {
         Some(match kind {
             "add_ip" => Change::AddIp(value.parse().ok()?),
             "remove_ip" => Change::RemoveIp(value.parse().ok()?),
@@ -162,6 +163,16 @@ pub struct Cooldowns {
     pub widen_ms: u64,
     /// New withdrawal addresses (`[withdraw] address_cooldown_secs`).
     pub address_ms: u64,
+}
+
+impl Cooldowns {
+    /// How long `change` waits when it widens.
+    pub fn wait(&self, change: &Change) -> u64 {
+        match change {
+            Change::AddAddress { .. } => self.address_ms,
+            _ => self.widen_ms,
+        }
+    }
 }
 
 /// Who asks for a change and why (recorded in the audit log).
@@ -249,12 +260,13 @@ impl EditError {
     }
 }
 
-/// A key's editable state, read inside the transaction.
-struct Current {
-    account: String,
-    status: String,
-    scopes: Scopes,
-    allow: Vec<IpNet>,
+/// A key's editable state as the rules see it, whichever store holds it (read inside the
+/// transaction here, from the catalogue document on Redis).
+pub(crate) struct Current {
+    pub(crate) account: String,
+    pub(crate) status: String,
+    pub(crate) scopes: Scopes,
+    pub(crate) allow: Vec<IpNet>,
 }
 
 fn current(tx: &Transaction<'_>, key_id: &str) -> Result<Current, EditError> {
@@ -319,6 +331,23 @@ fn classify(
     cur: &Current,
     change: &Change,
 ) -> Result<Option<bool>, EditError> {
+    classify_with(
+        cur,
+        change,
+        |asset, address| Ok(has_address(tx, key_id, asset, address)?),
+        |c| Ok(pending_id(tx, key_id, c)?.is_some()),
+    )
+}
+
+/// The rules of [`classify`], free of the store: `has_address` says whether the key
+/// holds a withdrawal address, `pending` whether a change waits on it. The Redis store
+/// ([`super::redis::pending`]) applies the same rules to its documents.
+pub(crate) fn classify_with(
+    cur: &Current,
+    change: &Change,
+    has_address: impl Fn(&str, &str) -> Result<bool, EditError>,
+    pending: impl Fn(&Change) -> Result<bool, EditError>,
+) -> Result<Option<bool>, EditError> {
     Ok(Some(match change {
         Change::AddIp(net) => {
             if cur.allow.contains(net) {
@@ -357,26 +386,21 @@ fn classify(
             false
         }
         Change::AddAddress { asset, address } => {
-            if has_address(tx, key_id, asset, address)? {
+            if has_address(asset, address)? {
                 return Ok(None);
             }
-            let withdraw_pending =
-                pending_id(tx, key_id, &Change::AddScope(Scope::Withdraw))?.is_some();
+            let withdraw_pending = pending(&Change::AddScope(Scope::Withdraw))?;
             if !cur.scopes.contains(Scope::Withdraw) && !withdraw_pending {
                 return Err(EditError::NeedsWithdrawScope);
             }
             true
         }
         Change::RemoveAddress { asset, address } => {
-            let pending = pending_id(
-                tx,
-                key_id,
-                &Change::AddAddress {
-                    asset: asset.clone(),
-                    address: address.clone(),
-                },
-            )?;
-            if !has_address(tx, key_id, asset, address)? && pending.is_none() {
+            let pending = pending(&Change::AddAddress {
+                asset: asset.clone(),
+                address: address.clone(),
+            })?;
+            if !has_address(asset, address)? && !pending {
                 return Err(EditError::NotPresent(format!("{asset}:{address}")));
             }
             false
@@ -470,14 +494,8 @@ fn cancel_contradicted(
     actor: &str,
     now: UnixMillis,
 ) -> Result<(), EditError> {
-    let opposite = match change {
-        Change::RemoveIp(n) => Change::AddIp(*n),
-        Change::RemoveScope(s) => Change::AddScope(*s),
-        Change::RemoveAddress { asset, address } => Change::AddAddress {
-            asset: asset.clone(),
-            address: address.clone(),
-        },
-        _ => return Ok(()),
+    let Some(opposite) = contradicted(change) else {
+        return Ok(());
     };
     if let Some((id, _)) = pending_id(tx, key_id, &opposite)? {
         decide(
@@ -499,6 +517,20 @@ fn cancel_contradicted(
         )?;
     }
     Ok(())
+}
+
+/// The widening a narrowing change contradicts (removing what a pending change would
+/// add), whose pending request it withdraws.
+pub(crate) fn contradicted(change: &Change) -> Option<Change> {
+    Some(match change {
+        Change::RemoveIp(n) => Change::AddIp(*n),
+        Change::RemoveScope(s) => Change::AddScope(*s),
+        Change::RemoveAddress { asset, address } => Change::AddAddress {
+            asset: asset.clone(),
+            address: address.clone(),
+        },
+        _ => return None,
+    })
 }
 
 fn decide(
@@ -587,11 +619,7 @@ pub fn request(
         )?;
         Outcome::Applied
     } else {
-        let wait = match change {
-            Change::AddAddress { .. } => cool.address_ms,
-            _ => cool.widen_ms,
-        };
-        let effective_at = now.saturating_add(wait);
+        let effective_at = now.saturating_add(cool.wait(change));
         let (kind, value) = change.stored();
         tx.execute(
             "INSERT INTO pending_changes (key_id, kind, value, requested_at, effective_at, actor, reason, state)

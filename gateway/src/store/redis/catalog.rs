@@ -503,7 +503,7 @@ impl RedisStore {
 const FULL_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Keeps `cache` current: reloads on every announced change and whenever the generation
-/// moved, confirms it each second, and feeds bans and blocks announced by any replica
+/// moved, confirms it each second (applying the key edits that came due first), and feeds bans and blocks announced by any replica
 /// into the pre-auth cache. Never returns; errors are logged and retried, and the
 /// snapshot in force stays (trades and withdrawals stop once it is five seconds old).
 pub async fn refresh_loop(
@@ -521,6 +521,12 @@ pub async fn refresh_loop(
             _ = ticker.tick() => false,
             m = rx.recv() => m.is_some(),
         };
+        if !announced {
+            // Every replica tries; the claim in the script lets exactly one apply each.
+            if let Err(e) = store.apply_due(crate::store::now_ms()).await {
+                tracing::warn!(error = %format!("{e:#}"), "applying due key changes failed");
+            }
+        }
         let current = cache.snapshot().generation();
         let result = async {
             if !announced && store.generation().await? == current {
