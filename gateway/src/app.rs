@@ -169,6 +169,11 @@ pub async fn run(
         }
     };
     if let Some(r) = &redis {
+        // Every replica, admin listener or not: any replica's pages show them all.
+        crate::admin::activity::start_redis(
+            r.clone(),
+            crate::admin::activity::Retention::from_config(&cfg),
+        )?;
         tokio::spawn(crate::store::redis::catalog::refresh_loop(
             r.clone(),
             keys.clone(),

@@ -481,3 +481,139 @@ async fn pending_changes_are_capped_per_key_and_kept_in_the_catalogue_slot() {
     assert_eq!(cli_int(&redis, &["EXISTS", &per_key]), 0);
     assert_eq!(cli_int(&redis, &["ZCARD", "kg:{cat}:pending:due"]), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activity_served_by_one_replica_is_read_from_redis_by_any_process() {
+    if !utils::redis::available("activity_served_by_one_replica_is_read_from_redis") {
+        return;
+    }
+    use keyguard::admin::activity::{Filter, Retention};
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let r = Replicas::start(dir.path(), &redis, "1h").await;
+    let key = r.envs[0].create_key(&key_spec("read", &[&format!("{ALLOWED_IP}/32")]));
+    r.all_answer(&key, ALLOWED_IP, 200).await;
+    let since = keyguard::store::now_ms();
+    // Replica B serves three reads, replica C refuses one from a network not allowed.
+    for _ in 0..3 {
+        let resp = r.gws[1].request_from(ALLOWED_IP, &zaif::read(&key)).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let refused = r.gws[2].request_from(OTHER_IP, &zaif::read(&key)).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+
+    // Read as replica A's pages do: through the store, from another process.
+    let cfg = keyguard_config::Config::load(&r.envs[0].config).unwrap();
+    let keyguard_config::StoreConfig::Redis(rc) = &cfg.store else {
+        panic!("not on redis")
+    };
+    let store = keyguard::store::redis::RedisStore::new(rc).unwrap();
+    let filter = Filter {
+        key_id: Some(&key.key_id),
+        account: Some(&key.account),
+        ..Filter::default()
+    };
+    // The writer batches off the request path: the rows arrive within a few pauses.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let rows = loop {
+        let rows = store
+            .activity_query(&key.account, &filter, 100)
+            .await
+            .unwrap();
+        if rows.iter().filter(|r| r.ts >= since).count() >= 4 || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let arrived = rows.iter().filter(|r| r.ts >= since).count() >= 4;
+    assert!(arrived, "rows never reached redis: {rows:?}");
+    let fresh: Vec<_> = rows.iter().filter(|r| r.ts >= since).collect();
+    assert_eq!(
+        fresh.iter().filter(|r| r.decision == "allow").count(),
+        3,
+        "{fresh:?}"
+    );
+    let denied = fresh
+        .iter()
+        .find(|r| r.decision == "deny")
+        .expect("the refusal");
+    assert_eq!(denied.client_ip, OTHER_IP.to_string());
+    assert_eq!(denied.code.as_deref(), Some("ip_not_allowed"));
+    assert_eq!(denied.status, 403);
+    assert!(
+        rows.windows(2).all(|w| w[0].id > w[1].id),
+        "rows are not newest first"
+    );
+    // Pagination: the rows before the newest one are the rest.
+    let older = store
+        .activity_query(
+            &key.account,
+            &Filter {
+                before: Some(rows[0].id),
+                ..filter.clone()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(older, rows[1..].to_vec());
+    let only_denied = store
+        .activity_query(
+            &key.account,
+            &Filter {
+                decision: Some("deny"),
+                ..filter.clone()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(only_denied.iter().all(|r| r.decision == "deny") && !only_denied.is_empty());
+
+    let foreign = store
+        .activity_foreign_attempts(Some(&key.key_id), &key.account, since)
+        .await
+        .unwrap();
+    assert_eq!(foreign.len(), 1, "{foreign:?}");
+    assert_eq!(foreign[0].0, key.key_id);
+    assert_eq!(foreign[0].1, OTHER_IP.to_string());
+    assert_eq!(foreign[0].2, 1);
+    let used = store
+        .activity_allowed_ips(&key.account, &key.key_id, since)
+        .await
+        .unwrap();
+    assert_eq!(used, vec![ALLOWED_IP.to_string()]);
+
+    // The stream expires with the retention and is trimmed to its row bound.
+    let stream = format!("kg:{{a:{}}}:activity", key.account);
+    let ttl = cli_int(&redis, &["PTTL", &stream]);
+    assert!(
+        ttl > 0 && ttl <= cfg.admin.activity_retention_ms as i64,
+        "activity stream TTL {ttl} ms"
+    );
+    let retention = Retention {
+        max_age_ms: cfg.admin.activity_retention_ms,
+        max_rows: 1000,
+    };
+    let filler: Vec<_> = (0..3000)
+        .map(|i| keyguard::admin::activity::Row {
+            request_id: format!("fill-{i}"),
+            ..rows[0].clone()
+        })
+        .collect();
+    for chunk in filler.chunks(500) {
+        store
+            .append_activity(chunk, retention, keyguard::store::now_ms())
+            .await
+            .unwrap();
+    }
+    let len = cli_int(&redis, &["XLEN", &stream]);
+    // `MAXLEN ~` trims whole stream nodes (100 entries by default): close to the bound.
+    assert!(
+        (1000..=1100).contains(&len),
+        "stream holds {len} rows, bound 1000"
+    );
+    for k in scan(&redis, "kg:*activity*") {
+        assert!(cli_int(&redis, &["PTTL", &k]) > 0, "{k} has no TTL");
+    }
+}

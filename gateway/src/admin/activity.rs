@@ -4,12 +4,13 @@
 //! The request path only offers each audit event to a bounded channel ([`tap`], a
 //! `try_send`: a full channel drops the row and counts it, the request never waits); one
 //! thread inserts them in batches and enforces retention (`[admin] activity_retention`,
-//! `activity_max_rows`). Requests without a known key (unknown keys, malformed requests)
+//! `activity_max_rows`). In distributed mode the rows go to Redis instead ([`start_redis`],
+//! [`crate::store::redis::activity`]). Requests without a known key (unknown keys, malformed requests)
 //! are not about any trader's key and are not kept here; the audit log has them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use keyguard_policy::UnixMillis;
@@ -17,6 +18,7 @@ use rusqlite::{params, Connection};
 
 use crate::audit::AuditEvent;
 use crate::store::now_ms;
+use crate::store::redis::RedisStore;
 
 /// The table and its indexes (created by [`crate::store::Store::open`]).
 pub(crate) const SCHEMA: &str = "
@@ -110,22 +112,96 @@ pub struct Retention {
     pub max_rows: u64,
 }
 
+/// The tap's channel, installed once per process: the receiver for the writer that
+/// installed it, `None` when one already runs.
+fn install() -> Option<Receiver<Row>> {
+    let (tx, rx) = sync_channel(QUEUE);
+    TAP.set(Tap {
+        tx,
+        dropped: AtomicU64::new(0),
+    })
+    .is_ok()
+    .then_some(rx)
+}
+
+impl Retention {
+    /// `[admin] activity_retention` and `activity_max_rows`.
+    pub fn from_config(cfg: &keyguard_config::Config) -> Retention {
+        Retention {
+            max_age_ms: cfg.admin.activity_retention_ms,
+            max_rows: cfg.admin.activity_max_rows,
+        }
+    }
+}
+
 /// Starts the writer thread on `conn` (once per process; later calls do nothing).
 pub fn start(conn: Connection, retention: Retention) -> anyhow::Result<()> {
-    let (tx, rx) = sync_channel(QUEUE);
-    if TAP
-        .set(Tap {
-            tx,
-            dropped: AtomicU64::new(0),
-        })
-        .is_err()
-    {
-        return Ok(());
-    }
+    let Some(rx) = install() else { return Ok(()) };
     std::thread::Builder::new()
         .name("keyguard-activity".into())
         .spawn(move || writer(conn, rx, retention))?;
     Ok(())
+}
+
+/// Distributed mode: starts the writer that appends the rows to the accounts' streams in
+/// Redis ([`crate::store::redis::activity`]), on every replica, so that each replica's
+/// pages show what all of them served (once per process; later calls do nothing). While
+/// Redis does not answer, each batch waits at most the store's timeout and is then
+/// dropped and counted, as rows are when the channel is full; requests never wait.
+pub fn start_redis(store: Arc<RedisStore>, retention: Retention) -> anyhow::Result<()> {
+    let Some(rx) = install() else { return Ok(()) };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("keyguard-activity".into())
+        .spawn(move || redis_writer(&runtime, &store, rx, retention))?;
+    Ok(())
+}
+
+fn redis_writer(
+    runtime: &tokio::runtime::Runtime,
+    store: &RedisStore,
+    rx: Receiver<Row>,
+    retention: Retention,
+) {
+    let mut last_warned: Option<Instant> = None;
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
+    loop {
+        let disconnected = fill(&rx, &mut batch);
+        let full = batch.len() == BATCH;
+        if !batch.is_empty() {
+            if let Err(e) = runtime.block_on(store.append_activity(&batch, retention, now_ms())) {
+                if let Some(tap) = TAP.get() {
+                    tap.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                // One line per ten seconds of outage, not one per batch.
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    last_warned = Some(Instant::now());
+                    tracing::warn!(error = %format!("{e:#}"), rows = batch.len(), "activity rows dropped: redis did not take them");
+                }
+            }
+            batch.clear();
+        }
+        if disconnected {
+            return;
+        }
+        if !full {
+            std::thread::sleep(PAUSE);
+        }
+    }
+}
+
+/// Moves queued rows into `batch`, up to a batch; whether the channel is closed.
+fn fill(rx: &Receiver<Row>, batch: &mut Vec<Row>) -> bool {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Disconnected) => return true,
+        }
+    }
+    false
 }
 
 /// How long the writer waits between batches when the queue had less than a batch.
@@ -137,17 +213,7 @@ fn writer(mut conn: Connection, rx: Receiver<Row>, retention: Retention) {
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
     loop {
-        let mut disconnected = false;
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
-            }
-        }
+        let disconnected = fill(&rx, &mut batch);
         let full = batch.len() == BATCH;
         if !batch.is_empty() {
             if let Err(e) = insert(&mut conn, &batch) {

@@ -141,13 +141,10 @@ pub async fn start(
         keys.clone(),
         redis,
     )?);
-    activity::start(
-        store.connect()?,
-        activity::Retention {
-            max_age_ms: cfg.admin.activity_retention_ms,
-            max_rows: cfg.admin.activity_max_rows,
-        },
-    )?;
+    // On Redis every replica's writer already runs (started by `app::run`).
+    if state.redis.is_none() {
+        activity::start(store.connect()?, activity::Retention::from_config(cfg))?;
+    }
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin listener {addr}"))?;

@@ -9,6 +9,7 @@
 //!   rates, the nonce or seen signature, and the velocity reservation.
 //! - [`catalog`]: key records and freezes as JSON documents, the per-replica key cache
 //!   fed by pub/sub with a periodic full check, and the operator commands on them.
+//! - [`activity`]: per-key activity for the pages, one stream per account.
 //! - [`pending`]: key edits (narrowing at once, widening after its cool-down, applied
 //!   by exactly one replica when due), in the catalogue's slot.
 //! - [`migrate`]: `keyguard migrate`, from an embedded data dir into Redis.
@@ -25,8 +26,10 @@
 //! per-key state (nonce, history, last use) exists only for keys in the catalogue and
 //! each is bounded (history: `max_per_key` networks; sightings: `max_ips + 1`); signature
 //! and velocity entries expire with their window. Pending key edits are capped per key
-//! and deleted when decided ([`pending`]).
+//! and deleted when decided ([`pending`]); activity streams are trimmed by count and age
+//! and expire with the retention ([`activity`]).
 
+pub mod activity;
 pub mod admit;
 pub mod catalog;
 pub mod migrate;
