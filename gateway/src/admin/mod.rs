@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`activity`]: the per-key activity table, fed from the audit path off the request path.
+//! - [`keys`]: the key operations the pages and the API call, on the embedded store or on
+//!   the Redis catalogue, whichever this gateway runs.
 //! - [`api`]: the JSON admin API under `/api/` (bearer tokens, OpenAPI document).
 //! - [`tokens`]: the API's bearer tokens, stored hashed.
 //! - [`sso`]: sessions from the exchange's own login (a signed JWT, single use).
@@ -12,12 +14,14 @@
 //! - this file: shared state, the router, and the layers every response passes: security
 //!   headers on everything, and the same-origin check on every POST.
 //!
-//! Writes go to the same SQLite store as the CLI's; after each one the handler waits for
+//! Writes go to the same store as the CLI's (SQLite, or Redis with `[store] kind =
+//! "redis"`); after each one the handler waits for
 //! the gateway's key snapshot to hold it ([`crate::keys::KeyCache::caught_up`]), so a
 //! change made here applies to the next exchange request.
 
 pub mod activity;
 pub mod api;
+pub mod keys;
 pub mod sessions;
 pub mod sso;
 pub mod tokens;

@@ -22,8 +22,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::tokens::{self, TokenScopes};
 use super::AdminState;
+use crate::admin::keys as keystore;
+use crate::store;
 use crate::store::edit::{self, Change, EditError, Requester};
-use crate::store::{self, now_ms};
 
 type St = State<Arc<AdminState>>;
 
@@ -204,13 +205,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-async fn caught_up(st: &AdminState) {
-    if let Some(g) = st
-        .store
-        .connect()
+async fn caught_up(st: &Arc<AdminState>) {
+    let st2 = st.clone();
+    // The generation is read on a blocking thread: on Redis it is a call.
+    let generation = tokio::task::spawn_blocking(move || keystore::generation(&st2))
+        .await
         .ok()
-        .and_then(|c| store::keys_generation(&c).ok())
-    {
+        .flatten();
+    if let Some(g) = generation {
         st.keys.caught_up(g).await;
     }
 }
@@ -325,11 +327,10 @@ async fn list_keys(
 ) -> ApiResult<Vec<KeyJson>> {
     blocking(move || {
         authorize(&st, &headers, false)?;
-        let mut conn = st.store.connect().map_err(ApiError::internal)?;
-        edit::apply_due(&mut conn, now_ms()).map_err(ApiError::internal)?;
-        let keys = store::list_keys(&conn, q.key_id.as_deref()).map_err(ApiError::internal)?;
+        let keys = keystore::list(&st).map_err(ApiError::internal)?;
         Ok(Json(
             keys.into_iter()
+                .filter(|k| q.key_id.as_deref().is_none_or(|id| id == k.key_id))
                 .filter(|k| q.account.as_deref().is_none_or(|a| a == k.account))
                 .map(key_json)
                 .collect(),
@@ -349,12 +350,8 @@ async fn show_key(
 ) -> ApiResult<KeyJson> {
     blocking(move || {
         authorize(&st, &headers, false)?;
-        let mut conn = st.store.connect().map_err(ApiError::internal)?;
-        edit::apply_due(&mut conn, now_ms()).map_err(ApiError::internal)?;
-        store::list_keys(&conn, Some(&key_id))
+        keystore::get(&st, &key_id)
             .map_err(ApiError::internal)?
-            .into_iter()
-            .next()
             .map(|k| Json(key_json(k)))
             .ok_or_else(|| {
                 ApiError::new(
@@ -438,21 +435,12 @@ async fn change_key(
             ));
         }
         let reason = reason.unwrap_or_else(|| "admin API".into());
-        let mut conn = st2.store.connect().map_err(ApiError::internal)?;
         let who = Requester {
             actor: &actor,
             reason: &reason,
             now: c.now,
         };
-        let o = edit::request(
-            &mut conn,
-            &key_id,
-            None,
-            &change,
-            crate::cli::cooldowns(&st2.cfg),
-            who,
-            now_ms(),
-        )?;
+        let o = keystore::request(&st2, &key_id, None, &change, who)?;
         Ok(Json(match o {
             edit::Outcome::Applied => ChangeResult {
                 result: "applied".into(),
@@ -500,10 +488,9 @@ async fn set_status(
         let actor = authorize(&st2, &headers, true)?;
         // After the token check: a caller without one learns nothing about bodies.
         let Json(s) = body.map_err(bad_body)?;
-        let mut conn = st2.store.connect().map_err(ApiError::internal)?;
-        let exists = !store::list_keys(&conn, Some(&key_id))
+        let exists = keystore::get(&st2, &key_id)
             .map_err(ApiError::internal)?
-            .is_empty();
+            .is_some();
         if !exists {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -512,14 +499,12 @@ async fn set_status(
             ));
         }
         let result = match s.status.as_str() {
-            "active" => store::set_status(&mut conn, &key_id, KeyStatus::Active, &actor, &s.reason),
+            "active" => keystore::set_status(&st2, &key_id, KeyStatus::Active, &actor, &s.reason),
             "suspended" => {
-                store::set_status(&mut conn, &key_id, KeyStatus::Suspended, &actor, &s.reason)
+                keystore::set_status(&st2, &key_id, KeyStatus::Suspended, &actor, &s.reason)
             }
-            "revoked" => {
-                store::set_status(&mut conn, &key_id, KeyStatus::Revoked, &actor, &s.reason)
-            }
-            "reactivated" => store::reactivate(&mut conn, &key_id, &actor, &s.reason),
+            "revoked" => keystore::set_status(&st2, &key_id, KeyStatus::Revoked, &actor, &s.reason),
+            "reactivated" => keystore::reactivate(&st2, &key_id, &actor, &s.reason),
             other => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -535,9 +520,15 @@ async fn set_status(
                 format!("{e:#}"),
             )
         })?;
-        let k = store::list_keys(&conn, Some(&key_id))
+        let k = keystore::get(&st2, &key_id)
             .map_err(ApiError::internal)?
-            .remove(0);
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "key_not_found",
+                    format!("no key with id {key_id}"),
+                )
+            })?;
         Ok(Json(key_json(k)))
     })
     .await;
@@ -570,9 +561,7 @@ async fn list_pending(
 ) -> ApiResult<Vec<PendingJson>> {
     blocking(move || {
         authorize(&st, &headers, false)?;
-        let mut conn = st.store.connect().map_err(ApiError::internal)?;
-        edit::apply_due(&mut conn, now_ms()).map_err(ApiError::internal)?;
-        let list = edit::list_pending(&conn, q.key_id.as_deref(), q.account.as_deref())
+        let list = keystore::pending(&st, q.key_id.as_deref(), q.account.as_deref())
             .map_err(ApiError::internal)?;
         Ok(Json(
             list.into_iter()
@@ -605,14 +594,12 @@ async fn cancel_pending(
 ) -> ApiResult<PendingJson> {
     blocking(move || {
         let actor = authorize(&st, &headers, true)?;
-        let mut conn = st.store.connect().map_err(ApiError::internal)?;
-        let p = edit::cancel(
-            &mut conn,
+        let p = keystore::cancel(
+            &st,
             change_id,
             None,
             &actor,
             "cancelled through the admin API",
-            now_ms(),
         )?;
         Ok(Json(PendingJson {
             id: p.id,
@@ -639,8 +626,7 @@ pub struct FreezeJson {
 }
 
 fn freezes(st: &AdminState) -> Result<FreezeJson, ApiError> {
-    let conn = st.store.connect().map_err(ApiError::internal)?;
-    let f = store::load_freezes(&conn).map_err(ApiError::internal)?;
+    let f = keystore::freezes(st).map_err(ApiError::internal)?;
     Ok(FreezeJson {
         global: f.global,
         assets: f.assets,
@@ -698,8 +684,7 @@ async fn set_freeze(
                 ))
             }
         };
-        let mut conn = st2.store.connect().map_err(ApiError::internal)?;
-        store::set_freeze(&mut conn, &scope, f.frozen, &actor, &f.reason)
+        keystore::set_freeze(&st2, &scope, f.frozen, &actor, &f.reason)
             .map_err(ApiError::internal)?;
         freezes(&st2).map(Json)
     })
@@ -750,9 +735,8 @@ async fn activity(
 ) -> ApiResult<Vec<ActivityJson>> {
     blocking(move || {
         authorize(&st, &headers, false)?;
-        let conn = st.store.connect().map_err(ApiError::internal)?;
-        let rows = super::activity::query(
-            &conn,
+        let rows = keystore::activity_rows(
+            &st,
             &super::activity::Filter {
                 key_id: q.key_id.as_deref(),
                 account: q.account.as_deref(),

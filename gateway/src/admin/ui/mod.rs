@@ -31,7 +31,8 @@ use serde::Deserialize;
 use super::sessions::{set_cookies, Session, Stage, LOGIN_COOKIE, PENDING_COOKIE, SESSION_COOKIE};
 use super::AdminState;
 use crate::accounts::{ct_eq, PasswordOk};
-use crate::store::edit::{self, Change, EditError, Outcome, Requester};
+use crate::admin::keys as keystore;
+use crate::store::edit::{Change, EditError, Outcome, Requester};
 use crate::store::{self, now_ms, NewCredential, NewKey};
 use pages::*;
 
@@ -153,11 +154,7 @@ fn client_net(addr: SocketAddr) -> IpNet {
 
 /// After a write: wait until the gateway's snapshot has it.
 fn caught_up(st: &AdminState) -> impl std::future::Future<Output = ()> + 'static {
-    let generation = st
-        .store
-        .connect()
-        .ok()
-        .and_then(|c| store::keys_generation(&c).ok());
+    let generation = keystore::generation(st);
     let keys = st.keys.clone();
     async move {
         if let Some(g) = generation {
@@ -465,12 +462,7 @@ fn key_view(st: &AdminState, k: &store::KeySummary, now: UnixMillis) -> KeyView 
 }
 
 fn own_keys(st: &AdminState, account: &str) -> anyhow::Result<Vec<store::KeySummary>> {
-    let mut conn = st.store.connect()?;
-    edit::apply_due(&mut conn, now_ms())?;
-    Ok(store::list_keys(&conn, None)?
-        .into_iter()
-        .filter(|k| k.account == account)
-        .collect())
+    keystore::of_account(st, account)
 }
 
 #[derive(Deserialize)]
@@ -620,10 +612,8 @@ async fn create_key(
         };
         let key_id = format!("kg_{}", hex::encode(crate::secrets::random_bytes::<8>().map_err(internal)?));
         let api_key = crate::cli::random_alnum(64).map_err(internal)?;
-        let mut conn = st2.store.connect().map_err(internal)?;
-        store::insert_key(
-            &mut conn,
-            &st2.master,
+        keystore::insert(
+            &st2,
             &NewKey {
                 key_id: key_id.clone(),
                 api_key: api_key.clone(),
@@ -638,9 +628,10 @@ async fn create_key(
                 credential,
                 canary: false,
             },
+            &format!("web:{}", s.account),
+            "created in the web UI",
         )
         .map_err(internal)?;
-        let _ = store::record_admin_event(&conn, &format!("web:{}", s.account), "key_create", &key_id, "created in the web UI");
         Ok(render(&CreatedPage {
             account: Some(s.account),
             csrf: s.csrf,
@@ -708,15 +699,15 @@ fn detail(
         ));
     };
     let now = now_ms();
+    let pending = keystore::pending(st, Some(key_id), Some(&s.account)).map_err(internal)?;
     let conn = st.store.connect().map_err(internal)?;
-    let pending = edit::list_pending(&conn, Some(key_id), Some(&s.account)).map_err(internal)?;
     let totp = crate::accounts::list(&conn)
         .map_err(internal)?
         .into_iter()
         .any(|a| a.name == s.account && a.totp);
     let cool = st.cfg.withdraw.address_cooldown_ms;
-    let banners = foreign_banners(&conn, Some(key_id), &s.account, now)?;
-    let used = crate::admin::activity::allowed_ips(&conn, key_id, now.saturating_sub(30 * DAY_MS))
+    let banners = foreign_banners(st, Some(key_id), &s.account, now)?;
+    let used = keystore::allowed_ips(st, &s.account, key_id, now.saturating_sub(30 * DAY_MS))
         .map_err(internal)?;
     let page = KeyPage {
         banners,
@@ -847,14 +838,13 @@ fn apply_changes(
     changes: &[Change],
     auth: Option<&Reauth>,
 ) -> Result<Response, Response> {
-    let mut conn = st.store.connect().map_err(internal)?;
     let actor = format!("web:{}", s.account);
     let mut outcomes = Vec::new();
     let mut authed = false;
     for c in changes {
         // Asked per change, against the key as the earlier ones left it: the second
         // network added to an open key widens what the first one narrowed.
-        let widening = match edit::widens(&mut conn, key_id, c) {
+        let widening = match keystore::widens(st, key_id, c) {
             Ok(w) => w,
             Err(e) => return edit_error(st, s, key_id, e),
         };
@@ -873,15 +863,7 @@ fn apply_changes(
                 }
             }
         }
-        match edit::request(
-            &mut conn,
-            key_id,
-            Some(&s.account),
-            c,
-            crate::cli::cooldowns(&st.cfg),
-            requester(&actor),
-            now_ms(),
-        ) {
+        match keystore::request(st, key_id, Some(&s.account), c, requester(&actor)) {
             Ok(o) => outcomes.push(o),
             Err(e) => return edit_error(st, s, key_id, e),
         }
@@ -1095,14 +1077,12 @@ async fn pending_cancel(
     let st2 = st.clone();
     let r = blocking(move || {
         let s = posted_session(&st2, &headers, &f.csrf)?;
-        let mut conn = st2.store.connect().map_err(internal)?;
-        match edit::cancel(
-            &mut conn,
+        match keystore::cancel(
+            &st2,
             f.change,
             Some(&s.account),
             &format!("web:{}", s.account),
             "cancelled in the web UI",
-            now_ms(),
         ) {
             Ok(p) if p.key_id == id => {
                 Ok(Redirect::to(&format!("/keys/{id}?notice=cancelled")).into_response())
@@ -1147,18 +1127,17 @@ async fn status(
         let s = posted_session(&st2, &headers, &f.csrf)?;
         let k = owns(&st2, &s.account, &id)?;
         let actor = format!("web:{}", s.account);
-        let mut conn = st2.store.connect().map_err(internal)?;
         let done = match (f.action.as_str(), k.status) {
-            ("suspend", "active") => store::set_status(
-                &mut conn,
+            ("suspend", "active") => keystore::set_status(
+                &st2,
                 &id,
                 KeyStatus::Suspended,
                 &actor,
                 "suspended in the web UI",
             )
             .map(|_| "suspended"),
-            ("resume", "suspended") => store::set_status(
-                &mut conn,
+            ("resume", "suspended") => keystore::set_status(
+                &st2,
                 &id,
                 KeyStatus::Active,
                 &actor,
@@ -1166,7 +1145,7 @@ async fn status(
             )
             .map(|_| "resumed"),
             ("reactivate", "active") => {
-                store::reactivate(&mut conn, &id, &actor, "reactivated in the web UI")
+                keystore::reactivate(&st2, &id, &actor, "reactivated in the web UI")
                     .map(|_| "reactivated")
             }
             _ => {
@@ -1231,9 +1210,8 @@ async fn revoke(
                 StatusCode::BAD_REQUEST,
             );
         }
-        let mut conn = st2.store.connect().map_err(internal)?;
-        store::set_status(
-            &mut conn,
+        keystore::set_status(
+            &st2,
             &id,
             KeyStatus::Revoked,
             &format!("web:{}", s.account),
@@ -1293,18 +1271,13 @@ async fn key_activity(
 
 /// Banner lines: networks a key was refused from for not being allowed there.
 fn foreign_banners(
-    conn: &rusqlite::Connection,
+    st: &AdminState,
     key_id: Option<&str>,
     account: &str,
     now: UnixMillis,
 ) -> Result<Vec<String>, Response> {
-    let tries = crate::admin::activity::foreign_attempts(
-        conn,
-        key_id,
-        account,
-        now.saturating_sub(7 * DAY_MS),
-    )
-    .map_err(internal)?;
+    let tries = keystore::foreign_attempts(st, key_id, account, now.saturating_sub(7 * DAY_MS))
+        .map_err(internal)?;
     Ok(tries
         .into_iter()
         .map(|(key, ip, n, last)| {
@@ -1325,10 +1298,9 @@ fn activity_page(
         Some(d @ ("allow" | "deny" | "would_deny")) => Some(d),
         _ => None,
     };
-    let conn = st.store.connect().map_err(internal)?;
     let key_id = key.as_ref().map(|k| k.key_id.as_str());
-    let mut rows = crate::admin::activity::query(
-        &conn,
+    let mut rows = keystore::activity_rows(
+        st,
         &crate::admin::activity::Filter {
             key_id,
             account: Some(&s.account),
@@ -1363,7 +1335,7 @@ fn activity_page(
             None => "Activity of all your keys".to_owned(),
         },
         key_id: key_id.map(str::to_owned),
-        banners: foreign_banners(&conn, key_id, &s.account, now)?,
+        banners: foreign_banners(st, key_id, &s.account, now)?,
         never_used: key.as_ref().is_some_and(|k| k.last_used_at.is_none()) && rows.is_empty(),
         decision: decision.unwrap_or("").to_owned(),
         base: base.clone(),
@@ -1419,15 +1391,13 @@ async fn allow_lock(
     let r = blocking(move || {
         let s = posted_session(&st2, &headers, &f.csrf)?;
         owns(&st2, &s.account, &id)?;
-        let conn = st2.store.connect().map_err(internal)?;
-        let used = crate::admin::activity::allowed_ips(&conn, &id, now_ms().saturating_sub(30 * DAY_MS)).map_err(internal)?;
+        let used = keystore::allowed_ips(&st2, &s.account, &id, now_ms().saturating_sub(30 * DAY_MS)).map_err(internal)?;
         let nets: Vec<IpNet> = used.iter().filter_map(|ip| parse_allow_ip(ip).ok()).collect();
         if nets.is_empty() {
             return detail(&st2, &s, &id, None, Some("This key was not used successfully in the last 30 days, so there is nothing to lock it to. Add your networks by hand.".into()), StatusCode::BAD_REQUEST);
         }
-        let mut conn = st2.store.connect().map_err(internal)?;
         let actor = format!("web:{}", s.account);
-        match edit::set_allowlist(&mut conn, &id, Some(&s.account), &nets, crate::cli::cooldowns(&st2.cfg), requester(&actor), now_ms()) {
+        match keystore::set_allowlist(&st2, &id, Some(&s.account), &nets, requester(&actor)) {
             Ok(out) => {
                 let outcomes: Vec<Outcome> = out.into_iter().map(|(_, o)| o).collect();
                 Ok(Redirect::to(&format!("/keys/{id}?notice={}", outcome_code(&outcomes))).into_response())

@@ -290,6 +290,25 @@ impl RedisStore {
         }
     }
 
+    /// Stores a new key and records who made it (an admin event, as the web UI's keys are).
+    pub async fn insert_key_by(
+        &self,
+        master: &MasterKey,
+        key: &NewKey,
+        actor: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let doc = KeyDoc::new(master, key, crate::store::now_ms())?;
+        match self
+            .put_doc(None, &doc, true, Some((actor, "key_create", reason)))
+            .await?
+        {
+            "ok" => Ok(()),
+            "duplicate" => bail!("api key already in use"),
+            _ => bail!("a key with id {} already exists", key.key_id),
+        }
+    }
+
     /// Every key document, with its raw JSON (for compare-and-set).
     pub async fn docs(&self) -> anyhow::Result<Vec<(KeyDoc, String)>> {
         let raw: Vec<(String, String)> = self

@@ -381,7 +381,7 @@ impl RedisStore {
                 .await?
             } else {
                 match self
-                    .queue(&doc, &json, change, cool.wait(change), who, now)
+                    .queue((&doc, &json), change, cool.wait(change), who, now, false)
                     .await?
                 {
                     Some(outcome) => return Ok(outcome),
@@ -400,12 +400,12 @@ impl RedisStore {
     /// Queues a widening change; `None` when the key changed since `json` was read.
     async fn queue(
         &self,
-        doc: &KeyDoc,
-        json: &str,
+        (doc, json): (&KeyDoc, &str),
         change: &Change,
         wait: u64,
         who: Requester<'_>,
         now: UnixMillis,
+        after_adds: bool,
     ) -> Result<Option<Outcome>, EditError> {
         let effective_at = now.saturating_add(wait);
         let (kind, value) = change.stored();
@@ -420,12 +420,20 @@ impl RedisStore {
             reason: who.reason.to_owned(),
         })
         .map_err(store_err)?;
-        let text = format!(
-            "{}, effective {}: {}",
-            change.describe(),
-            effective_text(effective_at),
-            who.reason
-        );
+        let text = if after_adds {
+            format!(
+                "{} once the new networks apply: {}",
+                change.describe(),
+                who.reason
+            )
+        } else {
+            format!(
+                "{}, effective {}: {}",
+                change.describe(),
+                effective_text(effective_at),
+                who.reason
+            )
+        };
         let script = Script::new(include_str!("pend_add.lua"));
         let mut inv = script.prepare_invoke();
         inv.key(self.cat_key("docs"))
@@ -470,6 +478,118 @@ impl RedisStore {
             Some("conflict") => Ok(None),
             _ => Err(store_err(anyhow::anyhow!("unexpected queue reply {r:?}"))),
         }
+    }
+
+    /// Replaces the allowlist with `nets` (the "lock to the networks this key used"
+    /// button), as [`crate::store::edit::set_allowlist`]: one request per difference,
+    /// additions first, so that the list never passes through empty.
+    pub async fn set_allowlist(
+        &self,
+        key_id: &str,
+        owner: Option<&str>,
+        nets: &[IpNet],
+        cool: Cooldowns,
+        who: Requester<'_>,
+        now: UnixMillis,
+    ) -> Result<Vec<(Change, Outcome)>, EditError> {
+        let mut unique: Vec<IpNet> = Vec::with_capacity(nets.len());
+        for n in nets {
+            if !unique.contains(n) {
+                unique.push(*n);
+            }
+        }
+        let nets = &unique[..];
+        if nets.is_empty() {
+            return Err(EditError::Invalid("name at least one network".into()));
+        }
+        let mut old = None;
+        for _ in 0..RETRIES {
+            let (doc, json) = self
+                .doc_of(key_id)
+                .await?
+                .ok_or_else(|| EditError::NoSuchKey(key_id.to_owned()))?;
+            if owner.is_some_and(|o| o != doc.account) {
+                return Err(EditError::NoSuchKey(key_id.to_owned()));
+            }
+            if doc.status == "revoked" {
+                return Err(EditError::Revoked(key_id.to_owned()));
+            }
+            let allow = allow_nets(&doc)?;
+            if !allow.is_empty() {
+                old = Some(allow);
+                break;
+            }
+            // From any network to a list of them: the whole list narrows at once.
+            let mut new = doc.clone();
+            new.allow_ips = nets.iter().map(|n| n.to_string()).collect();
+            new.updated_at = now.max(doc.updated_at + 1);
+            let text = format!("restrict to {}: {}", new.allow_ips.join(", "), who.reason);
+            let decided = self
+                .decide(Decision {
+                    key_id,
+                    doc: Some((&json, &new)),
+                    pending: None,
+                    event: Some((who.actor, "narrow", &text)),
+                    on_removed: None,
+                })
+                .await?;
+            if decided == Decided::Ok {
+                return Ok(nets
+                    .iter()
+                    .map(|n| (Change::AddIp(*n), Outcome::Applied))
+                    .collect());
+            }
+        }
+        let old = old.ok_or_else(|| {
+            store_err(anyhow::anyhow!(
+                "key {key_id} kept changing under us; try again"
+            ))
+        })?;
+        let mut out = Vec::new();
+        for net in nets.iter().filter(|n| !old.contains(n)) {
+            let c = Change::AddIp(*net);
+            let o = self.request_edit(key_id, owner, &c, cool, who, now).await?;
+            out.push((c, o));
+        }
+        for net in old.iter().filter(|n| !nets.contains(n)) {
+            let c = Change::RemoveIp(*net);
+            match self.request_edit(key_id, owner, &c, cool, who, now).await {
+                Ok(o) => out.push((c, o)),
+                // The new entries wait; the old last one stays until they apply, then goes
+                // (due changes apply in id order).
+                Err(EditError::WithdrawNeedsAllowlist) => {
+                    let o = self.queue_after_adds(key_id, &c, cool, who, now).await?;
+                    out.push((c, o));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn queue_after_adds(
+        &self,
+        key_id: &str,
+        change: &Change,
+        cool: Cooldowns,
+        who: Requester<'_>,
+        now: UnixMillis,
+    ) -> Result<Outcome, EditError> {
+        for _ in 0..RETRIES {
+            let (doc, json) = self
+                .doc_of(key_id)
+                .await?
+                .ok_or_else(|| EditError::NoSuchKey(key_id.to_owned()))?;
+            if let Some(o) = self
+                .queue((&doc, &json), change, cool.widen_ms, who, now, true)
+                .await?
+            {
+                return Ok(o);
+            }
+        }
+        Err(store_err(anyhow::anyhow!(
+            "key {key_id} kept changing under us; try again"
+        )))
     }
 
     /// Whether `change` would widen the key as it is now (the web UI asks for the
