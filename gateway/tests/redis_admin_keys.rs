@@ -16,11 +16,22 @@ use utils::*;
 struct Replicas {
     gws: Vec<Gateway>,
     envs: Vec<Env>,
+    /// Admin listeners, when started with them.
+    admins: Vec<std::net::SocketAddr>,
     _origin: Origin,
 }
 
 impl Replicas {
     async fn start(shared: &std::path::Path, redis: &RedisServer, widen: &str) -> Replicas {
+        Replicas::start_with(shared, redis, widen, false).await
+    }
+
+    async fn start_with(
+        shared: &std::path::Path,
+        redis: &RedisServer,
+        widen: &str,
+        admin: bool,
+    ) -> Replicas {
         let master = shared.join("master.key");
         let envs: Vec<Env> = (0..3)
             .map(|_| {
@@ -45,12 +56,20 @@ impl Replicas {
             .collect();
         let origin = Origin::start().await;
         let mut gws = Vec::new();
+        let mut admins = Vec::new();
         for e in &envs {
-            gws.push(e.start(origin.addr).await);
+            if admin {
+                let (gw, addr) = e.start_with_admin(origin.addr).await;
+                gws.push(gw);
+                admins.push(addr);
+            } else {
+                gws.push(e.start(origin.addr).await);
+            }
         }
         Replicas {
             gws,
             envs,
+            admins,
             _origin: origin,
         }
     }
@@ -616,4 +635,174 @@ async fn activity_served_by_one_replica_is_read_from_redis_by_any_process() {
     for k in scan(&redis, "kg:*activity*") {
         assert!(cli_int(&redis, &["PTTL", &k]) > 0, "{k} has no TTL");
     }
+}
+
+/// One admin API call (HTTP/1.1, `Connection: close`): status and JSON body.
+async fn api(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin listener");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, s.read_to_end(&mut raw))
+        .await
+        .expect("admin answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `tokens create`: the admin API's bearer tokens are kept per replica (its data dir).
+fn token(env: &Env, scopes: &str) -> String {
+    env.run_with_store(&["tokens", "create"], &["--scopes", scopes])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_api_of_any_replica_edits_and_reads_the_shared_catalogue() {
+    if !utils::redis::available("the_admin_api_of_any_replica_edits_and_reads_the_shared_catalogue")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let r = Replicas::start_with(dir.path(), &redis, "1h", true).await;
+    let tokens: Vec<String> = r.envs.iter().map(|e| token(e, "admin:write")).collect();
+    let key = r.envs[0].create_key(&key_spec("read", &[&format!("{ALLOWED_IP}/32")]));
+    r.all_answer(&key, ALLOWED_IP, 200).await;
+
+    // Widening through replica A's API waits; replica B's API lists it and cancels it.
+    let changes = format!("/api/keys/{}/changes", key.key_id);
+    let add = serde_json::json!({"change": "add_ip", "value": format!("{OTHER_IP}/32")});
+    let (status, v) = api(r.admins[0], "POST", &changes, &tokens[0], Some(add)).await;
+    assert_eq!(
+        (status, v["result"].as_str()),
+        (200, Some("pending")),
+        "{v}"
+    );
+    let id = v["id"].as_i64().unwrap();
+    let (status, listed) = api(r.admins[1], "GET", "/api/pending", &tokens[1], None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed[0]["id"].as_i64(), Some(id), "{listed}");
+    let (status, v) = api(
+        r.admins[1],
+        "DELETE",
+        &format!("/api/pending/{id}"),
+        &tokens[1],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, listed) = api(r.admins[2], "GET", "/api/pending", &tokens[2], None).await;
+    assert_eq!(listed, serde_json::json!([]));
+    let (status, v) = api(
+        r.admins[0],
+        "DELETE",
+        &format!("/api/pending/{id}"),
+        &tokens[0],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("change_not_found")),
+        "{v}"
+    );
+
+    // Requests served by replica C show in replica A's activity.
+    let since = keyguard::store::now_ms();
+    for _ in 0..2 {
+        assert_eq!(
+            r.gws[2]
+                .request_from(ALLOWED_IP, &zaif::read(&key))
+                .await
+                .status,
+            200
+        );
+    }
+    let path = format!("/api/activity?key_id={}", key.key_id);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let fresh = loop {
+        let (status, rows) = api(r.admins[0], "GET", &path, &tokens[0], None).await;
+        assert_eq!(status, 200, "{rows}");
+        let fresh = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["ts"].as_u64().unwrap_or(0) >= since)
+            .count();
+        if fresh >= 2 || Instant::now() > deadline {
+            break fresh;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        fresh, 2,
+        "replica C's requests are not in replica A's activity"
+    );
+
+    // Suspending through replica B's API: B refuses at once (it waited for its cache),
+    // every replica soon after.
+    let (status, v) = api(
+        r.admins[1],
+        "POST",
+        &format!("/api/keys/{}/status", key.key_id),
+        &tokens[1],
+        Some(serde_json::json!({"status": "suspended", "reason": "test"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("suspended")),
+        "{v}"
+    );
+    let resp = r.gws[1].request_from(ALLOWED_IP, &zaif::read(&key)).await;
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    let took = r.all_answer(&key, ALLOWED_IP, 403).await;
+    assert!(
+        took <= Duration::from_millis(100),
+        "suspension took {took:?}"
+    );
+    // Through the catalogue: the CLI sees it too.
+    let shown = r.envs[2]
+        .run_with_store(&["keys", "show"], &[&key.key_id])
+        .ok();
+    let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["status"], "suspended");
+
+    // Freezes go through the catalogue as well.
+    let (status, v) = api(
+        r.admins[2],
+        "POST",
+        "/api/freezes",
+        &tokens[2],
+        Some(serde_json::json!({"scope": "global", "frozen": true, "reason": "test"})),
+    )
+    .await;
+    assert_eq!((status, v["global"].as_bool()), (200, Some(true)), "{v}");
+    let (_, v) = api(r.admins[0], "GET", "/api/freezes", &tokens[0], None).await;
+    assert_eq!(v["global"].as_bool(), Some(true), "{v}");
+    assert_eq!(events_of(&redis, "freeze", ""), 1);
 }
