@@ -387,28 +387,8 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
         for e in events {
             let id = e.id;
             let ts = timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts));
-            if matches!(
-                e.action.as_str(),
-                "freeze" | "key_suspend" | "widen_requested" | "widen_now"
-            ) {
-                alerts.send(Alert {
-                    ts: ts.clone(),
-                    event: match e.action.as_str() {
-                        "freeze" => "withdrawals_frozen",
-                        "key_suspend" => "key_suspended",
-                        // DESIGN §6: every widening is announced, so an owner hears of
-                        // one they did not ask for while it still waits.
-                        "widen_requested" => "key_widening_requested",
-                        _ => "key_widened_now",
-                    }
-                    .into(),
-                    code: e.action.clone(),
-                    key_id: (e.action != "freeze").then(|| e.target.clone()),
-                    account: None,
-                    client_ip: None,
-                    detail: format!("{} by {}: {}", e.target, e.actor, e.reason),
-                    ..Alert::default()
-                });
+            if let Some(a) = admin_alert(&ts, &e.action, &e.target, &e.actor, &e.reason) {
+                alerts.send(a);
             }
             let written = audit.record_line(&AuditLine::Admin(AdminAudit {
                 ts,
@@ -433,6 +413,28 @@ fn admin_audit_loop(store: Store, gateway: std::sync::Weak<Gateway>) {
         }
         conn = Some(c);
     }
+}
+
+/// The alert an operator change raises, if any: freezes, suspensions, and every widening
+/// (DESIGN §6: an owner hears of one they did not ask for while it still waits).
+fn admin_alert(ts: &str, action: &str, target: &str, actor: &str, reason: &str) -> Option<Alert> {
+    let event = match action {
+        "freeze" => "withdrawals_frozen",
+        "key_suspend" => "key_suspended",
+        "widen_requested" => "key_widening_requested",
+        "widen_now" => "key_widened_now",
+        _ => return None,
+    };
+    Some(Alert {
+        ts: ts.to_owned(),
+        event: event.into(),
+        code: action.to_owned(),
+        key_id: (action != "freeze").then(|| target.to_owned()),
+        account: None,
+        client_ip: None,
+        detail: format!("{target} by {actor}: {reason}"),
+        ..Alert::default()
+    })
 }
 
 /// Distributed mode: copies the operator changes recorded in Redis into this replica's
@@ -462,20 +464,10 @@ async fn redis_admin_audit_loop(
         for e in events {
             let id = e.id.clone();
             let ts = timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e.ts));
-            if matches!(e.action.as_str(), "freeze" | "key_suspend") {
-                gw.alerts.send(Alert {
-                    ts: ts.clone(),
-                    event: if e.action == "freeze" {
-                        "withdrawals_frozen"
-                    } else {
-                        "key_suspended"
-                    }
-                    .into(),
-                    code: e.action.clone(),
-                    key_id: (e.action != "freeze").then(|| e.target.clone()),
-                    detail: format!("{} by {}: {}", e.target, e.actor, e.reason),
-                    ..Alert::default()
-                });
+            // Every replica reads the stream, so each sends its own alert (the webhook
+            // may hear of one change from several replicas).
+            if let Some(a) = admin_alert(&ts, &e.action, &e.target, &e.actor, &e.reason) {
+                gw.alerts.send(a);
             }
             let written = gw.audit.record_line(&AuditLine::Admin(AdminAudit {
                 ts,
