@@ -199,8 +199,16 @@ if ARGV[12] ~= '-' then
   local usable
   if known then
     local f = split(known, ',')
-    usable = tonumber(f[2])
-    redis.call('HSET', hk, net, f[1] .. ',' .. f[2] .. ',' .. now)
+    if f[2] == 'F' then
+      -- Forgotten after a canary (forget.lua): seen "for the first time" again, with the
+      -- key's other networks still known, so on probation.
+      usable = now + probation
+      redis.call('HSET', hk, net, now .. ',' .. usable .. ',' .. now)
+      learned = now .. ',' .. usable
+    else
+      usable = tonumber(f[2])
+      redis.call('HSET', hk, net, f[1] .. ',' .. f[2] .. ',' .. now)
+    end
   else
     if trust_first and redis.call('HLEN', hk) == 0 then usable = now else usable = now + probation end
     redis.call('HSET', hk, net, now .. ',' .. usable .. ',' .. now)

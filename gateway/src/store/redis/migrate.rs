@@ -217,7 +217,14 @@ pub async fn migrate(
             continue;
         };
         let hk = format!("{}:hist:{}", target.account_base(account), l.key_id);
-        let v = format!("{},{},{}", l.first_seen, l.usable_from, l.first_seen);
+        // A network forgotten after a canary is "F" in Redis (forget.lua), so its next
+        // sighting starts probation rather than waiting for ever.
+        let usable = if l.usable_from == keyguard_policy::anomaly::FORGOTTEN {
+            "F".to_owned()
+        } else {
+            l.usable_from.to_string()
+        };
+        let v = format!("{},{usable},{}", l.first_seen, l.first_seen);
         target
             .query::<()>(redis::cmd("HSET").arg(hk).arg(net.to_string()).arg(v))
             .await?;
