@@ -522,3 +522,45 @@ async fn every_admin_key_in_redis_expires_or_is_in_the_bounded_set() {
     let left = p.keys().into_iter().filter(|k| k.contains("}:s:")).count();
     assert_eq!(left, 1, "the logged-out session's row is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_totp_code_sent_to_both_replicas_at_once_logs_in_once() {
+    if !utils::redis::available("one_totp_code_sent_to_both_replicas_at_once_logs_in_once") {
+        return;
+    }
+    let p = Pair::start(|_| {}).await;
+    account(&p.envs[0], &["create"], "alice", PASSWORD);
+    let mut c = Client::new(p.a());
+    c.login("alice", PASSWORD).await;
+    let (secret, step, _) = enrol(&mut c).await;
+    // Six logins waiting for a code, three on each replica, their forms loaded.
+    let mut waiting = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::new(if i % 2 == 0 { p.a() } else { p.b() });
+        assert_eq!(c.login("alice", PASSWORD).await.location(), "/login/code");
+        let csrf = c.get("/login/code").await.field("csrf");
+        waiting.push((c, csrf));
+    }
+    // The same fresh code from all of them at once: the step is accepted once.
+    let code = totp_code(&secret, (step + 1) * 30);
+    let tasks: Vec<_> = waiting
+        .into_iter()
+        .map(|(mut c, csrf)| {
+            let code = code.clone();
+            tokio::spawn(async move {
+                c.post("/login/code", &[("csrf", &csrf), ("code", &code)])
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        let page = t.await.unwrap();
+        match (page.status, page.location()) {
+            (303, "/keys") => won += 1,
+            (401, _) => {}
+            other => panic!("unexpected answer {other:?}: {page:?}"),
+        }
+    }
+    assert_eq!(won, 1, "one code, one login, across both replicas");
+}
