@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use utils::admin::{account, ed25519, sid, sso_token, totp_code, Client, Page};
-use utils::redis::{replica_env, single_store, RedisServer};
+use utils::redis::{cluster_store, replica_env, single_store, RedisCluster, RedisServer};
 use utils::*;
 
 const PASSWORD: &str = "correct horse battery";
@@ -19,6 +19,8 @@ const PASSWORD: &str = "correct horse battery";
 /// Two replicas with admin listeners on one Redis.
 struct Pair {
     redis: RedisServer,
+    /// A cluster instead, when the test runs on one (`redis` is then unused and idle).
+    _cluster: Option<RedisCluster>,
     envs: Vec<Env>,
     admins: Vec<SocketAddr>,
     _gws: Vec<Gateway>,
@@ -28,10 +30,22 @@ struct Pair {
 
 impl Pair {
     async fn start(tweak: impl Fn(&mut toml::Table)) -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = RedisServer::start(dir.path());
         // Generous: this checks sharing, not the fail-closed latency.
-        let store = single_store(&redis.url(), "2s");
+        Pair::start_on(|redis| single_store(&redis.url(), "2s"), None, tweak).await
+    }
+
+    /// Replicas on the store `store` names (given the single server), or on `cluster`.
+    async fn start_on(
+        store: impl FnOnce(&RedisServer) -> toml::Table,
+        cluster: Option<(tempfile::TempDir, RedisCluster)>,
+        tweak: impl Fn(&mut toml::Table),
+    ) -> Pair {
+        let (dir, cluster) = match cluster {
+            Some((d, c)) => (d, Some(c)),
+            None => (tempfile::tempdir().unwrap(), None),
+        };
+        let redis = RedisServer::start(dir.path());
+        let store = store(&redis);
         let envs: Vec<Env> = (0..2)
             .map(|_| replica_env(dir.path(), &store, &tweak))
             .collect();
@@ -45,6 +59,7 @@ impl Pair {
         }
         Pair {
             redis,
+            _cluster: cluster,
             envs,
             admins,
             _gws: gws,
@@ -563,4 +578,133 @@ async fn one_totp_code_sent_to_both_replicas_at_once_logs_in_once() {
         }
     }
     assert_eq!(won, 1, "one code, one login, across both replicas");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_no_session_token_or_login_is_accepted_and_all_come_back_after() {
+    if !utils::redis::available(
+        "with_redis_down_no_session_token_or_login_is_accepted_and_all_come_back_after",
+    ) {
+        return;
+    }
+    let mut p = Pair::start_on(|r| single_store(&r.url(), "200ms"), None, |_| {}).await;
+    account(&p.envs[0], &["create"], "alice", PASSWORD);
+    let token = p.envs[0]
+        .run_with_store(&["tokens", "create"], &["--scopes", "admin:read"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let mut on_a = Client::new(p.a());
+    assert_eq!(on_a.login("alice", PASSWORD).await.location(), "/keys");
+    let mut on_b = on_a.at(p.b());
+    assert!(logged_in(&mut on_b).await);
+
+    p.redis.kill();
+    // Fail closed, at once: no page for the cookie, no API call for the token, no login.
+    let t0 = Instant::now();
+    let page = on_b.get("/keys").await;
+    assert_eq!(page.status, 500, "a session nobody can check: {page:?}");
+    let (status, _) = on_b.api("GET", "/api/accounts", &token).await;
+    assert_eq!(status, 500, "a token nobody can check");
+    let mut fresh = Client::new(p.a());
+    let login = fresh.login("alice", PASSWORD).await;
+    assert_eq!(login.status, 401, "no login without the store: {login:?}");
+    assert!(!fresh.jar.contains_key("kg_session"));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "answers took {:?}",
+        t0.elapsed()
+    );
+
+    // Redis back (its append-only file kept the session): everything works again,
+    // without restarting either replica.
+    p.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = on_b.get("/keys").await;
+        if page.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {page:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(on_a.api("GET", "/api/accounts", &token).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_logins_lockouts_and_tokens_are_shared_too() {
+    if !utils::redis::available("on_a_cluster_logins_lockouts_and_tokens_are_shared_too") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = RedisCluster::start(dir.path());
+    let store = cluster_store(&cluster.urls(), "2s");
+    let p = Pair::start_on(
+        move |_| store,
+        Some((dir, cluster)),
+        |cfg| {
+            set(cfg, "admin.lockout_after", 3);
+            set(cfg, "admin.lockout_base", "1h");
+        },
+    )
+    .await;
+    // Accounts' keys and the admin-wide ones live in different slots; every script
+    // touches one slot only, or the cluster would refuse it (CROSSSLOT).
+    account(&p.envs[0], &["create"], "alice", PASSWORD);
+    account(&p.envs[1], &["create"], "bob", PASSWORD);
+    let list = p.envs[0].run_with_store(&["accounts", "list"], &[]).ok();
+    assert!(
+        list.stdout.contains("alice") && list.stdout.contains("bob"),
+        "{list:?}"
+    );
+    let mut on_a = Client::new(p.a());
+    assert_eq!(on_a.login("alice", PASSWORD).await.location(), "/keys");
+    let (secret, step, _) = enrol(&mut on_a).await;
+    let mut c = Client::new(p.b());
+    assert_eq!(c.login("alice", PASSWORD).await.location(), "/login/code");
+    assert_eq!(
+        c.code(&totp_code(&secret, (step + 1) * 30))
+            .await
+            .location(),
+        "/keys"
+    );
+    let mut c_a = c.at(p.a());
+    assert!(logged_in(&mut c_a).await, "B's session on A, on a cluster");
+    logout(&mut c_a).await;
+    assert!(!logged_in(&mut c).await, "logged out on A, refused on B");
+
+    for addr in [p.a(), p.b(), p.a()] {
+        let mut c = Client::new(addr);
+        assert_eq!(c.login("bob", "wrong password!").await.status, 401);
+    }
+    let mut c = Client::new(p.b());
+    assert_eq!(c.login("bob", PASSWORD).await.status, 401, "bob is locked");
+
+    let token = p.envs[1]
+        .run_with_store(&["tokens", "create"], &["--scopes", "admin:read"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let id = token.split('_').nth(1).unwrap().to_owned();
+    let mut api = Client::new(p.a());
+    assert_eq!(api.api("GET", "/api/accounts", &token).await.0, 200);
+    p.envs[0].run_with_store(&["tokens", "revoke"], &[&id]).ok();
+    assert_eq!(api.api("GET", "/api/accounts", &token).await.0, 401);
+    for e in &p.envs {
+        eventually("cluster admin events in every replica's audit log", || {
+            let log = audit(e);
+            [
+                "account_create",
+                "account_locked",
+                "token_create",
+                "token_revoke",
+                "totp_enabled",
+            ]
+            .iter()
+            .all(|a| log.contains(&format!("\"action\":\"{a}\"")))
+        })
+        .await;
+    }
 }

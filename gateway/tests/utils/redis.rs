@@ -271,3 +271,15 @@ pub fn replica_env(
         tweak(cfg);
     })
 }
+
+/// `[store]` for a Redis Cluster seeded with `urls`.
+pub fn cluster_store(urls: &[String], timeout: &str) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("kind".into(), "redis".into());
+    t.insert(
+        "cluster".into(),
+        toml::Value::Array(urls.iter().map(|u| u.clone().into()).collect()),
+    );
+    t.insert("timeout".into(), timeout.into());
+    t
+}
