@@ -31,20 +31,20 @@ struct Pair {
 impl Pair {
     async fn start(tweak: impl Fn(&mut toml::Table)) -> Pair {
         // Generous: this checks sharing, not the fail-closed latency.
-        Pair::start_on(|redis| single_store(&redis.url(), "2s"), None, tweak).await
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start(dir.path());
+        Pair::start_on(dir, redis, |r| single_store(&r.url(), "2s"), None, tweak).await
     }
 
-    /// Replicas on the store `store` names (given the single server), or on `cluster`.
+    /// Replicas sharing the master key in `dir`, on the store `store` names (given the
+    /// single server), or on `cluster`.
     async fn start_on(
+        dir: tempfile::TempDir,
+        redis: RedisServer,
         store: impl FnOnce(&RedisServer) -> toml::Table,
-        cluster: Option<(tempfile::TempDir, RedisCluster)>,
+        cluster: Option<RedisCluster>,
         tweak: impl Fn(&mut toml::Table),
     ) -> Pair {
-        let (dir, cluster) = match cluster {
-            Some((d, c)) => (d, Some(c)),
-            None => (tempfile::tempdir().unwrap(), None),
-        };
-        let redis = RedisServer::start(dir.path());
         let store = store(&redis);
         let envs: Vec<Env> = (0..2)
             .map(|_| replica_env(dir.path(), &store, &tweak))
@@ -587,7 +587,16 @@ async fn with_redis_down_no_session_token_or_login_is_accepted_and_all_come_back
     ) {
         return;
     }
-    let mut p = Pair::start_on(|r| single_store(&r.url(), "200ms"), None, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let mut p = Pair::start_on(
+        dir,
+        redis,
+        |r| single_store(&r.url(), "200ms"),
+        None,
+        |_| {},
+    )
+    .await;
     account(&p.envs[0], &["create"], "alice", PASSWORD);
     let token = p.envs[0]
         .run_with_store(&["tokens", "create"], &["--scopes", "admin:read"])
@@ -640,9 +649,12 @@ async fn on_a_cluster_logins_lockouts_and_tokens_are_shared_too() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = RedisCluster::start(dir.path());
     let store = cluster_store(&cluster.urls(), "2s");
+    let idle = RedisServer::start(dir.path());
     let p = Pair::start_on(
+        dir,
+        idle,
         move |_| store,
-        Some((dir, cluster)),
+        Some(cluster),
         |cfg| {
             set(cfg, "admin.lockout_after", 3);
             set(cfg, "admin.lockout_base", "1h");
@@ -707,4 +719,71 @@ async fn on_a_cluster_logins_lockouts_and_tokens_are_shared_too() {
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_brings_web_accounts_totp_and_tokens_from_an_embedded_store() {
+    if !utils::redis::available(
+        "migrate_brings_web_accounts_totp_and_tokens_from_an_embedded_store",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    // An embedded gateway whose user enrolled TOTP, with the master key the replicas share.
+    let mut embedded_store = toml::Table::new();
+    embedded_store.insert("kind".into(), "embedded".into());
+    let embedded = replica_env(dir.path(), &embedded_store, |_| {});
+    account(&embedded, &["create"], "alice", PASSWORD);
+    let token = embedded
+        .run_with_store(&["tokens", "create"], &["--scopes", "admin:read"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let origin = Origin::start().await;
+    let (secret, step, codes) = {
+        let (mut gw, addr) = embedded.start_with_admin(origin.addr).await;
+        let mut c = Client::new(addr);
+        c.login("alice", PASSWORD).await;
+        let enrolled = enrol(&mut c).await;
+        // One recovery code spent before the move stays spent after it.
+        let mut r = Client::new(addr);
+        r.login("alice", PASSWORD).await;
+        assert_eq!(r.code(&enrolled.2[0]).await.location(), "/keys");
+        gw.terminate(Duration::from_secs(5));
+        enrolled
+    };
+    let data = embedded.data.to_string_lossy().into_owned();
+    let run = embedded
+        .run(&["migrate", "--from", &data, "--to", &redis.url()])
+        .ok();
+    assert!(
+        run.stdout.contains("\"accounts\":1") && run.stdout.contains("\"tokens\":1"),
+        "{}",
+        run.stdout
+    );
+    let again = embedded.run(&["migrate", "--from", &data, "--to", &redis.url()]);
+    assert!(
+        !again.status.success() && again.stderr.contains("--force"),
+        "{again:?}"
+    );
+
+    let p = Pair::start_on(dir, redis, |r| single_store(&r.url(), "2s"), None, |_| {}).await;
+    let mut c = Client::new(p.a());
+    assert_eq!(c.login("alice", PASSWORD).await.location(), "/login/code");
+    // The step used at enrolment stays spent; the next one logs in, on the other replica.
+    let mut on_b = c.at(p.b());
+    assert_eq!(on_b.code(&totp_code(&secret, step * 30)).await.status, 401);
+    assert_eq!(
+        on_b.code(&totp_code(&secret, (step + 1) * 30))
+            .await
+            .location(),
+        "/keys"
+    );
+    let mut r = Client::new(p.b());
+    r.login("alice", PASSWORD).await;
+    assert_eq!(r.code(&codes[0]).await.status, 401, "spent before the move");
+    assert_eq!(r.code(&codes[1]).await.location(), "/keys");
+    assert_eq!(on_b.api("GET", "/api/accounts", &token).await.0, 200);
 }

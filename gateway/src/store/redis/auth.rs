@@ -552,4 +552,71 @@ impl RedisStore {
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
+
+    // -----------------------------------------------------------------------------------
+    // Migration
+    // -----------------------------------------------------------------------------------
+
+    /// Writes `doc` (with its failure count and unused recovery codes' hashes) as it was
+    /// in the embedded store, replacing whatever account of that name Redis held; its
+    /// sessions are not copied (the users log in again).
+    pub async fn import_account(
+        &self,
+        name: &str,
+        doc: &AccountDoc,
+        failed: u64,
+        code_hashes: &[String],
+    ) -> anyhow::Result<()> {
+        let mut fields = vec![
+            ("password_hash", doc.password_hash.clone()),
+            ("disabled", if doc.disabled { "1" } else { "0" }.to_owned()),
+            ("totp_last_step", doc.totp_last_step.to_string()),
+            ("failed", failed.to_string()),
+            ("locked_until", doc.locked_until.to_string()),
+            ("epoch", "0".to_owned()),
+            ("password_set_at", doc.password_set_at.to_string()),
+            ("created_at", doc.created_at.to_string()),
+        ];
+        if let Some(s) = &doc.totp_sealed {
+            fields.push(("totp_sealed", B64.encode(s)));
+        }
+        if let Some(s) = &doc.totp_pending {
+            fields.push(("totp_pending", B64.encode(s)));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.acct_key(name))
+            .del(self.codes_key(name))
+            .hset_multiple(self.acct_key(name), &fields);
+        if !code_hashes.is_empty() {
+            pipe.sadd(self.codes_key(name), code_hashes);
+        }
+        let mut c = self.conn().await?;
+        self.deadline(pipe.query_async::<()>(&mut c)).await?;
+        self.query::<i64>(redis::cmd("SADD").arg(self.adm_key("accounts")).arg(name))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a token as it was in the embedded store (its hash; revoked ones too).
+    pub async fn import_token(&self, t: &TokenDoc) -> anyhow::Result<()> {
+        let key = self.adm_key(&format!("tok:{}", t.id));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&key)
+            .hset_multiple(
+                &key,
+                &[
+                    ("hash", t.hash.clone()),
+                    ("scopes", t.scopes.clone()),
+                    ("label", t.label.clone()),
+                    ("created_at", t.created_at.to_string()),
+                    ("revoked", if t.revoked { "1" } else { "0" }.to_owned()),
+                ],
+            )
+            .sadd(self.adm_key("tokens"), &t.id);
+        let mut c = self.conn().await?;
+        self.deadline(pipe.query_async::<()>(&mut c)).await?;
+        Ok(())
+    }
 }
