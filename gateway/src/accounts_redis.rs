@@ -43,12 +43,12 @@ impl Accounts {
             .as_ref()
             .map_or(self.dummy_hash.as_str(), |a| a.password_hash.as_str());
         let good = verify_password(hash, password);
-        let Some(a) = found else {
+        // Every refusal makes one script call: an uncounted one (unknown, disabled,
+        // locked) costs what a counted one does.
+        let Some(a) = found.filter(|a| !a.disabled && a.locked_until <= now) else {
+            let _ = r.account_failed_nowhere(name).await;
             return Err(LoginFailed);
         };
-        if a.disabled || a.locked_until > now {
-            return Err(LoginFailed);
-        }
         if !good {
             self.failed_on(r, name, now).await;
             return Err(LoginFailed);

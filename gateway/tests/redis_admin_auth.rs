@@ -787,3 +787,47 @@ async fn migrate_brings_web_accounts_totp_and_tokens_from_an_embedded_store() {
     assert_eq!(r.code(&codes[1]).await.location(), "/keys");
     assert_eq!(on_b.api("GET", "/api/accounts", &token).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_cost_a_login_what_wrong_passwords_do() {
+    if !utils::redis::available("unknown_names_cost_a_login_what_wrong_passwords_do") {
+        return;
+    }
+    let p = Pair::start(|cfg| set(cfg, "admin.lockout_after", 100)).await;
+    account(&p.envs[0], &["create"], "alice", PASSWORD);
+    // Forms loaded first: only the password step is timed.
+    async fn timed(addr: SocketAddr, name: &str) -> Duration {
+        let mut c = Client::new(addr);
+        let token = c.get("/login").await.field("token");
+        let t0 = Instant::now();
+        let page = c
+            .post(
+                "/login",
+                &[
+                    ("name", name),
+                    ("password", "wrong password!"),
+                    ("token", &token),
+                ],
+            )
+            .await;
+        let took = t0.elapsed();
+        assert_eq!(page.status, 401);
+        took
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..15 {
+        let addr = if i % 2 == 0 { p.a() } else { p.b() };
+        known.push(timed(addr, "alice").await);
+        unknown.push(timed(addr, &format!("nobody{i}")).await);
+    }
+    let (k, u) = (median(known), median(unknown));
+    println!("login step: known name {k:?}, unknown name {u:?} (median of 15)");
+    // Both are one Argon2 verification; skipping it for unknown names would make them
+    // many times faster.
+    assert!(u * 3 > k && k * 3 > u, "known {k:?} vs unknown {u:?}");
+}

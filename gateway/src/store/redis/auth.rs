@@ -11,6 +11,8 @@
 //! # Keys and their bounds
 //! `<acct>` is the account's slot base ([`RedisStore::account_base`]); `{cat}` keys share
 //! the catalogue's slot, so token changes and their admin events are one script.
+//! - `<acct>:void`: never written; refused logins of unknown, disabled or locked names
+//!   run the failure script against it, so they cost what a counted failure costs.
 //! - `<acct>:acct` (hash): the account — PHC hash, disabled, sealed TOTP secret (and a
 //!   pending one), last accepted step, failures in a row, locked-until, session epoch,
 //!   times. No TTL: one per account an operator created. Scripts never create it for a
@@ -269,8 +271,9 @@ impl RedisStore {
             .arg(max_ms);
         let (n, locked): (u64, u64) = self.run_script(&inv).await?;
         if locked > now {
+            // The actor is Keyguard itself: whoever typed the passwords is unknown.
             self.record_admin_event(
-                &format!("web:{name}"),
+                "keyguard",
                 "account_locked",
                 name,
                 &format!(
@@ -281,6 +284,22 @@ impl RedisStore {
             .await?;
         }
         Ok((n, locked))
+    }
+
+    /// The same script call as [`RedisStore::account_failed`] against a key that never
+    /// exists (the script writes only existing accounts), so a refused login of an
+    /// unknown, disabled or locked name costs the round trip a counted failure costs.
+    pub async fn account_failed_nowhere(&self, name: &str) -> anyhow::Result<()> {
+        let s = script(include_str!("acct_fail.lua"));
+        let mut inv = s.prepare_invoke();
+        inv.key(format!("{}:void", self.account_base(name)))
+            .arg(0)
+            .arg(1)
+            .arg(0)
+            .arg(0);
+        let (n, _): (u64, u64) = self.run_script(&inv).await?;
+        anyhow::ensure!(n == 0, "{}:void exists", self.account_base(name));
+        Ok(())
     }
 
     /// Accepts a TOTP step if newer than the last accepted one (see `acct_totp.lua`).
