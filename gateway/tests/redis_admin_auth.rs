@@ -23,7 +23,7 @@ struct Pair {
     _cluster: Option<RedisCluster>,
     envs: Vec<Env>,
     admins: Vec<SocketAddr>,
-    _gws: Vec<Gateway>,
+    gws: Vec<Gateway>,
     _origin: Origin,
     _dir: tempfile::TempDir,
 }
@@ -62,7 +62,7 @@ impl Pair {
             _cluster: cluster,
             envs,
             admins,
-            _gws: gws,
+            gws,
             _origin: origin,
             _dir: dir,
         }
@@ -830,4 +830,46 @@ async fn unknown_names_cost_a_login_what_wrong_passwords_do() {
     // Both are one Argon2 verification; skipping it for unknown names would make them
     // many times faster.
     assert!(u * 3 > k && k * 3 > u, "known {k:?} vs unknown {u:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_stops_on_sigterm_with_logins_in_flight() {
+    if !utils::redis::available("a_replica_stops_on_sigterm_with_logins_in_flight") {
+        return;
+    }
+    let mut p = Pair::start(|_| {}).await;
+    account(&p.envs[0], &["create"], "alice", PASSWORD);
+    let a = p.a();
+    // Logins keep the listener's blocking threads busy with Argon2 and Redis calls (the
+    // failing ones with a name that does not exist, so alice is never locked).
+    let busy: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(async move {
+                let name = if i % 2 == 0 { "alice" } else { "nobody" };
+                for _ in 0..20 {
+                    let mut c = Client::new(a);
+                    let login = tokio::spawn(async move { c.login(name, PASSWORD).await.status });
+                    // The listener going away mid-request ends the task's loop.
+                    if !matches!(
+                        tokio::time::timeout(Duration::from_secs(2), login).await,
+                        Ok(Ok(_))
+                    ) {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exited = p.gws[0].terminate(Duration::from_secs(10));
+    assert!(
+        exited.is_some(),
+        "replica A still running 10 s after SIGTERM"
+    );
+    for b in busy {
+        b.abort();
+    }
+    // B is untouched.
+    let mut c = Client::new(p.b());
+    assert_eq!(c.login("alice", PASSWORD).await.location(), "/keys");
 }
