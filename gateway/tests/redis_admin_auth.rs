@@ -873,3 +873,54 @@ async fn a_replica_stops_on_sigterm_with_logins_in_flight() {
     let mut c = Client::new(p.b());
     assert_eq!(c.login("alice", PASSWORD).await.location(), "/keys");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_passwords_sent_to_both_replicas_at_once_are_each_counted() {
+    if !utils::redis::available("wrong_passwords_sent_to_both_replicas_at_once_are_each_counted") {
+        return;
+    }
+    let p = Pair::start(|cfg| {
+        set(cfg, "admin.lockout_after", 6);
+        set(cfg, "admin.lockout_base", "1h");
+    })
+    .await;
+    account(&p.envs[0], &["create"], "alice", PASSWORD);
+    // Six failures at once, three per replica: a count that lost one would stay at five.
+    let mut forms = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::new(if i % 2 == 0 { p.a() } else { p.b() });
+        let token = c.get("/login").await.field("token");
+        forms.push((c, token));
+    }
+    let tasks: Vec<_> = forms
+        .into_iter()
+        .map(|(mut c, token)| {
+            tokio::spawn(async move {
+                c.post(
+                    "/login",
+                    &[
+                        ("name", "alice"),
+                        ("password", "wrong password!"),
+                        ("token", &token),
+                    ],
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    let mut c = Client::new(p.b());
+    assert_eq!(
+        c.login("alice", PASSWORD).await.status,
+        401,
+        "six failures counted: locked"
+    );
+    let count = p
+        .redis
+        .cli(&["HGET", "kg:{a:alice}:acct", "failed"])
+        .unwrap_or_default();
+    assert_eq!(count.trim(), "6", "every failure counted once");
+}
