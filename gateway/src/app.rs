@@ -49,16 +49,7 @@ pub async fn run(
     )?);
     let redis = match &cfg.store {
         keyguard_config::StoreConfig::Embedded => None,
-        keyguard_config::StoreConfig::Redis(rc) => {
-            if s.admin_listen.is_some() {
-                anyhow::bail!(
-                    "the admin listener (web UI, admin API) keeps its accounts and sessions in the \
-                     embedded store and cannot run with [store] kind = \"redis\" yet; run it on a \
-                     gateway with the embedded store"
-                );
-            }
-            Some(RedisStore::new(rc)?)
-        }
+        keyguard_config::StoreConfig::Redis(rc) => Some(RedisStore::new(rc)?),
     };
     let keys = Arc::new(match &redis {
         None => KeyCache::load(&store, &master)?,

@@ -10,6 +10,7 @@
 //! - [`catalog`]: key records and freezes as JSON documents, the per-replica key cache
 //!   fed by pub/sub with a periodic full check, and the operator commands on them.
 //! - [`migrate`]: `keyguard migrate`, from an embedded data dir into Redis.
+//! - [`auth`]: the admin listener's logins: accounts, sessions, SSO `jti`s, API tokens.
 //!
 //! # Slots
 //! Everything of one account shares the hash tag `{a:<account>}` and everything of one
@@ -25,6 +26,7 @@
 //! and velocity entries expire with their window.
 
 pub mod admit;
+pub mod auth;
 pub mod catalog;
 pub mod migrate;
 
