@@ -620,6 +620,10 @@ async fn with_redis_down_no_session_token_or_login_is_accepted_and_all_come_back
     let login = fresh.login("alice", PASSWORD).await;
     assert_eq!(login.status, 401, "no login without the store: {login:?}");
     assert!(!fresh.jar.contains_key("kg_session"));
+    // The load balancer is told too: not ready while the shared store does not answer.
+    let ready = on_b.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.body.contains("\"store\":false"), "{ready:?}");
     assert!(
         t0.elapsed() < Duration::from_secs(5),
         "answers took {:?}",
@@ -639,6 +643,8 @@ async fn with_redis_down_no_session_token_or_login_is_accepted_and_all_come_back
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(on_a.api("GET", "/api/accounts", &token).await.0, 200);
+    let ready = on_b.get("/readyz").await;
+    assert!(ready.body.contains("\"store\":true"), "{ready:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

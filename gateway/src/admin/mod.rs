@@ -273,6 +273,13 @@ async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
     })
     .await
     .unwrap_or(false);
+    // On Redis the shared state is what requests need: not ready while it does not
+    // answer (within the store's own timeout), whatever the local files say.
+    let store_ok = store_ok
+        && match &st.redis {
+            Some(r) => r.query::<String>(&redis::cmd("PING")).await.is_ok(),
+            None => true,
+        };
     let upstream_ok = match st.cfg.server.upstream.as_ref() {
         Some(u) => {
             let auth = u.authority();
