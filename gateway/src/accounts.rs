@@ -472,12 +472,7 @@ impl Accounts {
         let Some(step) = self.totp_step(name, sealed.as_deref(), code, now) else {
             return Ok(None);
         };
-        let codes: Vec<String> = (0..RECOVERY_CODES)
-            .map(|_| {
-                let raw = crate::cli::random_alnum(10)?.to_ascii_lowercase();
-                Ok(format!("{}-{}", &raw[..5], &raw[5..]))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let codes = new_recovery_codes()?;
         let tx = conn.transaction()?;
         tx.execute(
             "UPDATE accounts SET totp_sealed = totp_pending, totp_pending = NULL, totp_last_step = ?2
@@ -501,6 +496,16 @@ impl Accounts {
         tx.commit()?;
         Ok(Some(codes))
     }
+}
+
+/// Fresh recovery codes (`abcde-12345`), shown once.
+fn new_recovery_codes() -> anyhow::Result<Vec<String>> {
+    (0..RECOVERY_CODES)
+        .map(|_| {
+            let raw = crate::cli::random_alnum(10)?.to_ascii_lowercase();
+            Ok(format!("{}-{}", &raw[..5], &raw[5..]))
+        })
+        .collect()
 }
 
 fn enrolment(secret: Vec<u8>, name: &str) -> anyhow::Result<Enrolment> {
@@ -632,6 +637,9 @@ pub fn list(conn: &Connection) -> anyhow::Result<Vec<AccountSummary>> {
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+#[path = "accounts_redis.rs"]
+pub mod on_redis;
 
 #[cfg(test)]
 #[path = "accounts_tests.rs"]

@@ -932,15 +932,23 @@ fn tokens_cmd(cmd: TokensCommand) -> anyhow::Result<()> {
             let scopes: tokens::TokenScopes = scopes
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            let (id, token) = tokens::create(&conn, scopes, &label, &actor(who))?;
+            let (id, token) = match redis_store(&cfg)? {
+                Some(r) => on_redis(tokens::create_on(&r, scopes, &label, &actor(who)))?,
+                None => {
+                    let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    tokens::create(&conn, scopes, &label, &actor(who))?
+                }
+            };
             println!("{token}");
             eprintln!("token {id} ({scopes}): shown only now; it is stored hashed");
         }
         TokensCommand::List { store } => {
             let cfg = load(&store)?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            println!("{}", serde_json::to_string_pretty(&tokens::list(&conn)?)?);
+            let list = match redis_store(&cfg)? {
+                Some(r) => on_redis(tokens::list_on(&r))?,
+                None => tokens::list(&Store::open(&cfg.server.data_dir)?.connect()?)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&list)?);
         }
         TokensCommand::Revoke {
             store,
@@ -948,8 +956,13 @@ fn tokens_cmd(cmd: TokensCommand) -> anyhow::Result<()> {
             actor: who,
         } => {
             let cfg = load(&store)?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            tokens::revoke(&conn, &id, &actor(who))?;
+            match redis_store(&cfg)? {
+                Some(r) => on_redis(tokens::revoke_on(&r, &id, &actor(who)))?,
+                None => {
+                    let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    tokens::revoke(&conn, &id, &actor(who))?;
+                }
+            }
             eprintln!("token {id} revoked");
         }
     }
@@ -962,8 +975,18 @@ fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {
         AccountsCommand::Create(a) => {
             let cfg = load(&a.store)?;
             let pw = read_password()?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            accounts::create(&conn, &a.name, &pw, &actor(a.actor))?;
+            match redis_store(&cfg)? {
+                Some(r) => on_redis(accounts::on_redis::create(
+                    &r,
+                    &a.name,
+                    &pw,
+                    &actor(a.actor),
+                ))?,
+                None => {
+                    let conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    accounts::create(&conn, &a.name, &pw, &actor(a.actor))?;
+                }
+            }
             eprintln!(
                 "account {} created; it owns the keys whose account is {0}",
                 a.name
@@ -971,8 +994,10 @@ fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {
         }
         AccountsCommand::List { store, json } => {
             let cfg = load(&store)?;
-            let conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            let list = accounts::list(&conn)?;
+            let list = match redis_store(&cfg)? {
+                Some(r) => on_redis(accounts::on_redis::list(&r))?,
+                None => accounts::list(&Store::open(&cfg.server.data_dir)?.connect()?)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -998,27 +1023,69 @@ fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {
         }
         AccountsCommand::Disable(a) => {
             let cfg = load(&a.store)?;
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            accounts::set_disabled(&mut conn, &a.name, true, &actor(a.actor), &a.reason)?;
+            match redis_store(&cfg)? {
+                Some(r) => on_redis(accounts::on_redis::set_disabled(
+                    &r,
+                    &a.name,
+                    true,
+                    &actor(a.actor),
+                    &a.reason,
+                ))?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    accounts::set_disabled(&mut conn, &a.name, true, &actor(a.actor), &a.reason)?;
+                }
+            }
             eprintln!("account {} disabled; its sessions ended", a.name);
         }
         AccountsCommand::Enable(a) => {
             let cfg = load(&a.store)?;
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            accounts::set_disabled(&mut conn, &a.name, false, &actor(a.actor), &a.reason)?;
+            match redis_store(&cfg)? {
+                Some(r) => on_redis(accounts::on_redis::set_disabled(
+                    &r,
+                    &a.name,
+                    false,
+                    &actor(a.actor),
+                    &a.reason,
+                ))?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    accounts::set_disabled(&mut conn, &a.name, false, &actor(a.actor), &a.reason)?;
+                }
+            }
             eprintln!("account {} enabled", a.name);
         }
         AccountsCommand::ResetTotp(a) => {
             let cfg = load(&a.store)?;
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            accounts::reset_totp(&mut conn, &a.name, &actor(a.actor), &a.reason)?;
+            match redis_store(&cfg)? {
+                Some(r) => on_redis(accounts::on_redis::reset_totp(
+                    &r,
+                    &a.name,
+                    &actor(a.actor),
+                    &a.reason,
+                ))?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    accounts::reset_totp(&mut conn, &a.name, &actor(a.actor), &a.reason)?;
+                }
+            }
             eprintln!("two-factor login of {} is off; its sessions ended", a.name);
         }
         AccountsCommand::ResetPassword(a) => {
             let cfg = load(&a.store)?;
             let pw = read_password()?;
-            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-            accounts::set_password(&mut conn, &a.name, &pw, &actor(a.actor))?;
+            match redis_store(&cfg)? {
+                Some(r) => on_redis(accounts::on_redis::set_password(
+                    &r,
+                    &a.name,
+                    &pw,
+                    &actor(a.actor),
+                ))?,
+                None => {
+                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+                    accounts::set_password(&mut conn, &a.name, &pw, &actor(a.actor))?;
+                }
+            }
             eprintln!("password of {} set; its sessions ended", a.name);
         }
     }

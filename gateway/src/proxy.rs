@@ -702,15 +702,39 @@ impl Gateway {
         now: u64,
     ) -> Refusal {
         if let Some(sh) = &self.shared {
-            // Every replica blocks the network: through Redis and its announcement.
-            let (store, scripts) = (sh.store.clone(), sh.scripts.clone());
+            // Every replica blocks the network (through Redis and its announcement), and
+            // the keys seen from it go back on probation there in Redis, where every
+            // replica's new-IP rule reads them. Off the response path: the alert goes
+            // out when both are done, with what was done.
+            let (store, scripts, rules) = (sh.store.clone(), sh.scripts.clone(), sh.rules.clone());
             let net = keyguard_policy::limits::ClientNet::of(ctx.client_ip);
-            let until = now.saturating_add(self.anomaly.config().canary.block_ms);
+            let rule = &self.anomaly.config().canary;
+            let until = now.saturating_add(rule.block_ms);
+            let since = now.saturating_sub(rule.lookback_ms);
+            let snap = self.keys.snapshot();
+            let alerts = self.alerts.clone();
+            let alert = Alert {
+                key_label: Some(key.label.clone()),
+                method: Some(parts.method.to_string()),
+                path: Some(truncate(parts.uri.path(), 256).to_owned()),
+                ..self.alert_for(ctx, "canary_used", Deny::Canary.code(), String::new())
+            };
             tokio::spawn(async move {
-                if let Err(e) = store.trip(&scripts, net, until).await {
+                let blocked = store.trip(&scripts, net, until).await;
+                if let Err(e) = &blocked {
                     tracing::error!(error = %e, "canary block not recorded in redis");
                 }
+                let forgotten = forget_in_redis(&store, &scripts, &rules, &snap, net, since).await;
+                let detail = match (blocked, forgotten) {
+                    (Ok(()), Ok(n)) => format!(
+                        "canary key used: network blocked for every key until {}, {n} key(s) back on new-IP probation there",
+                        timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(until))
+                    ),
+                    _ => "canary key used: the anomaly state could not be updated in redis".to_owned(),
+                };
+                alerts.send(Alert { detail, ..alert });
             });
+            return Deny::Canary.into();
         }
         let detail = match self.anomaly.canary_used(ctx.client_ip, now) {
             Ok(trip) => {
@@ -1066,6 +1090,43 @@ impl RequestIds {
             *b = HEX[(n >> (44 - 4 * i) & 0xf) as usize];
         }
         RequestId(out)
+    }
+}
+
+/// Puts every key seen from `net` since `since` back on new-IP probation there, in Redis:
+/// the keys in the network's shared-IP set when that rule keeps one, else every key of
+/// the catalogue (a canary is rare; each check is one small script). Returns how many.
+async fn forget_in_redis(
+    store: &crate::store::redis::RedisStore,
+    scripts: &crate::store::redis::admit::Scripts,
+    rules: &crate::store::redis::admit::SharedRules,
+    snap: &crate::keys::Snapshot,
+    net: keyguard_policy::limits::ClientNet,
+    since: u64,
+) -> Result<usize, crate::store::redis::StoreError> {
+    let candidates: Vec<&KeyRecord> = match store.seen_from(rules, net, since).await? {
+        Some(ids) => ids
+            .iter()
+            .filter_map(|id| snap.by_key_id(id).map(|e| &*e.key))
+            .collect(),
+        None => snap.entries().map(|e| &*e.key).collect(),
+    };
+    let mut n = 0;
+    let mut failed = None;
+    for key in candidates {
+        // One failure must not spare the other keys.
+        match store
+            .forget_network(scripts, &key.account, &key.key_id, net, since)
+            .await
+        {
+            Ok(true) => n += 1,
+            Ok(false) => {}
+            Err(e) => failed = Some(e),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(n),
     }
 }
 

@@ -536,3 +536,101 @@ async fn auth_failures_on_all_replicas_ban_the_network_everywhere() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_on_one_replica_puts_keys_back_on_probation_on_all() {
+    if !utils::redis::available("a_canary_on_one_replica_puts_keys_back_on_probation_on_all") {
+        return;
+    }
+    const BLOCK: Duration = Duration::from_secs(2);
+    // `serves` below uses the key first from ALLOWED_IP: that is where it is trusted.
+    let owner = ALLOWED_IP;
+    let attacker = std::net::Ipv4Addr::new(127, 0, 8, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let r = Replicas::start(dir.path(), single(&redis.url()), |cfg| {
+        set(cfg, "anomaly.new_ip.probation", "1s");
+        set(cfg, "canary.block_for", format!("{}s", BLOCK.as_secs()));
+        set(cfg, "canary.lookback", "1h");
+    })
+    .await;
+    // The victim has no allowlist: trusted where its owner uses it first, on probation
+    // elsewhere. The canary is allowlisted like a real office key.
+    let victim = r.envs[0].create_key(&KeySpec {
+        account: "acct-victim".into(),
+        scopes: "read,trade".into(),
+        allow_ips: vec![],
+        withdraw_addresses: vec![],
+    });
+    let run = r.envs[0]
+        .run_with_store(
+            &["keys", "create"],
+            &[
+                "--account",
+                "acct-office",
+                "--scopes",
+                "read,trade",
+                "--allow-ip",
+                "10.9.9.0/24",
+                "--canary",
+                "--json",
+            ],
+        )
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let canary = TestKey {
+        key_id: v["key_id"].as_str().unwrap().into(),
+        api_key: v["api_key"].as_str().unwrap().into(),
+        secret: v["secret"].as_str().unwrap().into(),
+        account: "acct-office".into(),
+    };
+    for i in 0..3 {
+        assert!(serves(r.gw(i), &victim, Duration::from_secs(2)).await);
+    }
+    assert_eq!(
+        r.gw(0)
+            .request_from(owner, &zaif::trade(&victim))
+            .await
+            .status,
+        200
+    );
+    // The stolen key earns trust from the attacker's network on replica 1 after 1 s.
+    assert_eq!(
+        r.gw(1)
+            .request_from(attacker, &zaif::read(&victim))
+            .await
+            .status,
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            r.gw(2)
+                .request_from(attacker, &zaif::trade(&victim))
+                .await
+                .status
+                == 200
+        })
+        .await,
+        "probation never ended"
+    );
+    // The canary goes off on replica 0.
+    let used = r.gw(0).request_from(attacker, &zaif::trade(&canary)).await;
+    used.assert_error(403, "ip_not_allowed");
+    // Once the block ends, the victim key is on probation again from that network, on
+    // every replica; its owner is unaffected.
+    tokio::time::sleep(BLOCK + Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let before = r.origin.count();
+        let resp = r.gw(i).request_from(attacker, &zaif::trade(&victim)).await;
+        resp.assert_error(403, "new_ip_probation");
+        r.origin
+            .assert_unchanged(before, "a trade from the canary's network");
+    }
+    assert_eq!(
+        r.gw(1)
+            .request_from(owner, &zaif::trade(&victim))
+            .await
+            .status,
+        200
+    );
+}

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`activity`]: the per-key activity table, fed from the audit path off the request path.
+//! - [`auth`]: who is logged in (sessions, login steps, SSO, bearer tokens), one method
+//!   per question whichever store holds the answer.
 //! - [`keys`]: the key operations the pages and the API call, on the embedded store or on
 //!   the Redis catalogue, whichever this gateway runs.
 //! - [`api`]: the JSON admin API under `/api/` (bearer tokens, OpenAPI document).
@@ -14,13 +16,15 @@
 //! - this file: shared state, the router, and the layers every response passes: security
 //!   headers on everything, and the same-origin check on every POST.
 //!
-//! Writes go to the same store as the CLI's (SQLite, or Redis with `[store] kind =
-//! "redis"`); after each one the handler waits for
+//! Who is logged in (accounts, sessions, SSO, API tokens) lives where the gateway's
+//! store does: SQLite, or with `[store] kind = "redis"` Redis, shared by every replica
+//! ([`auth`] picks). Writes go to the same store as the CLI's; after each one the handler waits for
 //! the gateway's key snapshot to hold it ([`crate::keys::KeyCache::caught_up`]), so a
 //! change made here applies to the next exchange request.
 
 pub mod activity;
 pub mod api;
+pub mod auth;
 pub mod keys;
 pub mod sessions;
 pub mod sso;
@@ -70,8 +74,9 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// State for `cfg`, sharing the gateway's key cache and master key.
-    pub fn new(
+    /// State for `cfg`, sharing the gateway's key cache and master key. On Redis the
+    /// sessions' signing key is the one every replica shares (made by the first).
+    pub async fn new(
         cfg: Config,
         store: Store,
         master: Arc<MasterKey>,
@@ -79,6 +84,25 @@ impl AdminState {
         redis: Option<Arc<RedisStore>>,
     ) -> anyhow::Result<AdminState> {
         let a = &cfg.admin;
+        let times = sessions::SessionTimes {
+            ttl_ms: a.session_ttl_ms,
+            max_ms: a.session_max_ms,
+        };
+        // Cookies are `Secure` when this listener serves TLS; over plain HTTP a browser
+        // would drop them.
+        let secure = cfg.tls.admin.is_some();
+        let sessions = match &redis {
+            // A key file per data dir would differ per replica: a cookie from one would
+            // be refused by the next.
+            Some(r) => sessions::Sessions::from_key(
+                &r.session_signing_key(&master)
+                    .await
+                    .map_err(|e| e.context("the admin sessions' signing key in redis"))?,
+                times,
+                secure,
+            ),
+            None => sessions::Sessions::load_or_create(&cfg.server.data_dir, times, secure)?,
+        };
         Ok(AdminState {
             accounts: Accounts::new(
                 master.clone(),
@@ -87,16 +111,7 @@ impl AdminState {
                     base_ms: a.lockout_base_ms,
                 },
             )?,
-            // Cookies are `Secure` when this listener serves TLS; over plain HTTP a
-            // browser would drop them.
-            sessions: sessions::Sessions::load_or_create(
-                &cfg.server.data_dir,
-                sessions::SessionTimes {
-                    ttl_ms: a.session_ttl_ms,
-                    max_ms: a.session_max_ms,
-                },
-                cfg.tls.admin.is_some(),
-            )?,
+            sessions,
             sso: cfg.admin.sso.as_ref().map(sso::Sso::load).transpose()?,
             store,
             master,
@@ -138,13 +153,16 @@ pub async fn start(
         addr != cfg.server.listen,
         "server.admin_listen must differ from server.listen: the admin UI never shares the exchange-facing port"
     );
-    let state = Arc::new(AdminState::new(
-        cfg.clone(),
-        store.clone(),
-        master.clone(),
-        keys.clone(),
-        redis,
-    )?);
+    let state = Arc::new(
+        AdminState::new(
+            cfg.clone(),
+            store.clone(),
+            master.clone(),
+            keys.clone(),
+            redis,
+        )
+        .await?,
+    );
     // On Redis every replica's writer already runs (started by `app::run`).
     if state.redis.is_none() {
         activity::start(store.connect()?, activity::Retention::from_config(cfg))?;
@@ -255,6 +273,13 @@ async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
     })
     .await
     .unwrap_or(false);
+    // On Redis the shared state is what requests need: not ready while it does not
+    // answer (within the store's own timeout), whatever the local files say.
+    let store_ok = store_ok
+        && match &st.redis {
+            Some(r) => r.query::<String>(&redis::cmd("PING")).await.is_ok(),
+            None => true,
+        };
     let upstream_ok = match st.cfg.server.upstream.as_ref() {
         Some(u) => {
             let auth = u.authority();

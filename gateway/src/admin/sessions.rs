@@ -8,6 +8,10 @@
 //! before login (or before the code) is worthless after it. Each session has its own
 //! CSRF token, required in every form; the login form, before any session exists, uses
 //! a signed double-submit token instead ([`Sessions::login_token`]).
+//!
+//! On Redis (`*_on` methods) the row is a hash that expires with the session, tagged
+//! with the account's session epoch, and the signing key is one all replicas share, so a
+//! cookie issued by one replica works on every other and a logout on one ends it on all.
 
 use std::path::Path;
 
@@ -19,6 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::accounts::ct_eq;
 use crate::secrets::random_bytes;
+use crate::store::redis::RedisStore;
 
 /// The full-session cookie.
 pub const SESSION_COOKIE: &str = "kg_session";
@@ -122,13 +127,19 @@ impl Sessions {
                 return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())))
             }
         };
-        // Separate keys for sessions and login-form tokens, derived from the one file.
+        Ok(Sessions::from_key(&key, times, secure))
+    }
+
+    /// Sessions signed under `key` (the file's, or the one all replicas share in Redis,
+    /// [`RedisStore::session_signing_key`]).
+    pub fn from_key(key: &[u8], times: SessionTimes, secure: bool) -> Sessions {
+        // Separate keys for sessions and login-form tokens, derived from the one key.
         let derive = |label: &[u8]| {
-            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
             ring::hmac::sign(&k, label).as_ref().to_vec()
         };
         let jwt_key = derive(b"keyguard admin session jwt");
-        Ok(Sessions {
+        Sessions {
             enc: EncodingKey::from_secret(&jwt_key),
             dec: DecodingKey::from_secret(&jwt_key),
             login_key: ring::hmac::Key::new(
@@ -137,7 +148,7 @@ impl Sessions {
             ),
             times,
             secure,
-        })
+        }
     }
 
     fn cookie(&self, name: &str, value: &str, max_age_s: u64) -> HeaderValue {
@@ -219,16 +230,8 @@ impl Sessions {
         Ok(self.cookie(name, &token, ttl / 1000))
     }
 
-    /// Checks the cookie for `stage`: a valid token, its row present, not revoked, not
-    /// past its expiry or absolute limit, same stage. Renews a full session past half
-    /// its lifetime.
-    pub fn check(
-        &self,
-        conn: &Connection,
-        headers: &HeaderMap,
-        stage: Stage,
-        now: UnixMillis,
-    ) -> Option<Session> {
+    /// The verified claims of the cookie for `stage`.
+    fn claims(&self, headers: &HeaderMap, stage: Stage) -> Option<Claims> {
         let name = match stage {
             Stage::Totp => PENDING_COOKIE,
             Stage::Full => SESSION_COOKIE,
@@ -240,9 +243,20 @@ impl Sessions {
         let claims = jsonwebtoken::decode::<Claims>(&token, &self.dec, &v)
             .ok()?
             .claims;
-        if claims.stg != stage.as_str() {
-            return None;
-        }
+        (claims.stg == stage.as_str()).then_some(claims)
+    }
+
+    /// Checks the cookie for `stage`: a valid token, its row present, not revoked, not
+    /// past its expiry or absolute limit, same stage. Renews a full session past half
+    /// its lifetime.
+    pub fn check(
+        &self,
+        conn: &Connection,
+        headers: &HeaderMap,
+        stage: Stage,
+        now: UnixMillis,
+    ) -> Option<Session> {
+        let claims = self.claims(headers, stage)?;
         let (account, stg, csrf, expires_at, max_until, revoked): (String, String, String, i64, i64, i64) = conn
             .query_row(
                 "SELECT account, stage, csrf, expires_at, max_until, revoked FROM sessions WHERE id = ?1",
@@ -293,6 +307,96 @@ impl Sessions {
             csrf,
             renewed,
         })
+    }
+
+    /// [`Sessions::start`] with the row in Redis, where it expires with the session;
+    /// `None` when the account is gone or disabled.
+    pub async fn start_on(
+        &self,
+        r: &RedisStore,
+        account: &str,
+        stage: Stage,
+        replacing: Option<&str>,
+        client_ip: &str,
+        now: UnixMillis,
+    ) -> anyhow::Result<Option<HeaderValue>> {
+        let sid = rand_id()?;
+        let csrf = rand_id()?;
+        let (ttl, max_until) = match stage {
+            Stage::Totp => (PENDING_TTL_MS, now + PENDING_TTL_MS),
+            Stage::Full => (self.times.ttl_ms, now + self.times.max_ms),
+        };
+        let expires_at = (now + ttl).min(max_until);
+        if !r
+            .start_session(
+                account,
+                &sid,
+                stage.as_str(),
+                &csrf,
+                now,
+                expires_at,
+                max_until,
+                client_ip,
+                replacing,
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        let token = self.token(&sid, account, stage, expires_at, now)?;
+        let name = match stage {
+            Stage::Totp => PENDING_COOKIE,
+            Stage::Full => SESSION_COOKIE,
+        };
+        Ok(Some(self.cookie(name, &token, ttl / 1000)))
+    }
+
+    /// [`Sessions::check`] against the row in Redis: a logout, password change, disable
+    /// or TOTP reset on any replica is seen here at once.
+    pub async fn check_on(
+        &self,
+        r: &RedisStore,
+        headers: &HeaderMap,
+        stage: Stage,
+        now: UnixMillis,
+    ) -> anyhow::Result<Option<Session>> {
+        let Some(claims) = self.claims(headers, stage) else {
+            return Ok(None);
+        };
+        let Some(row) = r
+            .check_session(
+                &claims.sub,
+                &claims.sid,
+                stage.as_str(),
+                now,
+                self.times.ttl_ms,
+                stage == Stage::Full,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut renewed = None;
+        if row.renewed {
+            if let Ok(t) = self.token(&claims.sid, &claims.sub, stage, row.expires_at, now) {
+                renewed = Some(self.cookie(
+                    SESSION_COOKIE,
+                    &t,
+                    row.expires_at.saturating_sub(now) / 1000,
+                ));
+            }
+        }
+        Ok(Some(Session {
+            id: claims.sid,
+            account: claims.sub,
+            csrf: row.csrf,
+            renewed,
+        }))
+    }
+
+    /// Ends one session in Redis.
+    pub async fn end_on(&self, r: &RedisStore, s: &Session) -> anyhow::Result<()> {
+        r.end_session(&s.account, &s.id).await
     }
 
     /// Ends one session.

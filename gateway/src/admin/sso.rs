@@ -11,6 +11,8 @@ use keyguard_config::SsoConfig;
 use keyguard_policy::UnixMillis;
 use rusqlite::{params, Connection};
 
+use crate::store::redis::RedisStore;
+
 /// The longest lifetime of an SSO token.
 const MAX_LIFETIME_S: u64 = 300;
 
@@ -63,6 +65,37 @@ impl Sso {
 
     /// The account a valid, unused token names; the token's `jti` is spent by this call.
     pub fn verify(&self, conn: &Connection, token: &str, now: UnixMillis) -> Option<String> {
+        let claims = self.valid_claims(token, now)?;
+        let now_s = now / 1000;
+        let _ = conn.execute("DELETE FROM sso_jti WHERE exp < ?1", [now_s as i64]);
+        let fresh = conn
+            .execute(
+                "INSERT OR IGNORE INTO sso_jti (jti, exp) VALUES (?1, ?2)",
+                params![claims.jti, claims.exp as i64],
+            )
+            .ok()?;
+        (fresh == 1).then_some(claims.sub)
+    }
+
+    /// [`Sso::verify`] with the spent `jti`s in Redis (`SET NX PX` until the token would
+    /// have expired), so a token used on one replica is refused on every other.
+    pub async fn verify_on(
+        &self,
+        r: &RedisStore,
+        token: &str,
+        now: UnixMillis,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(claims) = self.valid_claims(token, now) else {
+            return Ok(None);
+        };
+        let fresh = r
+            .spend_jti(&claims.jti, claims.exp.saturating_mul(1000), now)
+            .await?;
+        Ok(fresh.then_some(claims.sub))
+    }
+
+    /// The claims of a token that passes every check but the single-use one.
+    fn valid_claims(&self, token: &str, now: UnixMillis) -> Option<Claims> {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .ok()?
             .claims;
@@ -79,13 +112,6 @@ impl Sso {
         if claims.jti.is_empty() || claims.jti.len() > 128 {
             return None;
         }
-        let _ = conn.execute("DELETE FROM sso_jti WHERE exp < ?1", [now_s as i64]);
-        let fresh = conn
-            .execute(
-                "INSERT OR IGNORE INTO sso_jti (jti, exp) VALUES (?1, ?2)",
-                params![claims.jti, claims.exp as i64],
-            )
-            .ok()?;
-        (fresh == 1).then_some(claims.sub)
+        Some(claims)
     }
 }

@@ -1,11 +1,15 @@
 //! Bearer tokens for the admin API: `kgt_<id>_<secret>`, shown once at creation and stored
 //! as the SHA-256 of the secret (the secret is 32 random bytes, so a fast hash is enough:
 //! there is nothing to brute-force). Scopes: `admin:read`, `admin:write`.
+//!
+//! The `*_on` functions keep them in Redis instead (see [`crate::store::redis::auth`]),
+//! so a token made or revoked through any replica's store holds on all of them at once.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::accounts::ct_eq;
 use crate::secrets::random_bytes;
+use crate::store::redis::RedisStore;
 
 /// The table (created by [`crate::store::Store::open`]).
 pub(crate) const SCHEMA: &str = "
@@ -158,4 +162,66 @@ pub fn verify(conn: &Connection, token: &str) -> Option<(String, TokenScopes)> {
         return None;
     }
     Some((id.to_owned(), scopes.parse().ok()?))
+}
+
+/// [`create`] on Redis.
+pub async fn create_on(
+    r: &RedisStore,
+    scopes: TokenScopes,
+    label: &str,
+    actor: &str,
+) -> anyhow::Result<(String, String)> {
+    let id = hex::encode(random_bytes::<6>()?);
+    let secret = hex::encode(random_bytes::<32>()?);
+    anyhow::ensure!(
+        r.create_token(&id, &hash(&secret), &scopes.to_string(), label, actor)
+            .await?,
+        "token id {id} already taken; try again"
+    );
+    Ok((id.clone(), format!("kgt_{id}_{secret}")))
+}
+
+/// [`revoke`] on Redis: refused on every replica from the next request on.
+pub async fn revoke_on(r: &RedisStore, id: &str, actor: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(r.revoke_token(id, actor).await?, "no active token {id}");
+    Ok(())
+}
+
+/// [`list`] on Redis.
+pub async fn list_on(r: &RedisStore) -> anyhow::Result<Vec<TokenSummary>> {
+    Ok(r.tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenSummary {
+            id: t.id,
+            scopes: t.scopes,
+            label: t.label,
+            created_at: t.created_at,
+            revoked: t.revoked,
+        })
+        .collect())
+}
+
+/// [`verify`] on Redis; a store error is an error (the caller refuses), not a `None`.
+pub async fn verify_on(
+    r: &RedisStore,
+    token: &str,
+) -> anyhow::Result<Option<(String, TokenScopes)>> {
+    let Some((id, secret)) = token
+        .strip_prefix("kgt_")
+        .and_then(|rest| rest.split_once('_'))
+    else {
+        return Ok(None);
+    };
+    // Ids are 12 hex digits; anything else is not looked up (nor put into a key name).
+    if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let Some(t) = r.token(id).await? else {
+        return Ok(None);
+    };
+    if t.revoked || !ct_eq(t.hash.as_bytes(), hash(secret).as_bytes()) {
+        return Ok(None);
+    }
+    Ok(t.scopes.parse().ok().map(|s| (id.to_owned(), s)))
 }

@@ -13,6 +13,7 @@
 //! - [`sign`]: independent HMAC signers (ring) for the three dialects, pinned by
 //!   known-answer tests; [`zaif`], [`binance`], [`kraken`]: request builders.
 //! - [`redis`]: real `redis-server` processes and a Redis Cluster for distributed mode.
+//! - [`admin`]: a browser-like client of the admin listener, TOTP codes, SSO tokens.
 //! - [`tls`]: test certificates (rcgen, made per test), HTTPS and HTTP/2 clients, and a
 //!   raw HTTP/2 frame writer for the flood tests.
 //! - [`verify_assertion`]: checks `X-Keyguard-Assertion` with `jsonwebtoken` and the PEM
@@ -22,6 +23,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod redis;
 pub mod scenarios;
 pub mod tls;

@@ -242,3 +242,44 @@ impl RedisCluster {
         panic!("no master for slot {slot}");
     }
 }
+
+/// `[store]` for one `redis-server` at `url`, with a per-call timeout generous enough for
+/// a loaded CI machine.
+pub fn single_store(url: &str, timeout: &str) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("kind".into(), "redis".into());
+    t.insert("url".into(), url.into());
+    t.insert("timeout".into(), timeout.into());
+    t
+}
+
+/// A replica's environment: the Zaif example with `store`, the master key file shared
+/// by every replica made with the same `shared_dir`, its own data dir, then `tweak`.
+pub fn replica_env(
+    shared_dir: &Path,
+    store: &toml::Table,
+    tweak: impl FnOnce(&mut toml::Table),
+) -> super::Env {
+    let master = shared_dir.join("master.key");
+    super::Env::new(super::Dialect::Zaif, |cfg| {
+        super::set(cfg, "store", toml::Value::Table(store.clone()));
+        super::set(
+            cfg,
+            "secrets.master_key_file",
+            master.to_string_lossy().into_owned(),
+        );
+        tweak(cfg);
+    })
+}
+
+/// `[store]` for a Redis Cluster seeded with `urls`.
+pub fn cluster_store(urls: &[String], timeout: &str) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("kind".into(), "redis".into());
+    t.insert(
+        "cluster".into(),
+        toml::Value::Array(urls.iter().map(|u| u.clone().into()).collect()),
+    );
+    t.insert("timeout".into(), timeout.into());
+    t
+}

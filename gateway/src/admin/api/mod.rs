@@ -20,7 +20,7 @@ use keyguard_policy::{KeyStatus, Scope};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::tokens::{self, TokenScopes};
+use super::tokens::TokenScopes;
 use super::AdminState;
 use crate::admin::keys as keystore;
 use crate::store;
@@ -172,9 +172,10 @@ fn authorize(st: &AdminState, headers: &HeaderMap, write: bool) -> Result<String
                 "send Authorization: Bearer <token>",
             )
         })?;
-    let conn = st.store.connect().map_err(ApiError::internal)?;
-    let (id, scopes): (String, TokenScopes) =
-        tokens::verify(&conn, token.trim()).ok_or_else(|| {
+    let (id, scopes): (String, TokenScopes) = st
+        .bearer(token.trim())
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -240,8 +241,7 @@ pub struct AccountJson {
 async fn list_accounts(State(st): St, headers: HeaderMap) -> ApiResult<Vec<AccountJson>> {
     blocking(move || {
         authorize(&st, &headers, false)?;
-        let conn = st.store.connect().map_err(ApiError::internal)?;
-        let list = crate::accounts::list(&conn).map_err(ApiError::internal)?;
+        let list = st.accounts().map_err(ApiError::internal)?;
         Ok(Json(
             list.into_iter()
                 .map(|a| AccountJson {

@@ -124,11 +124,10 @@ fn with_cookies(mut resp: Response, cookies: impl IntoIterator<Item = HeaderValu
     resp
 }
 
-/// The full session, or a redirect to the login page.
+/// The full session, or a redirect to the login page. Call on a blocking thread.
 fn full_session(st: &AdminState, headers: &HeaderMap) -> Result<Session, Response> {
-    let conn = st.store.connect().map_err(internal)?;
-    st.sessions
-        .check(&conn, headers, Stage::Full, now_ms())
+    st.session(headers, Stage::Full, now_ms())
+        .map_err(internal)?
         .ok_or_else(|| Redirect::to("/login").into_response())
 }
 
@@ -215,31 +214,14 @@ async fn login(
     }
     let st2 = st.clone();
     let result = blocking(move || -> anyhow::Result<Option<HeaderValue>> {
-        let mut conn = st2.store.connect()?;
         let now = now_ms();
         let ip = addr.ip().to_string();
-        match st2
-            .accounts
-            .check_password(&conn, f.name.trim(), &f.password, now)
-        {
-            Ok(PasswordOk::Done) => Ok(Some(st2.sessions.start(
-                &mut conn,
-                f.name.trim(),
-                Stage::Full,
-                None,
-                &ip,
-                now,
-            )?)),
-            Ok(PasswordOk::NeedTotp) => Ok(Some(st2.sessions.start(
-                &mut conn,
-                f.name.trim(),
-                Stage::Totp,
-                None,
-                &ip,
-                now,
-            )?)),
-            Err(_) => Ok(None),
-        }
+        let stage = match st2.check_password(f.name.trim(), &f.password, now) {
+            Ok(PasswordOk::Done) => Stage::Full,
+            Ok(PasswordOk::NeedTotp) => Stage::Totp,
+            Err(_) => return Ok(None),
+        };
+        st2.start_session(f.name.trim(), stage, None, &ip, now)
     })
     .await;
     match result {
@@ -261,16 +243,17 @@ async fn login(
 }
 
 async fn code_form(State(st): St, headers: HeaderMap) -> Response {
-    let Ok(conn) = st.store.connect() else {
-        return internal("store");
-    };
-    match st.sessions.check(&conn, &headers, Stage::Totp, now_ms()) {
-        Some(s) => render(&CodePage {
+    let st2 = st.clone();
+    let r = blocking(move || st2.session(&headers, Stage::Totp, now_ms())).await;
+    match r {
+        Ok(Ok(Some(s))) => render(&CodePage {
             csrf: s.csrf,
             error: None,
             account: None,
         }),
-        None => Redirect::to("/login").into_response(),
+        Ok(Ok(None)) => Redirect::to("/login").into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(r) => r,
     }
 }
 
@@ -289,27 +272,24 @@ async fn code(
     let st2 = st.clone();
     let result = blocking(
         move || -> anyhow::Result<Result<HeaderValue, Option<String>>> {
-            let mut conn = st2.store.connect()?;
             let now = now_ms();
-            let Some(pending) = st2.sessions.check(&conn, &headers, Stage::Totp, now) else {
+            let Some(pending) = st2.session(&headers, Stage::Totp, now)? else {
                 return Ok(Err(None));
             };
             if !ct_eq(pending.csrf.as_bytes(), f.csrf.as_bytes()) {
                 return Ok(Err(None));
             }
-            match st2
-                .accounts
-                .check_second_factor(&conn, &pending.account, &f.code, now)
-            {
+            match st2.check_second_factor(&pending.account, &f.code, now) {
                 // A fresh id again: the pending session's id is dead from here on.
-                Ok(()) => Ok(Ok(st2.sessions.start(
-                    &mut conn,
-                    &pending.account,
-                    Stage::Full,
-                    Some(&pending.id),
-                    &addr.ip().to_string(),
-                    now,
-                )?)),
+                Ok(()) => Ok(st2
+                    .start_session(
+                        &pending.account,
+                        Stage::Full,
+                        Some(&pending.id),
+                        &addr.ip().to_string(),
+                        now,
+                    )?
+                    .ok_or(None)),
                 Err(_) => Ok(Err(Some(pending.csrf))),
             }
         },
@@ -347,28 +327,19 @@ async fn sso_login(
 ) -> Response {
     let st2 = st.clone();
     let r = blocking(move || -> anyhow::Result<Option<HeaderValue>> {
-        let Some(sso) = &st2.sso else { return Ok(None) };
-        let mut conn = st2.store.connect()?;
         let now = now_ms();
-        let Some(account) = sso.verify(&conn, &q.token, now) else {
+        let Some(account) = st2.sso_account(&q.token, now)? else {
             return Ok(None);
         };
-        let enabled = crate::accounts::list(&conn)?
-            .into_iter()
-            .any(|a| a.name == account && !a.disabled);
-        if !enabled {
+        if st2.account(&account)?.is_none_or(|a| a.disabled) {
             return Ok(None);
         }
-        let cookie = st2.sessions.start(
-            &mut conn,
-            &account,
-            Stage::Full,
-            None,
-            &addr.ip().to_string(),
-            now,
-        )?;
-        store::record_admin_event(
-            &conn,
+        let Some(cookie) =
+            st2.start_session(&account, Stage::Full, None, &addr.ip().to_string(), now)?
+        else {
+            return Ok(None);
+        };
+        st2.login_event(
             &format!("web:{account}"),
             "sso_login",
             &account,
@@ -394,8 +365,7 @@ async fn logout(State(st): St, headers: HeaderMap, Form(f): Form<CsrfForm>) -> R
     let st2 = st.clone();
     let r = blocking(move || -> Result<(), Response> {
         let s = posted_session(&st2, &headers, &f.csrf)?;
-        let conn = st2.store.connect().map_err(internal)?;
-        st2.sessions.end(&conn, &s.id).map_err(internal)
+        st2.end_session(&s).map_err(internal)
     })
     .await;
     match r {
@@ -777,11 +747,7 @@ struct Reauth {
 const REAUTH_FAILED: &str = "Adding to a key needs your password (and a new code from your authenticator app when two-factor login is on). It was not accepted; if you just used a code, wait for the next one.";
 
 fn reauth(st: &AdminState, s: &Session, r: &Reauth) -> bool {
-    let Ok(conn) = st.store.connect() else {
-        return false;
-    };
-    st.accounts
-        .reauthenticate(&conn, &s.account, &r.password, &r.code, now_ms())
+    st.reauthenticate(&s.account, &r.password, &r.code, now_ms())
         .is_ok()
 }
 
@@ -1417,21 +1383,10 @@ async fn totp_form(State(st): St, headers: HeaderMap) -> Response {
     let st2 = st.clone();
     let r = blocking(move || -> Result<Response, Response> {
         let s = full_session(&st2, &headers)?;
-        let conn = st2.store.connect().map_err(internal)?;
-        if totp_on(&conn, &s.account)? {
+        if totp_on(&st2, &s.account)? {
             return Ok(Redirect::to("/keys?notice=totp_on").into_response());
         }
-        let e = match st2
-            .accounts
-            .pending_enrolment(&conn, &s.account)
-            .map_err(internal)?
-        {
-            Some(e) => e,
-            None => st2
-                .accounts
-                .begin_enrolment(&conn, &s.account)
-                .map_err(internal)?,
-        };
+        let e = st2.enrolment(&s.account).map_err(internal)?;
         Ok(render(&TotpPage::new(
             Some(s.account.clone()),
             s.csrf.clone(),
@@ -1443,11 +1398,11 @@ async fn totp_form(State(st): St, headers: HeaderMap) -> Response {
     flat(r)
 }
 
-fn totp_on(conn: &rusqlite::Connection, account: &str) -> Result<bool, Response> {
-    Ok(crate::accounts::list(conn)
+fn totp_on(st: &AdminState, account: &str) -> Result<bool, Response> {
+    Ok(st
+        .account(account)
         .map_err(internal)?
-        .into_iter()
-        .any(|a| a.name == account && a.totp))
+        .is_some_and(|a| a.totp))
 }
 
 #[derive(Deserialize)]
@@ -1460,13 +1415,12 @@ async fn totp_confirm(State(st): St, headers: HeaderMap, Form(f): Form<TotpForm>
     let st2 = st.clone();
     let r = blocking(move || -> Result<Response, Response> {
         let s = posted_session(&st2, &headers, &f.csrf)?;
-        let mut conn = st2.store.connect().map_err(internal)?;
         // Replacing an enabled second factor is for the operator: a stolen session must
         // not be able to swap in the thief's authenticator.
-        if totp_on(&conn, &s.account)? {
+        if totp_on(&st2, &s.account)? {
             return Ok(Redirect::to("/keys?notice=totp_on").into_response());
         }
-        match st2.accounts.confirm_enrolment(&mut conn, &s.account, &f.code, now_ms()).map_err(internal)? {
+        match st2.confirm_enrolment(&s.account, &f.code, now_ms()).map_err(internal)? {
             Some(codes) => Ok(render(&RecoveryPage {
                 account: Some(s.account.clone()),
                 csrf: s.csrf.clone(),
@@ -1474,8 +1428,7 @@ async fn totp_confirm(State(st): St, headers: HeaderMap, Form(f): Form<TotpForm>
             })),
             None => {
                 let e = st2
-                    .accounts
-                    .pending_enrolment(&conn, &s.account)
+                    .pending_enrolment(&s.account)
                     .map_err(internal)?
                     .ok_or_else(|| Redirect::to("/account/totp").into_response())?;
                 Ok((

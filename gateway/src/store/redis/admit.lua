@@ -5,7 +5,9 @@
 -- KEYS[2]: the client network's slot base, "<prefix>:{n:<net>}" (bans, blocks, shared-IP
 --          sets, the network's rate); in cluster mode the network part runs as its own
 --          call to its own node (ARGV[1] says which parts run here).
--- Derived names append a suffix to a base, so they hash to the base's slot.
+-- Derived names append a suffix to a base, so they hash to the base's slot. An account's
+-- rate cells are one hash, "<A>:rt", field "<kind>:<key id>" (empty key id for account
+-- scope): one HMGET and one HSET for all of a request's rates.
 --
 -- ARGV (each "-" when the rule is off or does not apply; see admit.rs for the encoder):
 --  1 parts: "both" | "acct" | "net"      2 key id        3 account       4 network
@@ -58,10 +60,25 @@ local function done(status, extra)
           extra.reservation or ''}
 end
 
--- Removes members last seen at or before `since` and counts the rest.
-local function window_count(zkey, since)
-  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', since)
-  return redis.call('ZCARD', zkey)
+-- Records `member` in the window set `zkey` and counts the members seen within `window`.
+-- Members last seen before the window are trimmed only when the raw count is over `max`
+-- (stale members can only raise the count, so a raw count within `max` is a true one).
+-- The TTL is refreshed when it has fallen more than a second (half the window, if that is
+-- shorter) below `window`, not on every
+-- sighting: the set may then expire up to a second early, forgetting a sighting that
+-- was a second short of leaving the window anyway.
+local function sighting(zkey, member, window, max)
+  redis.call('ZADD', zkey, now, member)
+  local n = redis.call('ZCARD', zkey)
+  if n > max then
+    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now - window)
+    n = redis.call('ZCARD', zkey)
+  end
+  local ttl = redis.call('PTTL', zkey)
+  if ttl < 0 or ttl < window - math.min(1000, window / 2) then
+    redis.call('PEXPIRE', zkey, window)
+  end
+  return n
 end
 
 -- GCRA: the new theoretical arrival time if a request conforms now, else nil and the wait.
@@ -86,6 +103,10 @@ local function dadd(a, b)
 end
 
 local learned, suspend = '', '0'
+-- How long rate state outlives its last request: a key created and expired per request
+-- (what a generous rate gives: its state lasts a millisecond) costs Redis more than the
+-- check itself; a minute of a few dozen bytes per active account or network does not.
+local RATE_HOLD_MS = 60000
 
 if do_net then
   -- Bans and blocks in force (a canary's block whatever the other rules say).
@@ -104,18 +125,16 @@ if do_net then
     local r = split(ARGV[9], ',')
     local tat, wait = gcra(N .. ':rate', tonumber(r[1]), tonumber(r[2]))
     if not tat then return done('rate_limited', {detail = 'ip,' .. wait}) end
-    redis.call('SET', N .. ':rate', tat, 'PX', math.ceil((tat - now_us) / 1000) + 1)
+    -- Held RATE_HOLD_MS like the account's, so a busy network keeps one key.
+    redis.call('SET', N .. ':rate', string.format('%d', tat), 'PX',
+      math.max(math.ceil((tat - now_us) / 1000) + 1, RATE_HOLD_MS))
   end
   if shared then
     local window, max_keys, max_accts, block_ms = tonumber(shared[1]), tonumber(shared[2]),
       tonumber(shared[3]), tonumber(shared[4])
     local pk, pa = N .. ':pk', N .. ':pa'
-    redis.call('ZADD', pk, now, key_id)
-    redis.call('ZADD', pa, now, account)
-    local keys_n = window_count(pk, now - window)
-    local accts_n = window_count(pa, now - window)
-    redis.call('PEXPIRE', pk, window)
-    redis.call('PEXPIRE', pa, window)
+    local keys_n = sighting(pk, key_id, window, max_keys)
+    local accts_n = sighting(pa, account, window, max_accts)
     if keys_n > max_keys or accts_n > max_accts then
       local until_ms = now + block_ms
       if until_ms > blocked then
@@ -139,11 +158,9 @@ if ARGV[10] ~= '-' then
   local r = split(ARGV[10], ',')
   local window, max_ips = tonumber(r[1]), tonumber(r[2])
   local sk = A .. ':seen:' .. key_id
-  redis.call('ZADD', sk, now, net)
-  local n = window_count(sk, now - window)
+  local n = sighting(sk, net, window, max_ips)
   -- Bounded: only the newest max_ips + 1 networks can matter.
   if n > max_ips + 1 then redis.call('ZREMRANGEBYRANK', sk, 0, n - max_ips - 2) end
-  redis.call('PEXPIRE', sk, window)
   if n > max_ips then
     local c = verdict('too_many_ips', r[3])
     if c then return done(c, {suspend = '1'}) end
@@ -182,8 +199,16 @@ if ARGV[12] ~= '-' then
   local usable
   if known then
     local f = split(known, ',')
-    usable = tonumber(f[2])
-    redis.call('HSET', hk, net, f[1] .. ',' .. f[2] .. ',' .. now)
+    if f[2] == 'F' then
+      -- Forgotten after a canary (forget.lua): seen "for the first time" again, with the
+      -- key's other networks still known, so on probation.
+      usable = now + probation
+      redis.call('HSET', hk, net, now .. ',' .. usable .. ',' .. now)
+      learned = now .. ',' .. usable
+    else
+      usable = tonumber(f[2])
+      redis.call('HSET', hk, net, f[1] .. ',' .. f[2] .. ',' .. now)
+    end
   else
     if trust_first and redis.call('HLEN', hk) == 0 then usable = now else usable = now + probation end
     redis.call('HSET', hk, net, now .. ',' .. usable .. ',' .. now)
@@ -207,18 +232,37 @@ end
 
 if not authorized then return done('ok', {learned = learned}) end
 
--- Per-key, per-account and per-action rates: all checked before any is spent.
+-- Per-key, per-account and per-action rates: all checked before any is spent. The
+-- account's theoretical arrival times share one hash (one read, one write), kept at least
+-- RATE_HOLD_MS so a busy account does not create and expire a key per request.
 if ARGV[13] ~= '-' then
-  local updates = {}
-  for _, spec in ipairs(split(ARGV[13], ';')) do
-    local r = split(spec, ',')
-    local rkey = A .. ':rate:' .. r[1] .. ':' .. (r[2] == 'a' and '' or key_id)
-    local tat, wait = gcra(rkey, tonumber(r[3]), tonumber(r[4]))
-    if not tat then return done('rate_limited', {learned = learned, detail = r[1] .. ',' .. wait}) end
-    updates[#updates + 1] = {rkey, tat}
+  local rk = A .. ':rt'
+  local fields, rates = {}, {}
+  for spec in string.gmatch(ARGV[13], '[^;]+') do
+    local kind, scope, interval, burst = string.match(spec, '^([^,]+),([ka]),(%d+),(%d+)$')
+    fields[#fields + 1] = kind .. ':' .. (scope == 'a' and '' or key_id)
+    rates[#rates + 1] = {kind, tonumber(interval), tonumber(burst)}
   end
-  for _, u in ipairs(updates) do
-    redis.call('SET', u[1], u[2], 'PX', math.ceil((u[2] - now_us) / 1000) + 1)
+  local tats = redis.call('HMGET', rk, unpack(fields))
+  local args, latest = {}, now_us
+  for i, r in ipairs(rates) do
+    local interval = r[2]
+    local new_tat = math.max(tonumber(tats[i]) or 0, now_us) + interval
+    local excess = new_tat - now_us - interval * r[3]
+    if excess > 0 then
+      return done('rate_limited', {learned = learned, detail = r[1] .. ',' .. math.ceil(excess / 1000)})
+    end
+    args[#args + 1] = fields[i]
+    args[#args + 1] = string.format('%d', new_tat)
+    if new_tat > latest then latest = new_tat end
+  end
+  redis.call('HSET', rk, unpack(args))
+  -- Refreshed only when it would run out before the latest arrival time, or within
+  -- half the hold: one PEXPIRE every RATE_HOLD_MS / 2 for a busy account.
+  local need = math.ceil((latest - now_us) / 1000) + 1
+  local hold = math.max(need, RATE_HOLD_MS)
+  if redis.call('PTTL', rk) < math.max(need, RATE_HOLD_MS / 2) then
+    redis.call('PEXPIRE', rk, hold)
   end
 end
 

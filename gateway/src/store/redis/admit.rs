@@ -85,6 +85,7 @@ pub struct Scripts {
     settle: Script,
     auth_fail: Script,
     trip: Script,
+    forget: Script,
 }
 
 impl Default for Scripts {
@@ -94,6 +95,7 @@ impl Default for Scripts {
             settle: Script::new(include_str!("settle.lua")),
             auth_fail: Script::new(include_str!("auth_fail.lua")),
             trip: Script::new(include_str!("trip.lua")),
+            forget: Script::new(include_str!("forget.lua")),
         }
     }
 }
@@ -562,6 +564,44 @@ impl RedisStore {
         let mut c = self.conn().await?;
         self.deadline(inv.invoke_async::<u64>(&mut c)).await?;
         Ok(())
+    }
+
+    /// Keys that signed a request from `net` at or after `since`, from the network's
+    /// shared-IP set (`None` when that rule is off: the set is not kept).
+    pub async fn seen_from(
+        &self,
+        rules: &SharedRules,
+        net: ClientNet,
+        since: UnixMillis,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        if rules.anomaly.shared_ip.is_none() {
+            return Ok(None);
+        }
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(format!("{}:pk", self.net_base(net)))
+            .arg(since)
+            .arg("+inf");
+        self.query(&cmd).await.map(Some)
+    }
+
+    /// Forgets `net` as known for `key_id` of `account` if it was seen from there at or
+    /// after `since` (a canary was used from it): its next use from `net` is on new-IP
+    /// probation. Returns whether it was forgotten.
+    pub async fn forget_network(
+        &self,
+        scripts: &Scripts,
+        account: &str,
+        key_id: &str,
+        net: ClientNet,
+        since: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut inv = scripts.forget.prepare_invoke();
+        inv.key(format!("{}:hist:{key_id}", self.account_base(account)))
+            .arg(net.to_string())
+            .arg(since);
+        let mut c = self.conn().await?;
+        let n: u8 = self.deadline(inv.invoke_async(&mut c)).await?;
+        Ok(n == 1)
     }
 }
 

@@ -1,7 +1,9 @@
 //! `keyguard migrate --from DATA_DIR --to redis://…`: copies an embedded store into Redis
 //! — keys (secrets stay sealed under the same master key), freezes, nonces, the velocity
-//! ledger still inside its windows, and learned networks. It refuses a target that
-//! already holds a catalogue unless forced.
+//! ledger still inside its windows, learned networks, and the admin listener's web UI
+//! accounts (with TOTP, lockout and unused recovery codes) and API tokens (hashed). Web
+//! sessions are not copied: users log in again. It refuses a target that already holds
+//! a catalogue unless forced.
 
 use anyhow::{bail, Context};
 use keyguard_policy::velocity::{EntryState, VelocityConfig};
@@ -24,6 +26,75 @@ pub struct Migrated {
     pub ledger: usize,
     /// Learned networks.
     pub learned: usize,
+    /// Web UI accounts.
+    pub accounts: usize,
+    /// Admin API tokens.
+    pub tokens: usize,
+}
+
+/// Copies the web UI accounts and admin API tokens.
+async fn admin_logins(
+    conn: &Connection,
+    target: &RedisStore,
+    out: &mut Migrated,
+) -> anyhow::Result<()> {
+    use super::auth::{AccountDoc, TokenDoc};
+    type Row = (String, AccountDoc, u64);
+    let rows: Vec<Row> = {
+        let mut stmt = conn.prepare(
+            "SELECT name, password_hash, disabled, totp_sealed, totp_pending, totp_last_step,
+                    failed_logins, locked_until, password_set_at, created_at
+             FROM accounts ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                AccountDoc {
+                    password_hash: r.get(1)?,
+                    disabled: r.get::<_, i64>(2)? != 0,
+                    totp_sealed: r.get(3)?,
+                    totp_pending: r.get(4)?,
+                    totp_last_step: r.get::<_, i64>(5)? as u64,
+                    locked_until: r.get::<_, i64>(7)? as u64,
+                    password_set_at: r.get::<_, i64>(8)? as u64,
+                    created_at: r.get::<_, i64>(9)? as u64,
+                },
+                r.get::<_, i64>(6)? as u64,
+            ))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (name, doc, failed) in rows {
+        let codes: Vec<String> = {
+            let mut stmt = conn.prepare(
+                "SELECT code_hash FROM recovery_codes WHERE account = ?1 AND used_at IS NULL",
+            )?;
+            let rows = stmt.query_map([&name], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        target.import_account(&name, &doc, failed, &codes).await?;
+        out.accounts += 1;
+    }
+    let tokens: Vec<TokenDoc> = {
+        let mut stmt =
+            conn.prepare("SELECT id, hash, scopes, label, created_at, revoked FROM api_tokens")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenDoc {
+                id: r.get(0)?,
+                hash: r.get(1)?,
+                scopes: r.get(2)?,
+                label: r.get(3)?,
+                created_at: r.get::<_, i64>(4)? as u64,
+                revoked: r.get::<_, i64>(5)? != 0,
+            })
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for t in &tokens {
+        target.import_token(t).await?;
+        out.tokens += 1;
+    }
+    Ok(())
 }
 
 fn key_docs(conn: &Connection) -> anyhow::Result<Vec<KeyDoc>> {
@@ -101,6 +172,13 @@ pub async fn migrate(
         .context("reading the target")?;
     if existing > 0 && !force {
         bail!("the target already holds {existing} key(s); pass --force to overwrite");
+    }
+    let logins: i64 = target
+        .query(redis::cmd("SCARD").arg(target.adm_key("accounts")))
+        .await
+        .context("reading the target")?;
+    if logins > 0 && !force {
+        bail!("the target already holds {logins} web UI account(s); pass --force to overwrite");
     }
     let mut out = Migrated::default();
     let docs = key_docs(&conn)?;
@@ -217,12 +295,20 @@ pub async fn migrate(
             continue;
         };
         let hk = format!("{}:hist:{}", target.account_base(account), l.key_id);
-        let v = format!("{},{},{}", l.first_seen, l.usable_from, l.first_seen);
+        // A network forgotten after a canary is "F" in Redis (forget.lua), so its next
+        // sighting starts probation rather than waiting for ever.
+        let usable = if l.usable_from == keyguard_policy::anomaly::FORGOTTEN {
+            "F".to_owned()
+        } else {
+            l.usable_from.to_string()
+        };
+        let v = format!("{},{usable},{}", l.first_seen, l.first_seen);
         target
             .query::<()>(redis::cmd("HSET").arg(hk).arg(net.to_string()).arg(v))
             .await?;
         out.learned += 1;
     }
+    admin_logins(&conn, target, &mut out).await?;
     target
         .query::<()>(redis::cmd("INCR").arg(target.cat_key("gen")))
         .await?;

@@ -13,6 +13,7 @@
 //! - [`pending`]: key edits (narrowing at once, widening after its cool-down, applied
 //!   by exactly one replica when due), in the catalogue's slot.
 //! - [`migrate`]: `keyguard migrate`, from an embedded data dir into Redis.
+//! - [`auth`]: the admin listener's logins: accounts, sessions, SSO `jti`s, API tokens.
 //!
 //! # Slots
 //! Everything of one account shares the hash tag `{a:<account>}` and everything of one
@@ -31,6 +32,7 @@
 
 pub mod activity;
 pub mod admit;
+pub mod auth;
 pub mod catalog;
 pub mod migrate;
 pub mod pending;
