@@ -930,3 +930,143 @@ async fn wrong_passwords_sent_to_both_replicas_at_once_are_each_counted() {
         .unwrap_or_default();
     assert_eq!(count.trim(), "6", "every failure counted once");
 }
+
+/// The key pages on Redis, through the real login: what a trader does on replica A's web
+/// UI is enforced by replica B's gateway at once, and B's pages show A's changes and the
+/// requests B served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trader_on_one_replica_changes_what_every_replica_enforces_and_shows() {
+    if !utils::redis::available(
+        "a_trader_on_one_replica_changes_what_every_replica_enforces_and_shows",
+    ) {
+        return;
+    }
+    let p = Pair::start(|_| {}).await;
+    account(&p.envs[0], &["create"], "alice", PASSWORD);
+    let key = p.envs[0].create_key(&KeySpec {
+        account: "alice".into(),
+        scopes: "read".into(),
+        allow_ips: vec![],
+        withdraw_addresses: vec![],
+    });
+    let mut on_a = Client::new(p.a());
+    assert_eq!(on_a.login("alice", PASSWORD).await.location(), "/keys");
+    let (secret, step, _) = enrol(&mut on_a).await;
+    let mut on_b = on_a.at(p.b());
+    // B's page knows two-factor login is on (it is in Redis, not in B's files).
+    let list = on_b.get("/keys").await;
+    assert_eq!(list.status, 200, "{list:?}");
+    assert!(list.body.contains(&key.key_id), "{}", list.body);
+    assert!(
+        !list.body.contains("Two-factor login is off"),
+        "B shows two-factor as off: {}",
+        list.body
+    );
+
+    // B's gateway serves the key from anywhere until the trader narrows it on A.
+    let elsewhere = std::net::Ipv4Addr::new(127, 0, 9, 3);
+    let gw_b = &p.gws[1];
+    assert_eq!(
+        gw_b.request_from(elsewhere, &zaif::read(&key)).await.status,
+        200
+    );
+    let page = on_a.get(&format!("/keys/{}", key.key_id)).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let csrf = page.field("csrf");
+    let added = on_a
+        .post(
+            &format!("/keys/{}/allow/add", key.key_id),
+            &[
+                ("csrf", &csrf),
+                ("net", &format!("{ALLOWED_IP}/32")),
+                ("password", PASSWORD),
+                ("code", &totp_code(&secret, (step + 1) * 30)),
+            ],
+        )
+        .await;
+    assert_eq!(added.status, 303, "{added:?}");
+    let t0 = Instant::now();
+    assert!(
+        utils::eventually(Duration::from_secs(2), || async {
+            gw_b.request_from(elsewhere, &zaif::read(&key)).await.status == 403
+        })
+        .await,
+        "B still serves the key outside its new allowlist"
+    );
+    let took = t0.elapsed();
+    println!("narrowed on A's web UI, refused by B after {took:?}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    let denied = gw_b.request_from(elsewhere, &zaif::read(&key)).await;
+    denied.assert_error(403, "ip_not_allowed");
+    assert_eq!(
+        gw_b.request_from(ALLOWED_IP, &zaif::read(&key))
+            .await
+            .status,
+        200
+    );
+
+    // B's key page shows the entry made on A; A's activity page shows what B refused.
+    let on_b_page = on_b.get(&format!("/keys/{}", key.key_id)).await;
+    assert!(
+        on_b_page.body.contains(&format!("{ALLOWED_IP}/32")),
+        "{}",
+        on_b_page.body
+    );
+    assert!(
+        utils::eventually(Duration::from_secs(3), || {
+            let mut c = on_a.at(p.a());
+            let id = key.key_id.clone();
+            async move {
+                let act = c.get(&format!("/keys/{id}/activity")).await;
+                act.status == 200
+                    && act.body.contains("ip_not_allowed")
+                    && act.body.contains(&elsewhere.to_string())
+            }
+        })
+        .await,
+        "B's refusal is not on A's activity page"
+    );
+
+    // A widening asked for elsewhere (the CLI) waits; the trader cancels it on B's page.
+    let asked = p.envs[0].run_with_store(
+        &["keys", "edit"],
+        &[&key.key_id, "--add-ip", "10.20.0.0/24", "--json"],
+    );
+    assert!(asked.status.success(), "{}", asked.stderr);
+    let page = on_b.get(&format!("/keys/{}", key.key_id)).await;
+    assert!(page.body.contains("10.20.0.0/24"), "{}", page.body);
+    let change = page
+        .body
+        .split("name=\"change\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a pending change with a cancel form")
+        .to_owned();
+    let cancelled = on_b
+        .post(
+            &format!("/keys/{}/pending/cancel", key.key_id),
+            &[("csrf", &page.field("csrf")), ("change", &change)],
+        )
+        .await;
+    assert_eq!(cancelled.status, 303, "{cancelled:?}");
+    let pending = p.envs[1]
+        .run_with_store(&["keys", "pending"], &["--json"])
+        .ok();
+    assert!(
+        !pending.stdout.contains("10.20.0.0/24"),
+        "{}",
+        pending.stdout
+    );
+
+    // Suspended on B's page: A's gateway refuses the key at once.
+    let page = on_b.get(&format!("/keys/{}", key.key_id)).await;
+    let suspended = on_b
+        .post(
+            &format!("/keys/{}/status", key.key_id),
+            &[("csrf", &page.field("csrf")), ("action", "suspend")],
+        )
+        .await;
+    assert_eq!(suspended.status, 303, "{suspended:?}");
+    let refused = p.gws[0].request_from(ALLOWED_IP, &zaif::read(&key)).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+}

@@ -59,6 +59,26 @@ pub fn generation(st: &AdminState) -> Option<i64> {
     }
 }
 
+/// Waits until this replica's key snapshot holds every write made so far (the generation
+/// is read on a blocking thread: on Redis it is a call, and [`wait`] cannot run on the
+/// runtime's own threads). Never fails: a snapshot that does not catch up in time is
+/// logged, and the write has happened anyway.
+pub async fn caught_up(st: &std::sync::Arc<AdminState>) {
+    let st2 = st.clone();
+    let generation = tokio::task::spawn_blocking(move || generation(&st2))
+        .await
+        .ok()
+        .flatten();
+    if let Some(g) = generation {
+        if !st.keys.caught_up(g).await {
+            tracing::warn!(
+                generation = g,
+                "key snapshot did not catch up with an admin write in time"
+            );
+        }
+    }
+}
+
 /// Stores a new key, recording `actor` and `reason` as its creation event.
 pub fn insert(st: &AdminState, key: &NewKey, actor: &str, reason: &str) -> anyhow::Result<()> {
     match &st.redis {

@@ -206,18 +206,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-async fn caught_up(st: &Arc<AdminState>) {
-    let st2 = st.clone();
-    // The generation is read on a blocking thread: on Redis it is a call.
-    let generation = tokio::task::spawn_blocking(move || keystore::generation(&st2))
-        .await
-        .ok()
-        .flatten();
-    if let Some(g) = generation {
-        st.keys.caught_up(g).await;
-    }
-}
-
 /// The OpenAPI 3.1 document of this API.
 #[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "The document")))]
 async fn openapi_json() -> Response {
@@ -460,7 +448,7 @@ async fn change_key(
         }))
     })
     .await;
-    caught_up(&st).await;
+    keystore::caught_up(&st).await;
     r
 }
 
@@ -532,7 +520,7 @@ async fn set_status(
         Ok(Json(key_json(k)))
     })
     .await;
-    caught_up(&st).await;
+    keystore::caught_up(&st).await;
     r
 }
 
@@ -689,7 +677,7 @@ async fn set_freeze(
         freezes(&st2).map(Json)
     })
     .await;
-    caught_up(&st).await;
+    keystore::caught_up(&st).await;
     r
 }
 

@@ -151,22 +151,6 @@ fn client_net(addr: SocketAddr) -> IpNet {
     }
 }
 
-/// After a write: wait until the gateway's snapshot has it.
-fn caught_up(st: &AdminState) -> impl std::future::Future<Output = ()> + 'static {
-    let generation = keystore::generation(st);
-    let keys = st.keys.clone();
-    async move {
-        if let Some(g) = generation {
-            if !keys.caught_up(g).await {
-                tracing::warn!(
-                    generation = g,
-                    "key snapshot did not catch up with an admin write in time"
-                );
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Login
 // ---------------------------------------------------------------------------------------
@@ -445,11 +429,8 @@ async fn key_list(State(st): St, headers: HeaderMap, Query(q): Query<Notice>) ->
     let r = blocking(move || -> Result<Response, Response> {
         let s = full_session(&st2, &headers)?;
         let keys = own_keys(&st2, &s.account).map_err(internal)?;
-        let conn = st2.store.connect().map_err(internal)?;
-        let totp = crate::accounts::list(&conn)
-            .map_err(internal)?
-            .into_iter()
-            .any(|a| a.name == s.account && a.totp);
+        // From the store that holds the accounts (Redis when the gateway runs on it).
+        let totp = totp_on(&st2, &s.account)?;
         let now = now_ms();
         let page = KeysPage {
             keys: keys.iter().map(|k| key_view(&st2, k, now)).collect(),
@@ -612,7 +593,7 @@ async fn create_key(
     })
     .await;
     let resp = flat(r);
-    caught_up(&st).await;
+    keystore::caught_up(&st).await;
     resp
 }
 
@@ -670,11 +651,7 @@ fn detail(
     };
     let now = now_ms();
     let pending = keystore::pending(st, Some(key_id), Some(&s.account)).map_err(internal)?;
-    let conn = st.store.connect().map_err(internal)?;
-    let totp = crate::accounts::list(&conn)
-        .map_err(internal)?
-        .into_iter()
-        .any(|a| a.name == s.account && a.totp);
+    let totp = totp_on(st, &s.account)?;
     let cool = st.cfg.withdraw.address_cooldown_ms;
     let banners = foreign_banners(st, Some(key_id), &s.account, now)?;
     let used = keystore::allowed_ips(st, &s.account, key_id, now.saturating_sub(30 * DAY_MS))
@@ -846,7 +823,7 @@ async fn after_write(
     r: Result<Result<Response, Response>, Response>,
 ) -> Response {
     let resp = flat(r);
-    caught_up(st).await;
+    keystore::caught_up(st).await;
     resp
 }
 
