@@ -59,13 +59,62 @@ fn to_row(account: &str, (id, fields): Entry) -> Option<Row> {
     })
 }
 
+/// The commands appending `rows` to the stream `key`: one XADD each (capped by length),
+/// then the age bound (XADD takes one trimming strategy) and the expiry, once.
+fn append_to(
+    p: &mut redis::Pipeline,
+    key: &str,
+    rows: &[&Row],
+    cap: u64,
+    min_id: UnixMillis,
+    retention: Retention,
+) {
+    for r in rows {
+        p.cmd("XADD")
+            .arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(cap)
+            .arg("*")
+            .arg("ts")
+            .arg(r.ts)
+            .arg("key")
+            .arg(&r.key_id)
+            .arg("ip")
+            .arg(&r.client_ip)
+            .arg("action")
+            .arg(r.action.as_deref().unwrap_or(""))
+            .arg("decision")
+            .arg(&r.decision)
+            .arg("code")
+            .arg(r.code.as_deref().unwrap_or(""))
+            .arg("status")
+            .arg(r.status)
+            .arg("rid")
+            .arg(&r.request_id)
+            .ignore();
+    }
+    p.cmd("XTRIM")
+        .arg(key)
+        .arg("MINID")
+        .arg("~")
+        .arg(min_id)
+        .ignore();
+    p.cmd("PEXPIRE")
+        .arg(key)
+        .arg(retention.max_age_ms)
+        .ignore();
+}
+
 impl RedisStore {
     fn activity_key(&self, account: &str) -> String {
         format!("{}:activity", self.account_base(account))
     }
 
-    /// Appends `rows` to their accounts' streams in one pipeline (one round trip per
-    /// batch, per node in a cluster), trimming each stream and renewing its expiry.
+    /// Appends `rows` to their accounts' streams, trimming each stream and renewing its
+    /// expiry: one pipeline on one node; in a cluster one pipeline per account, sent at
+    /// once (a pipeline must stay in one slot there: redis-rs routes it by its first key,
+    /// and the other accounts' commands would bounce between nodes as MOVED).
     pub async fn append_activity(
         &self,
         rows: &[Row],
@@ -77,50 +126,38 @@ impl RedisStore {
         }
         let cap = max_rows_per_account(retention);
         let min_id = now.saturating_sub(retention.max_age_ms);
-        let mut p = redis::pipe();
-        let mut accounts = BTreeSet::new();
+        let mut by_account: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
         for r in rows {
-            let key = self.activity_key(&r.account);
-            p.cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(cap)
-                .arg("*")
-                .arg("ts")
-                .arg(r.ts)
-                .arg("key")
-                .arg(&r.key_id)
-                .arg("ip")
-                .arg(&r.client_ip)
-                .arg("action")
-                .arg(r.action.as_deref().unwrap_or(""))
-                .arg("decision")
-                .arg(&r.decision)
-                .arg("code")
-                .arg(r.code.as_deref().unwrap_or(""))
-                .arg("status")
-                .arg(r.status)
-                .arg("rid")
-                .arg(&r.request_id)
-                .ignore();
-            accounts.insert(key);
+            by_account
+                .entry(self.activity_key(&r.account))
+                .or_default()
+                .push(r);
         }
-        for key in accounts {
-            // XADD takes one trimming strategy; the age bound runs once per batch.
-            p.cmd("XTRIM")
-                .arg(&key)
-                .arg("MINID")
-                .arg("~")
-                .arg(min_id)
-                .ignore();
-            p.cmd("PEXPIRE")
-                .arg(&key)
-                .arg(retention.max_age_ms)
-                .ignore();
+        let pipes: Vec<redis::Pipeline> = if self.is_cluster() {
+            by_account
+                .iter()
+                .map(|(key, rows)| {
+                    let mut p = redis::pipe();
+                    append_to(&mut p, key, rows, cap, min_id, retention);
+                    p
+                })
+                .collect()
+        } else {
+            let mut p = redis::pipe();
+            for (key, rows) in &by_account {
+                append_to(&mut p, key, rows, cap, min_id, retention);
+            }
+            vec![p]
+        };
+        let c = self.conn().await?;
+        let sent = futures_util::future::join_all(pipes.iter().map(|p| {
+            let mut c = c.clone();
+            async move { self.deadline(p.query_async::<()>(&mut c)).await }
+        }))
+        .await;
+        for r in sent {
+            r?;
         }
-        let mut c = self.conn().await?;
-        self.deadline(p.query_async::<()>(&mut c)).await?;
         Ok(())
     }
 
