@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use keyguard_loadtest::bench::results::{goals, HalfRate};
-use keyguard_loadtest::bench::{BenchReport, DialectResult, Measure, TargetResult};
+use keyguard_loadtest::bench::results::{goals, HalfRate, RedisMemory};
+use keyguard_loadtest::bench::{BenchReport, DialectResult, Measure, MemoryCheck, TargetResult};
 use keyguard_loadtest::harness::run_with_timeout;
 use keyguard_loadtest::report::Report;
 use keyguard_loadtest::runner::{Counts, RunData, Tag};
@@ -346,8 +346,41 @@ fn bench_report() -> BenchReport {
             }
         })
         .collect();
+    let stuffing = |store: &str, growth_mib: f64, redis: Option<RedisMemory>| MemoryCheck {
+        dialect: "zaif".into(),
+        store: store.into(),
+        duration_s: 60.0,
+        requests: 610_000,
+        distinct_keys: 610_000,
+        distinct_source_ips: 152_000,
+        distinct_forwarded_ips: 305_000,
+        rss_start_kib: 30 * 1024,
+        rss_before_kib: 41 * 1024,
+        rss_peak_kib: 41 * 1024 + (growth_mib * 1024.0) as u64,
+        rss_after_kib: 45 * 1024,
+        growth_mib,
+        redis,
+        method: "synthetic".into(),
+        ..MemoryCheck::default()
+    };
+    let memory = stuffing("embedded", 9.5, None);
+    let memory_redis = stuffing(
+        "redis",
+        14.0,
+        Some(RedisMemory {
+            used_memory_before: 3 << 20,
+            used_memory_peak: 61 << 20,
+            used_memory_after: 60 << 20,
+            keys_before: 21_000,
+            keys_peak: 458_000,
+            keys_after: 447_000,
+            growth_mib: 58.0,
+            bytes_per_key: Some(139.2),
+            window_ms: 60_000,
+        }),
+    );
     BenchReport {
-        command: "keyguard-loadtest bench --rounds 3 --duration 5s".into(),
+        command: "keyguard-loadtest bench --rounds 3 --duration 5s --stuffing-check".into(),
         cpus: 2,
         cpu_model: "Intel(R) Xeon(R) Processor".into(),
         memory_gib: 24.0,
@@ -356,9 +389,10 @@ fn bench_report() -> BenchReport {
         duration_s: 5.0,
         rounds: 3,
         workers: None,
-        goals: goals(&dialects, None),
+        goals: goals(&dialects, Some(&memory), Some(&memory_redis)),
         dialects,
-        memory: None,
+        memory: Some(memory),
+        memory_redis: Some(memory_redis),
         notes: vec!["synthetic data for the render test".into()],
     }
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::results::{ratio, BenchReport, DialectResult, Measure, TargetResult};
+use super::results::{
+    ratio, BenchReport, DialectResult, Measure, MemoryCheck, RedisMemory, TargetResult,
+};
 use super::runs::cpu_text;
 use crate::report::plots::{self, BarRow, Curve};
 use crate::report::{esc, fmt_us, page};
@@ -246,15 +248,15 @@ impl BenchReport {
                 );
             }
         }
-        if let Some(m) = &self.memory {
+        for m in self.memory_checks() {
             let _ = writeln!(
                 out,
-                "\nmemory ({}) through {:.0} s of stuffing: {} requests, {} distinct keys, {} distinct source IPs + {} random X-Forwarded-For IPs",
-                m.dialect, m.duration_s, m.requests, m.distinct_keys, m.distinct_source_ips, m.distinct_forwarded_ips
+                "\nmemory ({}, {} store) through {:.0} s of stuffing: {} requests, {} distinct keys, {} distinct source IPs + {} random X-Forwarded-For IPs ({:.0} new networks/s)",
+                m.dialect, m.store, m.duration_s, m.requests, m.distinct_keys, m.distinct_source_ips, m.distinct_forwarded_ips, m.networks_per_s()
             );
             let _ = writeln!(
                 out,
-                "  VmRSS start {} MiB, before {} MiB, peak {} MiB, after {} MiB => growth {:.1} MiB (target < 50 MiB: {})",
+                "  gateway VmRSS start {} MiB, before {} MiB, peak {} MiB, after {} MiB => growth {:.1} MiB (target < 50 MiB: {})",
                 m.rss_start_kib / 1024,
                 m.rss_before_kib / 1024,
                 m.rss_peak_kib / 1024,
@@ -262,6 +264,23 @@ impl BenchReport {
                 m.growth_mib,
                 if m.growth_mib < 50.0 { "met" } else { "MISSED" }
             );
+            if let Some(r) = &m.redis {
+                let _ = writeln!(
+                    out,
+                    "  redis used_memory before {}, peak {}, after {} => growth {:.1} MiB (target < 64 MiB: {}); keys before {}, peak {}, after {}",
+                    fmt_mib(r.used_memory_before),
+                    fmt_mib(r.used_memory_peak),
+                    fmt_mib(r.used_memory_after),
+                    r.growth_mib,
+                    if r.growth_mib < 64.0 { "met" } else { "MISSED" },
+                    r.keys_before,
+                    r.keys_peak,
+                    r.keys_after
+                );
+                if let Some(line) = redis_bound(m) {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
             for (role, c) in &m.by_role {
                 let _ = writeln!(
                     out,
@@ -351,7 +370,28 @@ impl BenchReport {
                 );
             }
         }
+        if !self.memory_checks().is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| stuffing check | {} |\n|---|{}",
+                MEMORY_HEADERS.join(" | "),
+                "---|".repeat(MEMORY_HEADERS.len())
+            );
+            for m in self.memory_checks() {
+                let _ = writeln!(out, "| {} | {} |", m.dialect, memory_cells(m).join(" | "));
+            }
+            for m in self.memory_checks() {
+                if let Some(line) = redis_bound(m) {
+                    let _ = writeln!(out, "\n{line}");
+                }
+            }
+        }
         out
+    }
+
+    /// The stuffing checks that ran: embedded, then Redis.
+    fn memory_checks(&self) -> Vec<&MemoryCheck> {
+        self.memory.iter().chain(&self.memory_redis).collect()
     }
 
     /// The self-contained HTML report: targets, a table per dialect, and plots of
@@ -382,6 +422,29 @@ impl BenchReport {
                 );
             }
             body.push_str("</table>");
+        }
+        if !self.memory_checks().is_empty() {
+            // The dialect goes with the store: one column fewer, so the table fits the page.
+            body.push_str("<h2>Memory through credential stuffing</h2><table class=wide><tr>");
+            for h in MEMORY_HEADERS {
+                let _ = write!(body, "<th>{}</th>", esc(h));
+            }
+            body.push_str("</tr>");
+            for m in self.memory_checks() {
+                let mut cells = memory_cells(m);
+                cells[0] = format!("{} ({})", cells[0], m.dialect);
+                body.push_str("<tr>");
+                for c in cells {
+                    let _ = write!(body, "<td>{}</td>", esc(&c));
+                }
+                body.push_str("</tr>");
+            }
+            body.push_str("</table>");
+            for m in self.memory_checks() {
+                if let Some(line) = redis_bound(m) {
+                    let _ = write!(body, "<p class=sub>{}</p>", esc(&line));
+                }
+            }
         }
         body.push_str(&self.rps_chart());
         body.push_str(&self.cpu_chart());
@@ -556,6 +619,61 @@ impl BenchReport {
     }
 }
 
+/// Columns of the stuffing checks' table (after the dialect).
+const MEMORY_HEADERS: [&str; 11] = [
+    "store",
+    "seconds",
+    "requests",
+    "new networks/s",
+    "gateway VmRSS before",
+    "VmRSS peak",
+    "VmRSS growth",
+    "redis used_memory before",
+    "used_memory peak",
+    "used_memory growth",
+    "redis keys before / peak / after",
+];
+
+fn fmt_mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// One stuffing check's cells, as [`MEMORY_HEADERS`] names them.
+fn memory_cells(m: &MemoryCheck) -> [String; 11] {
+    let redis = |f: fn(&RedisMemory) -> String| m.redis.as_ref().map_or("—".to_owned(), f);
+    [
+        m.store.clone(),
+        format!("{:.0}", m.duration_s),
+        m.requests.to_string(),
+        format!("{:.0}", m.networks_per_s()),
+        format!("{} MiB", m.rss_before_kib / 1024),
+        format!("{} MiB", m.rss_peak_kib / 1024),
+        format!("{:.1} MiB", m.growth_mib),
+        redis(|r| fmt_mib(r.used_memory_before)),
+        redis(|r| fmt_mib(r.used_memory_peak)),
+        redis(|r| format!("{:.1} MiB", r.growth_mib)),
+        redis(|r| format!("{} / {} / {}", r.keys_before, r.keys_peak, r.keys_after)),
+    ]
+}
+
+/// What bounds Redis's growth, in the run's own numbers: a new network's keys live one
+/// window, so Redis holds about (new networks/s × window) networks at the measured cost
+/// per network; and what a million networks within one window would hold at that cost.
+fn redis_bound(m: &MemoryCheck) -> Option<String> {
+    let r = m.redis.as_ref()?;
+    let live = m.live_networks()?;
+    let per_network = m.redis_bytes_per_network()?;
+    let keys_per_network = r.keys_peak.saturating_sub(r.keys_before) as f64 / live;
+    Some(format!(
+        "Redis ({}): {:.0} new networks/s × {:.0} s window ≈ {live:.0} live networks; {:.1} MiB of growth is {per_network:.0} bytes and {keys_per_network:.2} keys per network. A million distinct networks within one window would hold ≈ {:.0} MiB; spread over more than one window, the keys of older windows have expired.",
+        m.dialect,
+        m.networks_per_s(),
+        (r.window_ms as f64 / 1000.0).min(m.duration_s),
+        r.growth_mib,
+        m.redis_projected_mib(1e6).unwrap_or(0.0),
+    ))
+}
+
 /// Said next to the half-rate numbers when Keyguard cannot keep up with that rate, so
 /// its latency there is time spent queueing.
 fn half_rate_note(d: &DialectResult) -> Option<String> {
@@ -683,10 +801,83 @@ mod tests {
             concurrency: 64,
             duration_s: 5.0,
             rounds: 1,
-            goals: goals(&dialects, None),
+            goals: goals(&dialects, None, None),
             dialects,
             ..BenchReport::default()
         }
+    }
+
+    fn stuffing(store: &str, redis: Option<RedisMemory>) -> MemoryCheck {
+        MemoryCheck {
+            dialect: "zaif".into(),
+            store: store.into(),
+            duration_s: 60.0,
+            requests: 600_000,
+            distinct_keys: 600_000,
+            distinct_source_ips: 150_000,
+            distinct_forwarded_ips: 300_000,
+            rss_before_kib: 40 * 1024,
+            rss_peak_kib: 52 * 1024,
+            rss_after_kib: 50 * 1024,
+            growth_mib: 12.0,
+            redis,
+            ..MemoryCheck::default()
+        }
+    }
+
+    #[test]
+    fn memory_checks_of_both_stores_are_reported() {
+        let mut report = sample();
+        report.memory = Some(stuffing("embedded", None));
+        report.memory_redis = Some(stuffing(
+            "redis",
+            Some(RedisMemory {
+                used_memory_before: 2 << 20,
+                used_memory_peak: 62 << 20,
+                used_memory_after: 61 << 20,
+                keys_before: 1000,
+                keys_peak: 451_000,
+                keys_after: 440_000,
+                growth_mib: 60.0,
+                bytes_per_key: Some(139.8),
+                window_ms: 60_000,
+            }),
+        ));
+        report.goals = goals(
+            &report.dialects,
+            report.memory.as_ref(),
+            report.memory_redis.as_ref(),
+        );
+        let t = report.table();
+        assert!(t.contains("memory (zaif, embedded store)"), "{t}");
+        assert!(
+            t.contains("redis used_memory before 2.0 MiB, peak 62.0 MiB, after 61.0 MiB => growth 60.0 MiB (target < 64 MiB: met); keys before 1000, peak 451000, after 440000"),
+            "{t}"
+        );
+        // 450 000 networks in 60 s, each living the 60 s window: 60 MiB is 140 bytes and
+        // one key each.
+        assert!(
+            t.contains("7500 new networks/s × 60 s window ≈ 450000 live networks; 60.0 MiB of growth is 140 bytes and 1.00 keys per network"),
+            "{t}"
+        );
+        assert!(t.contains("within one window would hold ≈ 133 MiB"), "{t}");
+        assert!(
+            t.contains("Redis used_memory growth through 60 s of stuffing (MiB)"),
+            "{t}"
+        );
+        let md = report.markdown();
+        assert!(
+            md.contains("| zaif | embedded | 60 | 600000 | 7500 | 40 MiB | 52 MiB | 12.0 MiB | — | — | — | — |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| zaif | redis | 60 | 600000 | 7500 | 40 MiB | 52 MiB | 12.0 MiB | 2.0 MiB | 62.0 MiB | 60.0 MiB | 1000 / 451000 / 440000 |"),
+            "{md}"
+        );
+        let html = report.html();
+        assert!(html.contains("<h2>Memory through credential stuffing</h2>"));
+        assert!(html.contains("<td>redis (zaif)</td>"), "{html}");
+        assert!(html.contains("<td>1000 / 451000 / 440000</td>"), "{html}");
     }
 
     #[test]

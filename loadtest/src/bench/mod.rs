@@ -15,7 +15,8 @@
 //! Then, per dialect: an open-loop run at half of nginx's maximum rate against direct,
 //! nginx and Keyguard HS256 (latency when the machine is not saturated), and
 //! (`--stuffing-check`) Keyguard's resident memory through a long stuffing run with a
-//! million distinct keys and client IPs.
+//! million distinct keys and client IPs, on the embedded store and on Redis (there with
+//! `redis-server`'s `used_memory` too).
 //!
 //! # Layout
 //! - this file: options, the dialect and target lists, the run from start to report.
@@ -26,7 +27,8 @@
 //! - `format`: the text table, the Markdown table (`bench.md`, for the README) and the
 //!   HTML report (`bench.html`).
 //! - `nginx`: nginx as a plain reverse proxy in a temporary prefix.
-//! - `memory`: the stuffing check.
+//! - `memory`: the stuffing check, on either store, and the probe that samples
+//!   `redis-server`'s memory.
 
 mod format;
 mod memory;
@@ -221,13 +223,37 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         std::fs::create_dir_all(&ddir)?;
         dialects.push(runs::bench_dialect(&opts, *dialect, &ddir, &mut notes).await?);
     }
-    let memory = if opts.stuffing_check {
+    let (memory, memory_redis) = if opts.stuffing_check {
         let dialect = opts.dialects.first().copied().unwrap_or(DialectKind::Zaif);
-        Some(memory::stuffing_check(&opts, dialect, &dir.path().join("stuffing")).await?)
+        let embedded = memory::stuffing_check(
+            &opts,
+            dialect,
+            &dir.path().join("stuffing"),
+            memory::Store::Embedded,
+        )
+        .await?;
+        let on_redis = if redis_installed() {
+            Some(
+                memory::stuffing_check(
+                    &opts,
+                    dialect,
+                    &dir.path().join("stuffing-redis"),
+                    memory::Store::Redis,
+                )
+                .await?,
+            )
+        } else {
+            notes.push(
+                "stuffing check on Redis skipped: redis-server is not installed (apt-get install redis-server)"
+                    .to_owned(),
+            );
+            None
+        };
+        (Some(embedded), on_redis)
     } else {
-        None
+        (None, None)
     };
-    let goals = results::goals(&dialects, memory.as_ref());
+    let goals = results::goals(&dialects, memory.as_ref(), memory_redis.as_ref());
     let report = BenchReport {
         command: opts.command.clone(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -241,6 +267,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         dialects,
         goals,
         memory,
+        memory_redis,
         notes,
     };
     println!("{}", report.table());

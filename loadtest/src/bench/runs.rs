@@ -407,7 +407,7 @@ fn keyguard_tweak(kind: TargetKind, workers: Option<usize>) -> impl Fn(&mut toml
 
 /// A `redis-server` for the Redis target: loopback, a free port, append-only file with
 /// `everysec` (what a production setup would run), no snapshots.
-fn start_redis(dir: &Path) -> anyhow::Result<(ChildGuard, String)> {
+pub(super) fn start_redis(dir: &Path) -> anyhow::Result<(ChildGuard, String)> {
     let rdir = dir.join("redis");
     std::fs::create_dir_all(&rdir)?;
     let port = harness::free_addr()?.port();
