@@ -811,3 +811,80 @@ async fn the_admin_api_of_any_replica_edits_and_reads_the_shared_catalogue() {
     assert_eq!(v["global"].as_bool(), Some(true), "{v}");
     assert_eq!(events_of(&redis, "freeze", ""), 1);
 }
+
+/// On a Redis Cluster the accounts' streams live on different nodes: one replica's batch
+/// of rows for several accounts still reaches every account's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activity_of_several_accounts_reaches_their_streams_on_a_cluster() {
+    if !utils::redis::available("activity_of_several_accounts_reaches_their_streams_on_a_cluster") {
+        return;
+    }
+    use keyguard::admin::activity::Filter;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = utils::redis::RedisCluster::start(dir.path());
+    let store = utils::redis::cluster_store(&cluster.urls(), "2s");
+    // Six accounts from one address would trip the shared-IP rule, which is not tested here.
+    let env = utils::redis::replica_env(dir.path(), &store, |cfg| {
+        set(cfg, "anomaly.shared_ip.enabled", false)
+    });
+    let origin = Origin::start().await;
+    let gw = env.start(origin.addr).await;
+    // Accounts whose streams hash to different slots (and so, with three masters, mostly
+    // to different nodes).
+    let keys: Vec<TestKey> = (0..6)
+        .map(|i| {
+            env.create_key(&KeySpec {
+                account: format!("acct-{i}"),
+                ..key_spec("read", &[&format!("{ALLOWED_IP}/32")])
+            })
+        })
+        .collect();
+    for k in &keys {
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                gw.request_from(ALLOWED_IP, &zaif::read(k)).await.status == 200
+            })
+            .await
+        );
+    }
+    // Requests of all accounts at once, so the writer's batches mix them (one key's own
+    // requests in order: its nonces must increase).
+    let sent = futures_util::future::join_all(keys.iter().map(|k| async {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(gw.request_from(ALLOWED_IP, &zaif::read(k)).await.status);
+        }
+        statuses
+    }))
+    .await;
+    assert!(sent.iter().flatten().all(|s| *s == 200), "{sent:?}");
+    let cfg = keyguard_config::Config::load(&env.config).unwrap();
+    let keyguard_config::StoreConfig::Redis(rc) = &cfg.store else {
+        panic!("not on redis")
+    };
+    let reader = keyguard::store::redis::RedisStore::new(rc).unwrap();
+    for k in &keys {
+        let filter = Filter {
+            key_id: Some(&k.key_id),
+            account: Some(&k.account),
+            ..Filter::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let rows = reader
+                .activity_query(&k.account, &filter, 100)
+                .await
+                .unwrap();
+            if rows.len() >= 4 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {} rows in its stream: {rows:?}",
+                k.account,
+                rows.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

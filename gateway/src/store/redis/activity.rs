@@ -100,10 +100,7 @@ fn append_to(
         .arg("~")
         .arg(min_id)
         .ignore();
-    p.cmd("PEXPIRE")
-        .arg(key)
-        .arg(retention.max_age_ms)
-        .ignore();
+    p.cmd("PEXPIRE").arg(key).arg(retention.max_age_ms).ignore();
 }
 
 impl RedisStore {
