@@ -10,7 +10,7 @@ mod utils;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use utils::admin::{account, ed25519, sid, sso_token, totp_code, Client, Page};
+use utils::admin::{account, ed25519, enrol, sid, sso_token, totp_code, Client, Page};
 use utils::redis::{cluster_store, replica_env, single_store, RedisCluster, RedisServer};
 use utils::*;
 
@@ -110,49 +110,6 @@ async fn logged_in(c: &mut Client) -> bool {
         (303, "/login") => false,
         _ => panic!("unexpected answer to /keys: {p:?}"),
     }
-}
-
-/// Enrols TOTP for the logged-in client; returns the secret, the step used and the
-/// recovery codes.
-async fn enrol(c: &mut Client) -> (String, u64, Vec<String>) {
-    let page = c.get("/account/totp").await;
-    assert_eq!(page.status, 200, "{page:?}");
-    let secret = page
-        .body
-        .split("<code class=\"secret\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
-    let csrf = page.field("csrf");
-    let step = now_secs() / 30;
-    let p = c
-        .post(
-            "/account/totp",
-            &[("csrf", &csrf), ("code", &totp_code(&secret, step * 30))],
-        )
-        .await;
-    assert!(p.body.contains("recovery codes"), "{}", p.body);
-    let codes = recovery_codes(&p);
-    assert_eq!(codes.len(), 10, "{}", p.body);
-    (secret, step, codes)
-}
-
-/// The `abcde-12345` codes on the recovery page.
-fn recovery_codes(p: &Page) -> Vec<String> {
-    p.body
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-        .filter(|w| {
-            w.len() == 11
-                && w.as_bytes()[5] == b'-'
-                && w.bytes()
-                    .enumerate()
-                    .all(|(i, b)| i == 5 || b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-        .map(str::to_owned)
-        .collect()
 }
 
 async fn logout(c: &mut Client) {

@@ -4,11 +4,9 @@
 
 mod utils;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use utils::admin::{account, ed25519, sid, sso_token, totp_code, Client, Page};
 use utils::*;
 
 const PASSWORD: &str = "correct horse battery";
@@ -20,146 +18,9 @@ struct Admin {
     _origin: Origin,
 }
 
-#[derive(Debug)]
-struct Page {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Page {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn cookies(&self) -> HashMap<String, String> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-            .filter_map(|(_, v)| {
-                v.split(';')
-                    .next()?
-                    .split_once('=')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            })
-            .collect()
-    }
-    fn field(&self, name: &str) -> String {
-        let needle = format!("name=\"{name}\" value=\"");
-        let i = self
-            .body
-            .find(&needle)
-            .unwrap_or_else(|| panic!("no {name} field in {}", self.body))
-            + needle.len();
-        self.body[i..].split('"').next().unwrap().to_owned()
-    }
-    fn location(&self) -> &str {
-        self.header("location").unwrap_or("")
-    }
-}
-
-/// A browser-like client: a cookie jar, same-origin headers on POSTs.
-struct Client {
-    addr: SocketAddr,
-    jar: HashMap<String, String>,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        Client {
-            addr,
-            jar: HashMap::new(),
-        }
-    }
-
-    async fn raw(&mut self, method: &str, path: &str, body: &str, extra: &[(&str, &str)]) -> Page {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
-        if !self.jar.is_empty() {
-            let c: Vec<String> = self
-                .jar
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            req.push_str(&format!("Cookie: {}\r\n", c.join("; ")));
-        }
-        for (k, v) in extra {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if method == "POST" {
-            req.push_str(&format!(
-                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| {
-                l.split_once(": ")
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            })
-            .collect();
-        let page = Page {
-            status,
-            headers,
-            body: body.to_owned(),
-        };
-        for (k, v) in page.cookies() {
-            self.jar.insert(k, v);
-        }
-        page
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        self.raw("GET", path, "", &[]).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let origin = format!("http://{}", self.addr);
-        self.raw(
-            "POST",
-            path,
-            &utils::form(form),
-            &[("Origin", &origin), ("Sec-Fetch-Site", "same-origin")],
-        )
-        .await
-    }
-
-    /// Logs in with the password (and `code` when TOTP is on); returns the last page.
-    async fn login(&mut self, name: &str, password: &str) -> Page {
-        let form = self.get("/login").await;
-        let token = form.field("token");
-        self.post(
-            "/login",
-            &[("name", name), ("password", password), ("token", &token)],
-        )
-        .await
-    }
-
-    async fn csrf(&mut self) -> String {
-        self.get("/keys/new").await.field("csrf")
-    }
+/// The CSRF token of `c`'s session (from a form every session can open).
+async fn session_csrf(c: &mut Client) -> String {
+    c.get("/keys/new").await.field("csrf")
 }
 
 async fn start(tweak: impl FnOnce(&mut toml::Table)) -> Admin {
@@ -175,65 +36,12 @@ async fn start(tweak: impl FnOnce(&mut toml::Table)) -> Admin {
     }
 }
 
-fn account(env: &Env, sub: &[&str], name: &str, password: &str) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("accounts")
-        .args(sub)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("--data-dir")
-        .arg(&env.data)
-        .arg(name)
-        .env_remove("KEYGUARD_MASTER_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn db(env: &Env) -> rusqlite::Connection {
     rusqlite::Connection::open(env.data.join("keyguard.db")).unwrap()
 }
 
-fn totp_code(secret: &str, at_secs: u64) -> String {
-    let secret = totp_rs::Secret::Encoded(secret.replace(' ', ""))
-        .to_bytes()
-        .unwrap();
-    totp_rs::TOTP::new(
-        totp_rs::Algorithm::SHA1,
-        6,
-        1,
-        30,
-        secret,
-        None,
-        "alice".into(),
-    )
-    .unwrap()
-    .generate(at_secs)
-}
-
 fn now_secs() -> u64 {
     now_ms() / 1000
-}
-
-/// The `sid` claim of a session token (payload only; the server checks the signature).
-fn sid(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-    v["sid"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +119,7 @@ async fn csrf_tokens_and_origin_are_checked_on_every_post() {
         .await;
     assert_eq!(p.status, 403);
     assert_eq!(c.login("alice", PASSWORD).await.location(), "/keys");
-    let csrf = c.csrf().await;
+    let csrf = session_csrf(&mut c).await;
     let good = [
         ("csrf", csrf.as_str()),
         ("label", "bot"),
@@ -350,7 +158,7 @@ async fn csrf_tokens_and_origin_are_checked_on_every_post() {
     // Another session's token is not this session's.
     let mut other = Client::new(a.addr);
     other.login("alice", PASSWORD).await;
-    let theirs = other.csrf().await;
+    let theirs = session_csrf(&mut other).await;
     let p = c
         .post(
             "/keys/new",
@@ -399,7 +207,7 @@ async fn sessions_expire_renew_and_are_revoked_by_logout_and_password_change() {
     c.jar.clear();
     c.login("alice", PASSWORD).await;
     let copy = c.jar["kg_session"].clone();
-    let csrf = c.csrf().await;
+    let csrf = session_csrf(&mut c).await;
     c.post("/logout", &[("csrf", &csrf)]).await;
     let mut thief = Client::new(a.addr);
     thief.jar.insert("kg_session".into(), copy);
@@ -466,23 +274,7 @@ async fn lockout_answers_like_a_wrong_password_and_unknown_names_alike() {
 
 /// Enrols TOTP for the logged-in client; returns the secret and the step used.
 async fn enrol(c: &mut Client) -> (String, u64) {
-    let page = c.get("/account/totp").await;
-    let secret = page
-        .body
-        .split("<code class=\"secret\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
-    let csrf = page.field("csrf");
-    let step = now_secs() / 30;
-    let code = totp_code(&secret, step * 30);
-    let p = c
-        .post("/account/totp", &[("csrf", &csrf), ("code", &code)])
-        .await;
-    assert!(p.body.contains("recovery codes"), "{}", p.body);
+    let (secret, step, _) = utils::admin::enrol(c).await;
     (secret, step)
 }
 
@@ -855,30 +647,6 @@ async fn the_admin_api_needs_a_token_with_the_right_scope_and_follows_the_wideni
 }
 
 /// An Ed25519 key pair: (PKCS#8 DER for signing, SPKI PEM for the config).
-fn ed25519() -> (Vec<u8>, String) {
-    use base64::Engine;
-    use ring::signature::KeyPair;
-    let pkcs8 =
-        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let mut spki = hex::decode("302a300506032b6570032100").unwrap();
-    spki.extend_from_slice(pair.public_key().as_ref());
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        base64::engine::general_purpose::STANDARD.encode(spki)
-    );
-    (pkcs8.as_ref().to_vec(), pem)
-}
-
-fn sso_token(pkcs8: &[u8], claims: serde_json::Value) -> String {
-    let key = jsonwebtoken::EncodingKey::from_ed_der(pkcs8);
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
-        &claims,
-        &key,
-    )
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sso_tokens_from_the_exchange_open_a_session_once() {
@@ -953,7 +721,7 @@ async fn creating_a_key_validates_networks_and_trusts_the_creators_network() {
     let a = start(|_| {}).await;
     let mut c = Client::new(a.addr);
     c.login("alice", PASSWORD).await;
-    let csrf = c.csrf().await;
+    let csrf = session_csrf(&mut c).await;
     let create = |allow: &'static str, withdraw: bool| {
         let mut f = vec![
             ("csrf", csrf.clone()),

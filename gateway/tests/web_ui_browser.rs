@@ -185,7 +185,7 @@ async fn trader_flow(javascript: bool, tag: &str) {
     let c = &b.client;
 
     let env = Env::new(Dialect::Zaif, |cfg| set(cfg, "admin.widen_cooldown", "1h"));
-    create_account(&env, "alice", PASSWORD);
+    utils::admin::account(&env, &["create"], "alice", PASSWORD);
     let origin = Origin::start().await;
     let (gw, admin) = env.start_with_admin(origin.addr).await;
     let base = format!("http://{admin}");
@@ -355,29 +355,6 @@ async fn trader_flow(javascript: bool, tag: &str) {
     c.goto(&format!("{base}/keys/{key_id}")).await.unwrap();
     shot(c, &format!("{tag}-key-phone")).await;
     drop(gw);
-}
-
-fn create_account(env: &Env, name: &str, password: &str) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .args(["accounts", "create", "--config"])
-        .arg(&env.config)
-        .arg("--data-dir")
-        .arg(&env.data)
-        .arg(name)
-        .env_remove("KEYGUARD_MASTER_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

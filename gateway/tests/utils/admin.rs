@@ -269,3 +269,46 @@ pub fn sso_token(pkcs8: &[u8], claims: serde_json::Value) -> String {
     )
     .unwrap()
 }
+
+/// Enrols TOTP for the logged-in client; returns the secret, the step used and the
+/// recovery codes.
+pub async fn enrol(c: &mut Client) -> (String, u64, Vec<String>) {
+    let page = c.get("/account/totp").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let secret = page
+        .body
+        .split("<code class=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = page.field("csrf");
+    let step = super::now_ms() / 1000 / 30;
+    let p = c
+        .post(
+            "/account/totp",
+            &[("csrf", &csrf), ("code", &totp_code(&secret, step * 30))],
+        )
+        .await;
+    assert!(p.body.contains("recovery codes"), "{}", p.body);
+    let codes = recovery_codes(&p);
+    assert_eq!(codes.len(), 10, "{}", p.body);
+    (secret, step, codes)
+}
+
+/// The `abcde-12345` codes on the recovery page.
+pub fn recovery_codes(p: &Page) -> Vec<String> {
+    p.body
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| {
+            w.len() == 11
+                && w.as_bytes()[5] == b'-'
+                && w.bytes()
+                    .enumerate()
+                    .all(|(i, b)| i == 5 || b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        .map(str::to_owned)
+        .collect()
+}
