@@ -6,7 +6,9 @@
 //!   names of Redis keys, and the bans/blocks cache the pre-auth stage reads.
 //! - [`admit`]: the one script per request (`admit.lua`): bans, blocks, the network's
 //!   rate, shared-IP and many-IPs sightings, dormancy, new-network probation, per-key
-//!   rates, the nonce or seen signature, and the velocity reservation.
+//!   rates, the nonce or seen signature, and the velocity reservation; beside it the
+//!   off-path scripts: auth failures, velocity settlement, the canary's block and its
+//!   "back on probation" (`forget.lua`).
 //! - [`catalog`]: key records and freezes as JSON documents, the per-replica key cache
 //!   fed by pub/sub with a periodic full check, and the operator commands on them.
 //! - [`activity`]: per-key activity for the pages, one stream per account.
