@@ -487,6 +487,27 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `accounts disable|enable`, on whichever store the config names.
+fn set_disabled(a: AccountArgs, disabled: bool) -> anyhow::Result<()> {
+    let cfg = load(&a.store)?;
+    let who = actor(a.actor);
+    match redis_store(&cfg)? {
+        Some(r) => on_redis(crate::accounts::on_redis::set_disabled(
+            &r, &a.name, disabled, &who, &a.reason,
+        ))?,
+        None => {
+            let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
+            crate::accounts::set_disabled(&mut conn, &a.name, disabled, &who, &a.reason)?;
+        }
+    }
+    if disabled {
+        eprintln!("account {} disabled; its sessions ended", a.name);
+    } else {
+        eprintln!("account {} enabled", a.name);
+    }
+    Ok(())
+}
+
 fn actor(given: Option<String>) -> String {
     given
         .or_else(|| std::env::var("USER").ok())
@@ -1021,40 +1042,8 @@ fn accounts_cmd(cmd: AccountsCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        AccountsCommand::Disable(a) => {
-            let cfg = load(&a.store)?;
-            match redis_store(&cfg)? {
-                Some(r) => on_redis(accounts::on_redis::set_disabled(
-                    &r,
-                    &a.name,
-                    true,
-                    &actor(a.actor),
-                    &a.reason,
-                ))?,
-                None => {
-                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-                    accounts::set_disabled(&mut conn, &a.name, true, &actor(a.actor), &a.reason)?;
-                }
-            }
-            eprintln!("account {} disabled; its sessions ended", a.name);
-        }
-        AccountsCommand::Enable(a) => {
-            let cfg = load(&a.store)?;
-            match redis_store(&cfg)? {
-                Some(r) => on_redis(accounts::on_redis::set_disabled(
-                    &r,
-                    &a.name,
-                    false,
-                    &actor(a.actor),
-                    &a.reason,
-                ))?,
-                None => {
-                    let mut conn = Store::open(&cfg.server.data_dir)?.connect()?;
-                    accounts::set_disabled(&mut conn, &a.name, false, &actor(a.actor), &a.reason)?;
-                }
-            }
-            eprintln!("account {} enabled", a.name);
-        }
+        AccountsCommand::Disable(a) => set_disabled(a, true)?,
+        AccountsCommand::Enable(a) => set_disabled(a, false)?,
         AccountsCommand::ResetTotp(a) => {
             let cfg = load(&a.store)?;
             match redis_store(&cfg)? {

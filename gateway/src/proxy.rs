@@ -711,6 +711,9 @@ impl Gateway {
             let rule = &self.anomaly.config().canary;
             let until = now.saturating_add(rule.block_ms);
             let since = now.saturating_sub(rule.lookback_ms);
+            // This replica refuses the network from its very next request, before the
+            // task below has reached Redis.
+            store.remember_standing(net, "tripped", until);
             let snap = self.keys.snapshot();
             let alerts = self.alerts.clone();
             let alert = Alert {

@@ -672,16 +672,8 @@ pub fn set_allowlist(
     who: Requester<'_>,
     now: UnixMillis,
 ) -> Result<Vec<(Change, Outcome)>, EditError> {
-    let mut unique: Vec<IpNet> = Vec::with_capacity(nets.len());
-    for n in nets {
-        if !unique.contains(n) {
-            unique.push(*n);
-        }
-    }
+    let unique = unique_nets(nets)?;
     let nets = &unique[..];
-    if nets.is_empty() {
-        return Err(EditError::Invalid("name at least one network".into()));
-    }
     let old: Vec<IpNet> = {
         let tx = conn.transaction()?;
         let cur = current(&tx, key_id)?;
@@ -712,17 +704,11 @@ pub fn set_allowlist(
         cur.allow
     };
     let mut out = Vec::new();
-    for net in nets.iter().filter(|n| !old.contains(n)) {
-        let c = Change::AddIp(*net);
-        let o = request(conn, key_id, owner, &c, cool, who, now)?;
-        out.push((c, o));
-    }
-    for net in old.iter().filter(|n| !nets.contains(n)) {
-        let c = Change::RemoveIp(*net);
+    for c in allowlist_changes(&old, nets) {
         match request(conn, key_id, owner, &c, cool, who, now) {
             Ok(o) => out.push((c, o)),
             // The new entries wait; the old last one stays until they apply, then goes.
-            Err(EditError::WithdrawNeedsAllowlist) => {
+            Err(EditError::WithdrawNeedsAllowlist) if matches!(c, Change::RemoveIp(_)) => {
                 let o = queue_after_adds(conn, key_id, &c, cool, who, now)?;
                 out.push((c, o));
             }
@@ -730,6 +716,35 @@ pub fn set_allowlist(
         }
     }
     Ok(out)
+}
+
+/// The networks of a "lock the allowlist to these" request, each once; at least one (an
+/// empty list would mean "any network").
+pub fn unique_nets(nets: &[IpNet]) -> Result<Vec<IpNet>, EditError> {
+    let mut unique: Vec<IpNet> = Vec::with_capacity(nets.len());
+    for n in nets {
+        if !unique.contains(n) {
+            unique.push(*n);
+        }
+    }
+    if unique.is_empty() {
+        return Err(EditError::Invalid("name at least one network".into()));
+    }
+    Ok(unique)
+}
+
+/// The requests that turn allowlist `old` into `new`, additions first so that the list
+/// never passes through empty.
+pub fn allowlist_changes(old: &[IpNet], new: &[IpNet]) -> Vec<Change> {
+    new.iter()
+        .filter(|n| !old.contains(n))
+        .map(|n| Change::AddIp(*n))
+        .chain(
+            old.iter()
+                .filter(|n| !new.contains(n))
+                .map(|n| Change::RemoveIp(*n)),
+        )
+        .collect()
 }
 
 /// Queues the removal of a last allowlist entry of a withdraw key to apply together with

@@ -104,6 +104,13 @@ fn store_err(e: impl Into<anyhow::Error>) -> EditError {
     EditError::Store(e.into())
 }
 
+/// Every compare-and-set retry lost to a concurrent change of the key.
+fn kept_changing(key_id: &str) -> EditError {
+    store_err(anyhow::anyhow!(
+        "key {key_id} kept changing under us; try again"
+    ))
+}
+
 /// The editable state the rules read, from a document.
 fn current(doc: &KeyDoc) -> Result<Current, EditError> {
     Ok(Current {
@@ -220,6 +227,13 @@ impl RedisStore {
         .transpose()
     }
 
+    /// A key's document and raw JSON, or [`EditError::NoSuchKey`].
+    async fn doc_required(&self, key_id: &str) -> Result<(KeyDoc, String), EditError> {
+        self.doc_of(key_id)
+            .await?
+            .ok_or_else(|| EditError::NoSuchKey(key_id.to_owned()))
+    }
+
     /// Every pending change (all of them, or one key's), with its id.
     async fn pending_docs(&self, key_id: Option<&str>) -> anyhow::Result<Vec<(i64, PendingDoc)>> {
         let raw: Vec<(String, String)> = match key_id {
@@ -320,10 +334,7 @@ impl RedisStore {
         now: UnixMillis,
     ) -> Result<Outcome, EditError> {
         for _ in 0..RETRIES {
-            let (doc, json) = self
-                .doc_of(key_id)
-                .await?
-                .ok_or_else(|| EditError::NoSuchKey(key_id.to_owned()))?;
+            let (doc, json) = self.doc_required(key_id).await?;
             if owner.is_some_and(|o| o != doc.account) {
                 return Err(EditError::NoSuchKey(key_id.to_owned()));
             }
@@ -392,9 +403,7 @@ impl RedisStore {
                 return Ok(Outcome::Applied);
             }
         }
-        Err(store_err(anyhow::anyhow!(
-            "key {key_id} kept changing under us; try again"
-        )))
+        Err(kept_changing(key_id))
     }
 
     /// Queues a widening change; `None` when the key changed since `json` was read.
@@ -492,22 +501,11 @@ impl RedisStore {
         who: Requester<'_>,
         now: UnixMillis,
     ) -> Result<Vec<(Change, Outcome)>, EditError> {
-        let mut unique: Vec<IpNet> = Vec::with_capacity(nets.len());
-        for n in nets {
-            if !unique.contains(n) {
-                unique.push(*n);
-            }
-        }
+        let unique = crate::store::edit::unique_nets(nets)?;
         let nets = &unique[..];
-        if nets.is_empty() {
-            return Err(EditError::Invalid("name at least one network".into()));
-        }
         let mut old = None;
         for _ in 0..RETRIES {
-            let (doc, json) = self
-                .doc_of(key_id)
-                .await?
-                .ok_or_else(|| EditError::NoSuchKey(key_id.to_owned()))?;
+            let (doc, json) = self.doc_required(key_id).await?;
             if owner.is_some_and(|o| o != doc.account) {
                 return Err(EditError::NoSuchKey(key_id.to_owned()));
             }
@@ -540,24 +538,14 @@ impl RedisStore {
                     .collect());
             }
         }
-        let old = old.ok_or_else(|| {
-            store_err(anyhow::anyhow!(
-                "key {key_id} kept changing under us; try again"
-            ))
-        })?;
+        let old = old.ok_or_else(|| kept_changing(key_id))?;
         let mut out = Vec::new();
-        for net in nets.iter().filter(|n| !old.contains(n)) {
-            let c = Change::AddIp(*net);
-            let o = self.request_edit(key_id, owner, &c, cool, who, now).await?;
-            out.push((c, o));
-        }
-        for net in old.iter().filter(|n| !nets.contains(n)) {
-            let c = Change::RemoveIp(*net);
+        for c in crate::store::edit::allowlist_changes(&old, nets) {
             match self.request_edit(key_id, owner, &c, cool, who, now).await {
                 Ok(o) => out.push((c, o)),
                 // The new entries wait; the old last one stays until they apply, then goes
                 // (due changes apply in id order).
-                Err(EditError::WithdrawNeedsAllowlist) => {
+                Err(EditError::WithdrawNeedsAllowlist) if matches!(c, Change::RemoveIp(_)) => {
                     let o = self.queue_after_adds(key_id, &c, cool, who, now).await?;
                     out.push((c, o));
                 }
@@ -576,10 +564,7 @@ impl RedisStore {
         now: UnixMillis,
     ) -> Result<Outcome, EditError> {
         for _ in 0..RETRIES {
-            let (doc, json) = self
-                .doc_of(key_id)
-                .await?
-                .ok_or_else(|| EditError::NoSuchKey(key_id.to_owned()))?;
+            let (doc, json) = self.doc_required(key_id).await?;
             if let Some(o) = self
                 .queue((&doc, &json), change, cool.widen_ms, who, now, true)
                 .await?
@@ -587,18 +572,13 @@ impl RedisStore {
                 return Ok(o);
             }
         }
-        Err(store_err(anyhow::anyhow!(
-            "key {key_id} kept changing under us; try again"
-        )))
+        Err(kept_changing(key_id))
     }
 
     /// Whether `change` would widen the key as it is now (the web UI asks for the
     /// password again only then), as [`crate::store::edit::widens`].
     pub async fn edit_widens(&self, key_id: &str, change: &Change) -> Result<bool, EditError> {
-        let (doc, _) = self
-            .doc_of(key_id)
-            .await?
-            .ok_or_else(|| EditError::NoSuchKey(key_id.to_owned()))?;
+        let (doc, _) = self.doc_required(key_id).await?;
         let pending = self.pending_docs(Some(key_id)).await?;
         let cur = current(&doc)?;
         Ok(matches!(
