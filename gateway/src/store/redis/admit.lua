@@ -23,6 +23,8 @@
 -- 14 replay: "n,<padded nonce>" | "s,<fingerprint hex>,<expires ms>"
 -- 15 velocity: "kind,asset,amount|-,longest_ms,entry_id" then ";subject,window,max_amount|-,max_count|-"...
 --    (the entry id comes from the caller, so it can give back an entry whose reply it lost)
+-- 16 failure overflow banned (auth_fail.lua: more networks failed than are tracked, and
+--    the overflow they share is banned): the auth-failure rule's shadow "0" | "1"
 --
 -- Returns {status, would_deny, suspend, learned, detail, reservation}:
 --  status: "ok" or a deny code; would_deny: a shadow rule's code or "";
@@ -120,6 +122,12 @@ if do_net then
   end
   if blocked > now and shared then
     local c = verdict('ip_blocked', shared[5]); if c then return done(c) end
+  end
+  -- While a flood shares the failure overflow's ban, a network with no state of its own
+  -- (no failures, no recent signed request, no rate cell) is part of the flood as far
+  -- as anyone can tell: refused, as the embedded store refuses its untracked networks.
+  if ARGV[16] ~= '-' and redis.call('EXISTS', N .. ':af', N .. ':pk', N .. ':rate') == 0 then
+    local c = verdict('ip_banned', ARGV[16]); if c then return done(c) end
   end
   if ARGV[9] ~= '-' and authorized then
     local r = split(ARGV[9], ',')

@@ -84,6 +84,7 @@ pub struct Scripts {
     admit: Script,
     settle: Script,
     auth_fail: Script,
+    af_count: Script,
     trip: Script,
     forget: Script,
 }
@@ -94,6 +95,7 @@ impl Default for Scripts {
             admit: Script::new(include_str!("admit.lua")),
             settle: Script::new(include_str!("settle.lua")),
             auth_fail: Script::new(include_str!("auth_fail.lua")),
+            af_count: Script::new(include_str!("af_count.lua")),
             trip: Script::new(include_str!("trip.lua")),
             forget: Script::new(include_str!("forget.lua")),
         }
@@ -237,6 +239,10 @@ impl RedisStore {
                     flag(r.shadow)
                 )
             });
+        let overflow = match &a.auth_failures {
+            Some(r) if self.overflow_banned(req.net) => flag(r.shadow),
+            _ => "-",
+        };
         let mut limits_used: Vec<(LimitKind, Rate)> = Vec::new();
         let mut rates = String::new();
         for (kind, rate, _) in rules
@@ -358,7 +364,8 @@ impl RedisStore {
                 .arg(&new_ip)
                 .arg(&rates)
                 .arg(&replay)
-                .arg(&velocity);
+                .arg(&velocity)
+                .arg(overflow);
             inv
         };
         let reply = self
@@ -528,6 +535,10 @@ impl RedisStore {
 
     /// Counts a failed authentication from `net`; returns the ban's end when this very
     /// failure banned the network (so the ban is alerted once, by one replica).
+    ///
+    /// Past `max_entries` failing networks per window, a network without a record of its
+    /// own is counted on its shard's overflow record instead (see the module docs of
+    /// [`super`]); then the returned ban is the overflow's, alerted once too.
     pub async fn auth_failed(
         &self,
         scripts: &Scripts,
@@ -537,18 +548,65 @@ impl RedisStore {
         let Some(rule) = &rules.auth_failures else {
             return Ok(None);
         };
-        let mut inv = scripts.auth_fail.prepare_invoke();
-        inv.key(self.net_base(net))
-            .arg(rule.window_ms)
-            .arg(rule.max_failures)
-            .arg(rule.ban_ms)
-            .arg(net.to_string());
-        let mut c = self.conn().await?;
-        let (until, new_ban): (u64, u8) = self.deadline(inv.invoke_async(&mut c)).await?;
+        let overflow_banned = self.overflow_banned(net);
+        // While the overflow is banned, a network without a record stays without one: no
+        // need to count it again.
+        let may_create = !overflow_banned && {
+            let mut inv = scripts.af_count.prepare_invoke();
+            inv.key(format!("{}:{{af}}", self.prefix))
+                .arg(rule.window_ms)
+                .arg(net.to_string())
+                .arg(rules.max_entries);
+            let mut c = self.conn().await?;
+            self.deadline(inv.invoke_async::<u8>(&mut c)).await? == 0
+        };
+        let (until, new_ban, counted) = self
+            .count_failure(
+                scripts,
+                rule,
+                &self.net_base(net),
+                &net.to_string(),
+                may_create,
+            )
+            .await?;
         if until > 0 {
             self.remember_standing(net, "banned", until);
         }
-        Ok((new_ban == 1).then_some(until))
+        if counted || overflow_banned {
+            return Ok(new_ban.then_some(until));
+        }
+        let name = super::overflow_name(super::overflow_shard(net));
+        let (until, new_ban, _) = self
+            .count_failure(scripts, rule, &self.net_base(&name), &name, true)
+            .await?;
+        if until > 0 {
+            self.remember_overflow_ban(&name, until);
+        }
+        Ok(new_ban.then_some(until))
+    }
+
+    /// One failure on the record at `base` (`auth_fail.lua`): the ban's end or 0, whether
+    /// this failure started it, and whether it was counted (`false`: no record, and
+    /// `may_create` was false).
+    async fn count_failure(
+        &self,
+        scripts: &Scripts,
+        rule: &keyguard_policy::anomaly::AuthFailureRule,
+        base: &str,
+        name: &str,
+        may_create: bool,
+    ) -> Result<(u64, bool, bool), StoreError> {
+        let mut inv = scripts.auth_fail.prepare_invoke();
+        inv.key(base)
+            .arg(rule.window_ms)
+            .arg(rule.max_failures)
+            .arg(rule.ban_ms)
+            .arg(name)
+            .arg(flag(may_create));
+        let mut c = self.conn().await?;
+        let (until, new_ban, counted): (u64, u8, u8) =
+            self.deadline(inv.invoke_async(&mut c)).await?;
+        Ok((until, new_ban == 1, counted == 1))
     }
 
     /// Blocks `net` for every key until `until` (a canary was used from it).

@@ -1,7 +1,10 @@
 -- Keyguard: counts a failed authentication of a client network; bans it once more than
 -- the rule allows fall inside the window, and tells every replica.
--- KEYS[1]: the network's slot base. ARGV: window_ms, max_failures, ban_ms, network.
--- Returns {ban end or 0, 1 if this failure started the ban}.
+-- KEYS[1]: the network's slot base. ARGV: window_ms, max_failures, ban_ms, network,
+-- may_create ("1"; "0" when more networks failed than are tracked: af_count.lua).
+-- Returns {ban end or 0, 1 if this failure started the ban, 1 if counted here}; with
+-- may_create "0" and no record, nothing is written and the caller counts the failure on
+-- the shared overflow record instead.
 --
 -- The failures are one string per network, `:af`: the times (ms) of its newest failures
 -- inside the window, comma-separated, expiring with the window. A flood of random keys
@@ -15,6 +18,11 @@ local window, max_failures, ban_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonum
 local fk = KEYS[1] .. ':af'
 local times = {}
 local old = redis.call('GET', fk)
+if not old and ARGV[5] == '0' then
+  local banned = tonumber(redis.call('HGET', KEYS[1] .. ':st', 'banned') or '0')
+  if banned > now then return {banned, 0, 0} end
+  return {0, 0, 0}
+end
 if old then
   for at in string.gmatch(old, '%d+') do
     if tonumber(at) > now - window then times[#times + 1] = at end
@@ -35,6 +43,5 @@ if n > max_failures and banned <= now then
   redis.call('PUBLISH', string.match(KEYS[1], '^[^:]+') .. ':events',
     'banned ' .. ARGV[4] .. ' ' .. banned)
 end
--- {ban end or 0, 1 when this failure started the ban}
-if banned > now then return {banned, new_ban} end
-return {0, 0}
+if banned > now then return {banned, new_ban, 1} end
+return {0, 0, 1}

@@ -594,6 +594,12 @@ pub async fn events_loop(store: Arc<RedisStore>, changed: tokio::sync::mpsc::Sen
                 if let (Some(what), Some(net), Some(until)) =
                     (words.next(), words.next(), words.next())
                 {
+                    if net.starts_with("~o") {
+                        if let Ok(until) = until.parse::<u64>() {
+                            store.remember_overflow_ban(net, until);
+                        }
+                        continue;
+                    }
                     let net = net
                         .parse::<ipnet::IpNet>()
                         .ok()

@@ -31,6 +31,14 @@
 //! and velocity entries expire with their window. Pending key edits are capped per key
 //! and deleted when decided ([`pending`]); activity streams are trimmed by count and age
 //! and expire with the retention ([`activity`]).
+//!
+//! Auth-failure records are also bounded in number, like the embedded store's table:
+//! once more networks failed within the window than `anomaly.max_entries` (counted with
+//! a HyperLogLog per window, `<prefix>:{af}:hll:<epoch>`), a network without a record of
+//! its own counts towards one of [`OVERFLOW_SHARDS`] shared overflow records
+//! (`{n:~o<shard>}`), and while that overflow is banned every untracked network of its
+//! shard is refused (`admit.lua`, ARGV 16): a flood from ever new addresses is banned
+//! together instead of growing Redis.
 
 pub mod activity;
 pub mod admit;
@@ -130,6 +138,9 @@ pub struct RedisStore {
     /// Bans and blocks this replica knows of (from script replies and pub/sub), for the
     /// pre-auth stage, which must not cost a round trip.
     standing: Mutex<HashMap<ClientNet, Standing>>,
+    /// Ban ends of the auth-failure overflow records, by shard (from replies and
+    /// pub/sub, like `standing`).
+    overflow_bans: [AtomicU64; OVERFLOW_SHARDS],
     cfg: RedisConfig,
     /// Itself, for work spawned off the request path.
     this: std::sync::Weak<RedisStore>,
@@ -138,6 +149,29 @@ pub struct RedisStore {
 /// Most networks whose bans the pre-auth cache holds; past it new bans are still
 /// enforced by the script, only not before authentication.
 const MAX_CACHED_STANDINGS: usize = 100_000;
+
+/// Shared overflow records of auth failures (see "Bounded memory" above): a flood is
+/// banned per shard, so one shard's ban does not refuse every untracked network at once.
+pub const OVERFLOW_SHARDS: usize = 16;
+
+/// The overflow shard of `net`: the same on every replica (a fixed hash, not a seeded one).
+pub fn overflow_shard(net: ClientNet) -> usize {
+    let v = match net {
+        ClientNet::V4(a) => u64::from(u32::from(a)),
+        ClientNet::V6(p) => p ^ (1 << 63),
+    };
+    (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % OVERFLOW_SHARDS
+}
+
+/// The network name of an overflow record: `~o<shard>`, which no address parses as.
+pub fn overflow_name(shard: usize) -> String {
+    format!("~o{shard}")
+}
+
+fn now_ms() -> UnixMillis {
+    use keyguard_policy::time::Clock as _;
+    keyguard_policy::time::SystemClock.now_ms()
+}
 
 fn env_secret(var: &Option<String>, what: &str) -> anyhow::Result<Option<String>> {
     match var {
@@ -197,6 +231,7 @@ impl RedisStore {
             prefix: cfg.prefix.clone(),
             timeout,
             standing: Mutex::new(HashMap::new()),
+            overflow_bans: Default::default(),
             cfg: cfg.clone(),
             this: this.clone(),
         }))
@@ -314,8 +349,8 @@ impl RedisStore {
         format!("{}:{{a:{}}}", self.prefix, safe_name(account))
     }
 
-    /// The slot base of a client network's state.
-    pub fn net_base(&self, net: ClientNet) -> String {
+    /// The slot base of a client network's state (or of an overflow record, by name).
+    pub fn net_base(&self, net: impl std::fmt::Display) -> String {
         format!("{}:{{n:{}}}", self.prefix, net)
     }
 
@@ -367,6 +402,24 @@ impl RedisStore {
             _ => return,
         };
         *slot = Some(slot.map_or(until, |t| t.max(until)));
+    }
+
+    /// Whether the overflow record of `net`'s shard is banned now, as far as this replica
+    /// knows.
+    pub fn overflow_banned(&self, net: ClientNet) -> bool {
+        self.overflow_bans[overflow_shard(net)].load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Remembers a ban of an overflow record; `name` is `~o<shard>` (anything else is
+    /// ignored: this replica's announcements come back through pub/sub too).
+    pub fn remember_overflow_ban(&self, name: &str, until: UnixMillis) {
+        if let Some(shard) = name
+            .strip_prefix("~o")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n < OVERFLOW_SHARDS)
+        {
+            self.overflow_bans[shard].fetch_max(until, Ordering::Relaxed);
+        }
     }
 
     /// Drops expired bans from the cache.
