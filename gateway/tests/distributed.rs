@@ -634,3 +634,156 @@ async fn a_canary_on_one_replica_puts_keys_back_on_probation_on_all() {
         200
     );
 }
+
+/// Client networks whose auth failures have a record of their own in `redis`.
+fn failure_records(redis: &RedisServer) -> Vec<String> {
+    redis
+        .cli(&["--scan", "--pattern", "*{n:*}:af"])
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Past `anomaly.max_entries` failing networks, a flood's new networks get no records of
+/// their own: they count on their shard's shared overflow record, which the flood bans.
+/// While it is banned, every replica refuses an untracked network of that shard even
+/// with a valid key; networks with state of their own and other shards are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_past_the_tracked_networks_is_banned_together_without_growing_redis() {
+    if !utils::redis::available(
+        "a_flood_past_the_tracked_networks_is_banned_together_without_growing_redis",
+    ) {
+        return;
+    }
+    use keyguard::store::redis::overflow_shard;
+    use keyguard_policy::limits::ClientNet;
+    use std::net::Ipv4Addr;
+    const CAP: usize = 8;
+    let shard = |ip: Ipv4Addr| overflow_shard(ClientNet::of(ip.into()));
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let hook = Origin::start().await;
+    let url = format!("http://{}/keyguard", hook.addr);
+    let r = Replicas::start(dir.path(), single(&redis.url()), |cfg| {
+        set(cfg, "anomaly.max_entries", CAP as i64);
+        set(cfg, "anomaly.auth_failures.max_failures", 3);
+        set(cfg, "alerts.webhook_url", url.clone());
+    })
+    .await;
+    // No allowlist: any network may use it, so only the overflow's ban can refuse it.
+    let key = r.envs[0].create_key(&KeySpec {
+        account: "acct-roaming".into(),
+        scopes: "read".into(),
+        allow_ips: vec![],
+        withdraw_addresses: vec![],
+    });
+    let mut wrong = key.clone();
+    wrong.secret = format!("{}x", key.secret);
+    let bad = || {
+        zaif::signed(
+            &wrong,
+            &zaif::body("get_info2", &next_nonce().to_string(), &[]),
+        )
+    };
+    // Addresses by shard: the flood bans the shard of 127.0.10.1 (any fixed one will do).
+    let pool: Vec<Ipv4Addr> = (1..=250).map(|i| Ipv4Addr::new(127, 0, 11, i)).collect();
+    let banned_shard = shard(Ipv4Addr::new(127, 0, 10, 1));
+    let mut same = pool.iter().copied().filter(|&ip| shard(ip) == banned_shard);
+    let mut other = pool.iter().copied().filter(|&ip| shard(ip) != banned_shard);
+    let (resident, outsider) = (same.next().unwrap(), other.next().unwrap());
+
+    // A trader already working from the shard before the flood.
+    assert!(serves(r.gw(0), &key, Duration::from_secs(2)).await);
+    assert_eq!(
+        r.gw(0)
+            .request_from(resident, &zaif::read(&key))
+            .await
+            .status,
+        200
+    );
+    // The tracked networks fill up (one failure each, from networks of other shards)...
+    for (i, ip) in other.by_ref().take(CAP).enumerate() {
+        assert_eq!(r.gw(i).request_from(ip, &bad()).await.status, 401);
+        let want = i + 1;
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                failure_records(&redis).len() >= want
+            })
+            .await,
+            "failure {want} not recorded"
+        );
+    }
+    // ...then a flood from new networks of that shard: more failures than the
+    // rule allows one network, spread over networks that each failed once.
+    let flood: Vec<Ipv4Addr> = same.by_ref().take(5).collect();
+    let probes: Vec<Ipv4Addr> = same.take(3).collect();
+    assert_eq!(
+        (flood.len(), probes.len()),
+        (5, 3),
+        "the pool has eight more addresses of the shard"
+    );
+    for (i, ip) in flood.iter().enumerate() {
+        assert_eq!(r.gw(i).request_from(*ip, &bad()).await.status, 401);
+    }
+    // Counted off the response path; the ban reaches every replica through pub/sub
+    // within its 100 ms. A probe answered before that would give its network state of its
+    // own (and so exempt it): each replica gets a fresh untracked network, once.
+    let ban = format!("kg:{{n:~o{banned_shard}}}:st");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            redis
+                .cli(&["HEXISTS", &ban, "banned"])
+                .is_some_and(|o| o.trim() == "1")
+        })
+        .await,
+        "the flood did not ban its overflow: {:?}",
+        failure_records(&redis)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, probe) in probes.iter().enumerate() {
+        let resp = r.gw(i).request_from(*probe, &zaif::read(&key)).await;
+        assert!(
+            resp.status == 403 && resp.text().contains("ip_banned"),
+            "replica {i} does not refuse untracked {probe} of the banned overflow: {} {}",
+            resp.status,
+            resp.text()
+        );
+    }
+    let records = failure_records(&redis);
+    let tracked = records.iter().filter(|k| !k.contains("{n:~o")).count();
+    assert!(
+        tracked <= CAP + 1,
+        "{tracked} networks got records of their own past the cap of {CAP}: {records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|k| k.contains(&format!("{{n:~o{banned_shard}}}"))),
+        "no overflow record for shard {banned_shard}: {records:?}"
+    );
+    for ip in &flood {
+        assert!(
+            !records.iter().any(|k| k.contains(&format!("{{n:{ip}}}"))),
+            "flood network {ip} has a record of its own: {records:?}"
+        );
+    }
+    // Networks with state of their own, and other shards, are not part of the flood.
+    for i in 0..3 {
+        for ip in [resident, outsider] {
+            let resp = r.gw(i).request_from(ip, &zaif::read(&key)).await;
+            assert_eq!(resp.status, 200, "replica {i}, {ip}: {}", resp.text());
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            hook.records()
+                .iter()
+                .filter(|rec| String::from_utf8_lossy(&rec.body).contains("\"ip_banned\""))
+                .count()
+                == 1
+        })
+        .await,
+        "the overflow's ban is not alerted exactly once"
+    );
+}
