@@ -330,7 +330,10 @@ fn bench_report() -> BenchReport {
                     TargetResult {
                         name: "keyguard-redis".into(),
                         description: "(e) Keyguard, Redis".into(),
-                        skipped: Some("skipped: the Redis store has not landed yet".into()),
+                        skipped: Some(
+                            "skipped: redis-server is not installed (apt-get install redis-server)"
+                                .into(),
+                        ),
                         ..TargetResult::default()
                     },
                 ],
@@ -483,7 +486,7 @@ fn reports_render_in_chromium() {
     assert!(
         rps.texts
             .iter()
-            .any(|t| t.contains("Redis store has not landed")),
+            .any(|t| t.contains("redis-server is not installed")),
         "the skipped target says why: {rps:#?}"
     );
 

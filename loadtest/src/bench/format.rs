@@ -778,7 +778,10 @@ mod tests {
                     m(300.0, 300, 1200, 40.0),
                 ),
                 TargetResult {
-                    skipped: Some("skipped: the Redis store has not landed yet".into()),
+                    skipped: Some(
+                        "skipped: redis-server is not installed (apt-get install redis-server)"
+                            .into(),
+                    ),
                     ..target("keyguard-redis", "(e) Keyguard, Redis", Measure::default())
                 },
             ],
