@@ -182,21 +182,6 @@ impl MemoryCheck {
         let window_s = r.window_ms as f64 / 1000.0;
         Some(self.networks_per_s() * window_s.min(self.duration_s))
     }
-
-    /// Redis's growth per live network (bytes): what one more client network inside the
-    /// window costs, whatever number of keys the scripts write for it.
-    pub fn redis_bytes_per_network(&self) -> Option<f64> {
-        let r = self.redis.as_ref()?;
-        let live = self.live_networks()?;
-        (live >= 1.0).then(|| r.growth_mib * 1024.0 * 1024.0 / live)
-    }
-
-    /// What `networks` distinct client networks within one window would hold in Redis at
-    /// this run's cost per network (MiB).
-    pub fn redis_projected_mib(&self, networks: f64) -> Option<f64> {
-        self.redis_bytes_per_network()
-            .map(|b| b * networks / (1024.0 * 1024.0))
-    }
 }
 
 /// `redis-server` through the stuffing run: `INFO memory`'s `used_memory` and `DBSIZE`,
@@ -569,16 +554,11 @@ mod tests {
         r.distinct_forwarded_ips = 200_000;
         r.redis.as_mut().unwrap().window_ms = 60_000;
         assert_eq!(r.live_networks(), Some(300_000.0));
-        // 70 MiB over them: 244.7 bytes each, so a million networks hold 233 MiB.
-        let per = r.redis_bytes_per_network().unwrap();
-        assert!((per - 244.67).abs() < 0.01, "{per}");
-        let projected = r.redis_projected_mib(1e6).unwrap();
-        assert!((projected - 233.33).abs() < 0.01, "{projected}");
         // A window shorter than the run: only its share of the networks is live.
         r.redis.as_mut().unwrap().window_ms = 30_000;
         assert_eq!(r.live_networks(), Some(150_000.0));
         // Embedded: nothing in Redis.
-        assert_eq!(embedded.redis_projected_mib(1e6), None);
+        assert_eq!(embedded.live_networks(), None);
     }
 
     #[test]
