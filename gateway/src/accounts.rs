@@ -236,6 +236,8 @@ fn hash_recovery(code: &str) -> String {
 pub struct Accounts {
     master: std::sync::Arc<MasterKey>,
     lockout: Lockout,
+    /// Where a lockout is alerted (someone is guessing a trader's password).
+    alerts: Option<crate::alerts::Alerts>,
     /// A hash of a random password, verified for unknown names so they cost the same.
     dummy_hash: String,
 }
@@ -273,8 +275,39 @@ impl Accounts {
         Ok(Accounts {
             master,
             lockout,
+            alerts: None,
             dummy_hash: hash_password(&hex::encode(dummy))?,
         })
+    }
+
+    /// Alerts every lockout through `alerts`.
+    pub fn with_alerts(mut self, alerts: crate::alerts::Alerts) -> Accounts {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// What a lockout after `failures` failed login steps in a row, for `lock_ms`, is
+    /// recorded and alerted as (the actor is Keyguard itself: whoever typed the passwords
+    /// is unknown).
+    pub(crate) fn lockout_detail(failures: u64, lock_ms: u64) -> String {
+        format!(
+            "{failures} failed login steps in a row; locked for {} s",
+            lock_ms.div_ceil(1000)
+        )
+    }
+
+    /// Sends the lockout alert, when alerts are configured.
+    pub(crate) fn alert_lockout(&self, name: &str, detail: &str) {
+        if let Some(alerts) = &self.alerts {
+            alerts.send(crate::alerts::Alert {
+                ts: crate::audit::timestamp(std::time::SystemTime::now()),
+                event: "account_locked".into(),
+                code: "account_locked".into(),
+                account: Some(name.to_owned()),
+                detail: detail.to_owned(),
+                ..Default::default()
+            });
+        }
     }
 
     fn failed(&self, conn: &Connection, name: &str, now: UnixMillis) -> rusqlite::Result<()> {
@@ -299,6 +332,18 @@ impl Accounts {
                     "UPDATE accounts SET locked_until = ?2 WHERE name = ?1",
                     params![name, now.saturating_add(lock) as i64],
                 )?;
+                let detail = Self::lockout_detail(n, lock);
+                // The lock holds whether or not its record could be written.
+                if let Err(e) = crate::store::record_admin_event(
+                    conn,
+                    "keyguard",
+                    "account_locked",
+                    name,
+                    &detail,
+                ) {
+                    tracing::warn!(error = %format!("{e:#}"), "a lockout could not be recorded");
+                }
+                self.alert_lockout(name, &detail);
             }
         }
         Ok(())

@@ -16,17 +16,24 @@ use crate::store::redis::RedisStore;
 
 impl Accounts {
     async fn failed_on(&self, r: &RedisStore, name: &str, now: UnixMillis) {
-        if let Err(e) = r
+        match r
             .account_failed(
                 name,
                 now,
                 self.lockout.after,
                 self.lockout.base_ms,
                 MAX_LOCKOUT_MS,
+                Accounts::lockout_detail,
             )
             .await
         {
-            tracing::warn!(error = %format!("{e:#}"), "a failed login could not be counted");
+            Ok((n, locked)) if locked > now => {
+                self.alert_lockout(name, &Accounts::lockout_detail(n, locked - now));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "a failed login could not be counted")
+            }
         }
     }
 

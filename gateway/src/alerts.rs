@@ -103,9 +103,16 @@ impl Alerts {
 async fn deliver(mut rx: mpsc::Receiver<Alert>, url: http::Uri, settings: AlertSettings) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    // Coalesced per (event, code, key, client IP): a suspension and the deny that caused
-    // it are different alerts.
-    type AlertId = (String, String, Option<String>, Option<String>);
+    // Coalesced per (event, code, key, account, client IP): a suspension and the deny
+    // that caused it are different alerts, and so are lockouts of two accounts (which
+    // name no key).
+    type AlertId = (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
     let mut recent: HashMap<AlertId, Instant> = HashMap::new();
     while let Some(alert) = rx.recv().await {
         let now = Instant::now();
@@ -114,6 +121,7 @@ async fn deliver(mut rx: mpsc::Receiver<Alert>, url: http::Uri, settings: AlertS
             alert.event.clone(),
             alert.code.clone(),
             alert.key_id.clone(),
+            alert.account.clone(),
             alert.client_ip.clone(),
         );
         if recent.contains_key(&id) {

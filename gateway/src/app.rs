@@ -211,6 +211,7 @@ pub async fn run(
             &keys,
             redis.clone(),
             admin_tls.clone(),
+            gateway.alerts.clone(),
         )
         .await?;
     }

@@ -261,9 +261,12 @@ async fn wrong_passwords_spread_over_replicas_lock_the_account_everywhere() {
     {
         return;
     }
+    let hook = Origin::start().await;
+    let url = format!("http://{}/keyguard", hook.addr);
     let p = Pair::start(|cfg| {
         set(cfg, "admin.lockout_after", 3);
         set(cfg, "admin.lockout_base", "1h");
+        set(cfg, "alerts.webhook_url", url.clone());
     })
     .await;
     account(&p.envs[0], &["create"], "alice", PASSWORD);
@@ -297,6 +300,19 @@ async fn wrong_passwords_spread_over_replicas_lock_the_account_everywhere() {
         })
         .await;
     }
+    // Alerted once, by the replica whose count locked it.
+    let alerts = || {
+        hook.records()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .filter(|b| b.contains("\"account_locked\""))
+            .collect::<Vec<_>>()
+    };
+    eventually("a lockout alert", || !alerts().is_empty()).await;
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = alerts();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("\"account\":\"alice\""), "{sent:?}");
     // An operator's password reset (through either replica's config) lifts it.
     account(
         &p.envs[1],

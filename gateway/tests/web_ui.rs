@@ -5,6 +5,7 @@
 mod utils;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use utils::admin::{account, ed25519, sid, sso_token, totp_code, Client, Page};
 use utils::*;
@@ -233,9 +234,12 @@ async fn sessions_expire_renew_and_are_revoked_by_logout_and_password_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockout_answers_like_a_wrong_password_and_unknown_names_alike() {
+    let hook = Origin::start().await;
+    let url = format!("http://{}/keyguard", hook.addr);
     let a = start(|cfg| {
         set(cfg, "admin.lockout_after", 3);
         set(cfg, "admin.lockout_base", "1h");
+        set(cfg, "alerts.webhook_url", url.clone());
     })
     .await;
     let mut c = Client::new(a.addr);
@@ -259,6 +263,23 @@ async fn lockout_answers_like_a_wrong_password_and_unknown_names_alike() {
     assert_eq!(msg(&locked), msg(&unknown), "one generic message");
     let list = a.env.run_with_store(&["accounts", "list"], &[]).ok();
     assert!(list.stdout.contains("locked"), "{list:?}");
+    // Someone is guessing the trader's password: the operator hears of it once, with
+    // the account and nothing that was typed.
+    let alerts = || {
+        hook.records()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .filter(|b| b.contains("\"account_locked\""))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || async { !alerts().is_empty() }).await,
+        "no lockout alert"
+    );
+    let sent = alerts();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("\"account\":\"alice\""), "{sent:?}");
+    assert!(!sent[0].contains("wrong password"), "{sent:?}");
     // An operator's password reset lifts it.
     account(
         &a.env,

@@ -82,6 +82,7 @@ impl AdminState {
         master: Arc<MasterKey>,
         keys: Arc<KeyCache>,
         redis: Option<Arc<RedisStore>>,
+        alerts: Option<crate::alerts::Alerts>,
     ) -> anyhow::Result<AdminState> {
         let a = &cfg.admin;
         let times = sessions::SessionTimes {
@@ -104,13 +105,19 @@ impl AdminState {
             None => sessions::Sessions::load_or_create(&cfg.server.data_dir, times, secure)?,
         };
         Ok(AdminState {
-            accounts: Accounts::new(
-                master.clone(),
-                Lockout {
-                    after: a.lockout_after,
-                    base_ms: a.lockout_base_ms,
-                },
-            )?,
+            accounts: {
+                let accounts = Accounts::new(
+                    master.clone(),
+                    Lockout {
+                        after: a.lockout_after,
+                        base_ms: a.lockout_base_ms,
+                    },
+                )?;
+                match alerts {
+                    Some(alerts) => accounts.with_alerts(alerts),
+                    None => accounts,
+                }
+            },
             sessions,
             sso: cfg.admin.sso.as_ref().map(sso::Sso::load).transpose()?,
             store,
@@ -139,6 +146,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 /// Binds `addr` and serves the admin listener in the background until the process ends.
+// Each argument is one of the gateway's shared parts, passed through as it is.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     addr: SocketAddr,
     cfg: &Config,
@@ -147,6 +156,7 @@ pub async fn start(
     keys: &Arc<KeyCache>,
     redis: Option<Arc<RedisStore>>,
     tls: Option<Arc<crate::server::tls::Acceptor>>,
+    alerts: crate::alerts::Alerts,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     anyhow::ensure!(
@@ -160,6 +170,7 @@ pub async fn start(
             master.clone(),
             keys.clone(),
             redis,
+            Some(alerts),
         )
         .await?,
     );

@@ -253,7 +253,8 @@ impl RedisStore {
     }
 
     /// Counts a failed login step; returns `(failures in a row, locked until or 0)`, and
-    /// records a lockout as an admin event.
+    /// records a lockout as an admin event (`detail` says what the lockout is recorded
+    /// as, from the failures and the lock's length).
     pub async fn account_failed(
         &self,
         name: &str,
@@ -261,6 +262,7 @@ impl RedisStore {
         after: u32,
         base_ms: u64,
         max_ms: u64,
+        detail: impl Fn(u64, u64) -> String,
     ) -> anyhow::Result<(u64, UnixMillis)> {
         let s = script(include_str!("acct_fail.lua"));
         let mut inv = s.prepare_invoke();
@@ -271,17 +273,8 @@ impl RedisStore {
             .arg(max_ms);
         let (n, locked): (u64, u64) = self.run_script(&inv).await?;
         if locked > now {
-            // The actor is Keyguard itself: whoever typed the passwords is unknown.
-            self.record_admin_event(
-                "keyguard",
-                "account_locked",
-                name,
-                &format!(
-                    "{n} failed login steps in a row; locked for {} s",
-                    (locked - now).div_ceil(1000)
-                ),
-            )
-            .await?;
+            self.record_admin_event("keyguard", "account_locked", name, &detail(n, locked - now))
+                .await?;
         }
         Ok((n, locked))
     }
