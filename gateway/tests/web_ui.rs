@@ -265,13 +265,7 @@ async fn lockout_answers_like_a_wrong_password_and_unknown_names_alike() {
     assert!(list.stdout.contains("locked"), "{list:?}");
     // Someone is guessing the trader's password: the operator hears of it once, with
     // the account and nothing that was typed.
-    let alerts = || {
-        hook.records()
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-            .filter(|b| b.contains("\"account_locked\""))
-            .collect::<Vec<_>>()
-    };
+    let alerts = || hook.bodies_containing("\"account_locked\"");
     assert!(
         eventually(Duration::from_secs(3), || async { !alerts().is_empty() }).await,
         "no lockout alert"

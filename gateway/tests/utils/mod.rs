@@ -798,6 +798,16 @@ impl Origin {
         self.records.lock().unwrap().clone()
     }
 
+    /// The bodies received so far that contain `needle` (as an alert webhook: the alerts
+    /// of one event, e.g. `"\"ip_banned\""`).
+    pub fn bodies_containing(&self, needle: &str) -> Vec<String> {
+        self.records()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .filter(|b| b.contains(needle))
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.records.lock().unwrap().len()
     }

@@ -407,7 +407,9 @@ impl RedisStore {
     /// Whether the overflow record of `net`'s shard is banned now, as far as this replica
     /// knows.
     pub fn overflow_banned(&self, net: ClientNet) -> bool {
-        self.overflow_bans[overflow_shard(net)].load(Ordering::Relaxed) > now_ms()
+        // Read on every request: the clock only when a ban was ever seen.
+        let until = self.overflow_bans[overflow_shard(net)].load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 
     /// Remembers a ban of an overflow record; `name` is `~o<shard>` (anything else is
