@@ -9,22 +9,30 @@
 -- rate cells are one hash, "<A>:rt", field "<kind>:<key id>" (empty key id for account
 -- scope): one HMGET and one HSET for all of a request's rates.
 --
--- ARGV (each "-" when the rule is off or does not apply; see admit.rs for the encoder):
+-- ARGV comes split into single values (admit.rs encodes it): this script runs once per
+-- request and Lua 5.1 string splitting costs more than the Redis commands it runs.
 --  1 parts: "both" | "acct" | "net"      2 key id        3 account       4 network
 --  5 authorized: "1" run rates, nonce and velocity; "0" record sightings only
 --  6 moves funds: "1" | "0"
---  7 auth-failure rule present: shadow "0" | "1"
---  8 shared-IP rule: "window,max_keys,max_accounts,block_ms,shadow"
---  9 network rate: "interval_us,burst"
--- 10 many-IPs rule: "window,max_ips,shadow"
--- 11 dormant rule: "after_ms,first_use_within_ms,created_at,stored_last_used|-,shadow"
--- 12 new-IP rule: "probation_ms,trust_first,max_per_key,shadow"
--- 13 key rates: "kind,k|a,interval_us,burst;..."
--- 14 replay: "n,<padded nonce>" | "s,<fingerprint hex>,<expires ms>"
--- 15 velocity: "kind,asset,amount|-,longest_ms,entry_id" then ";subject,window,max_amount|-,max_count|-"...
+--  7 auth-failure rule present: shadow "0" | "1", or "-"
+--  8 failure overflow banned (auth_fail.lua: more networks failed than are tracked, and
+--    the overflow they share is banned): the auth-failure rule's shadow, or "-"
+--  9 sightings fresh: "1" when this replica had this key's sighting from this network
+--    recorded within the last second (or 1/20 of the shorter window): the shared-IP and
+--    many-IPs sets are left alone (a block or suspension they caused is already stored)
+-- Then one section after another, each a single "-" when the rule is off or does not
+-- apply, else its values:
+--  shared-IP:  window, max_keys, max_accounts, block_ms, shadow
+--  network rate: interval_us, burst
+--  many-IPs:   window, max_ips, shadow
+--  dormant:    after_ms, first_use_within_ms, created_at, stored_last_used | "-", shadow
+--  new-IP:     probation_ms, trust_first, max_per_key, shadow
+--  key rates:  count, then per rate: field ("<kind>:<key id or empty>"), interval_us, burst
+--  replay:     "n", padded nonce | "s", fingerprint hex, expires_ms
+--  velocity:   kind, asset, amount | "-", longest_ms, entry id, bucket count, then per
+--              bucket: name suffix, rule count, then per rule: window, max_amount | "-",
+--              max_count | "-"
 --    (the entry id comes from the caller, so it can give back an entry whose reply it lost)
--- 16 failure overflow banned (auth_fail.lua: more networks failed than are tracked, and
---    the overflow they share is banned): the auth-failure rule's shadow "0" | "1"
 --
 -- Returns {status, would_deny, suspend, learned, detail, reservation}:
 --  status: "ok" or a deny code; would_deny: a shadow rule's code or "";
@@ -32,21 +40,39 @@
 --  network was learned; detail: "kind,wait_ms" for rate_limited; reservation: the
 --  velocity entry's member or "".
 
-local t = redis.call('TIME')
+local call, tonumber, max, min, ceil = redis.call, tonumber, math.max, math.min, math.ceil
+local t = call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
+-- Converted once: a number's conversion to text is among the dearest things Lua 5.1 does.
+local now_s = string.format('%d', now)
 
-local parts, key_id, account, net = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local authorized, moves = ARGV[5] == '1', ARGV[6] == '1'
+local a = ARGV
+local parts, key_id, account, net = a[1], a[2], a[3], a[4]
+local authorized, moves = a[5] == '1', a[6] == '1'
 local A, N = KEYS[1], KEYS[2]
 local do_net = parts ~= 'acct'
 local do_acct = parts ~= 'net'
 
-local function split(s, sep)
-  local out = {}
-  for field in string.gmatch(s, '([^' .. sep .. ']+)') do out[#out + 1] = field end
-  return out
+-- The sections' positions.
+local fresh = a[9] == '1'
+local i = 10
+local function section(n)
+  local at = i
+  if a[i] == '-' then i = i + 1; return nil end
+  i = i + n
+  return at
 end
+local s_shared = section(5)
+local s_iprate = section(2)
+local s_many = section(3)
+local s_dormant = section(5)
+local s_newip = section(4)
+local s_rates = nil
+if a[i] == '-' then i = i + 1 else s_rates = i; i = i + 1 + 3 * tonumber(a[i]) end
+local s_replay = nil
+if a[i] == '-' then i = i + 1 else s_replay = i; i = i + (a[i] == 'n' and 2 or 3) end
+local s_vel = a[i] ~= '-' and i or nil
 
 local would = ''
 local function verdict(code, shadow)
@@ -56,49 +82,37 @@ local function verdict(code, shadow)
   end
   return code
 end
-local function done(status, extra)
-  extra = extra or {}
-  return {status, would, extra.suspend or '0', extra.learned or '', extra.detail or '',
-          extra.reservation or ''}
+local function done(status, learned, suspend, detail, reservation)
+  return {status, would, suspend or '0', learned or '', detail or '', reservation or ''}
 end
 
 -- Records `member` in the window set `zkey` and counts the members seen within `window`.
 -- Members last seen before the window are trimmed only when the raw count is over `max`
 -- (stale members can only raise the count, so a raw count within `max` is a true one).
 -- The TTL is refreshed when it has fallen more than a second (half the window, if that is
--- shorter) below `window`, not on every
--- sighting: the set may then expire up to a second early, forgetting a sighting that
--- was a second short of leaving the window anyway.
-local function sighting(zkey, member, window, max)
-  redis.call('ZADD', zkey, now, member)
-  local n = redis.call('ZCARD', zkey)
-  if n > max then
-    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now - window)
-    n = redis.call('ZCARD', zkey)
+-- shorter) below `window`, not on every sighting: the set may then expire up to a second
+-- early, forgetting a sighting that was a second short of leaving the window anyway.
+local function sighting(zkey, member, window, limit)
+  call('ZADD', zkey, now_s, member)
+  local n = call('ZCARD', zkey)
+  if n > limit then
+    call('ZREMRANGEBYSCORE', zkey, '-inf', now - window)
+    n = call('ZCARD', zkey)
   end
-  local ttl = redis.call('PTTL', zkey)
-  if ttl < 0 or ttl < window - math.min(1000, window / 2) then
-    redis.call('PEXPIRE', zkey, window)
+  local ttl = call('PTTL', zkey)
+  if ttl < 0 or ttl < window - min(1000, window / 2) then
+    call('PEXPIRE', zkey, window)
   end
   return n
 end
 
--- GCRA: the new theoretical arrival time if a request conforms now, else nil and the wait.
-local function gcra(rkey, interval, burst)
-  local tat = tonumber(redis.call('GET', rkey) or '0')
-  local new_tat = math.max(tat, now_us) + interval
-  local excess = new_tat - now_us - interval * burst
-  if excess > 0 then return nil, math.ceil(excess / 1000) end
-  return new_tat, 0
-end
-
 -- Fixed-width digit strings (see admit.rs: 48 digits, 18 of them after the point).
-local function dadd(a, b)
+local function dadd(x, y)
   local out, carry = {}, 0
-  for i = #a, 1, -1 do
-    local s = a:byte(i) + b:byte(i) - 96 + carry
+  for j = #x, 1, -1 do
+    local s = x:byte(j) + y:byte(j) - 96 + carry
     if s >= 10 then s, carry = s - 10, 1 else carry = 0 end
-    out[i] = string.char(s + 48)
+    out[j] = string.char(s + 48)
   end
   if carry == 1 then return nil end
   return table.concat(out)
@@ -112,49 +126,51 @@ local RATE_HOLD_MS = 60000
 
 if do_net then
   -- Bans and blocks in force (a canary's block whatever the other rules say).
-  local st = redis.call('HMGET', N .. ':st', 'banned', 'blocked', 'tripped')
+  local st = call('HMGET', N .. ':st', 'banned', 'blocked', 'tripped')
   local banned, blocked, tripped = tonumber(st[1] or '0'), tonumber(st[2] or '0'),
     tonumber(st[3] or '0')
   if tripped > now then return done('ip_blocked') end
-  local shared = ARGV[8] ~= '-' and split(ARGV[8], ',') or nil
-  if banned > now and ARGV[7] ~= '-' then
-    local c = verdict('ip_banned', ARGV[7]); if c then return done(c) end
+  if banned > now and a[7] ~= '-' then
+    local c = verdict('ip_banned', a[7]); if c then return done(c) end
   end
-  if blocked > now and shared then
-    local c = verdict('ip_blocked', shared[5]); if c then return done(c) end
+  if blocked > now and s_shared then
+    local c = verdict('ip_blocked', a[s_shared + 4]); if c then return done(c) end
   end
   -- While a flood shares the failure overflow's ban, a network with no state of its own
   -- (no failures, no recent signed request, no rate cell) is part of the flood as far
   -- as anyone can tell: refused, as the embedded store refuses its untracked networks.
-  if ARGV[16] ~= '-' and redis.call('EXISTS', N .. ':af', N .. ':pk', N .. ':rate') == 0 then
-    local c = verdict('ip_banned', ARGV[16]); if c then return done(c) end
+  if a[8] ~= '-' and call('EXISTS', N .. ':af', N .. ':pk', N .. ':rate') == 0 then
+    local c = verdict('ip_banned', a[8]); if c then return done(c) end
   end
-  if ARGV[9] ~= '-' and authorized then
-    local r = split(ARGV[9], ',')
-    local tat, wait = gcra(N .. ':rate', tonumber(r[1]), tonumber(r[2]))
-    if not tat then return done('rate_limited', {detail = 'ip,' .. wait}) end
+  if s_iprate and authorized then
+    local rkey = N .. ':rate'
+    local interval = tonumber(a[s_iprate])
+    local tat = tonumber(call('GET', rkey) or '0')
+    local new_tat = max(tat, now_us) + interval
+    local excess = new_tat - now_us - interval * tonumber(a[s_iprate + 1])
+    if excess > 0 then return done('rate_limited', nil, nil, 'ip,' .. ceil(excess / 1000)) end
     -- Held RATE_HOLD_MS like the account's, so a busy network keeps one key.
-    redis.call('SET', N .. ':rate', string.format('%d', tat), 'PX',
-      math.max(math.ceil((tat - now_us) / 1000) + 1, RATE_HOLD_MS))
+    call('SET', rkey, string.format('%d', new_tat), 'PX',
+      max(ceil((new_tat - now_us) / 1000) + 1, RATE_HOLD_MS))
   end
-  if shared then
-    local window, max_keys, max_accts, block_ms = tonumber(shared[1]), tonumber(shared[2]),
-      tonumber(shared[3]), tonumber(shared[4])
-    local pk, pa = N .. ':pk', N .. ':pa'
-    local keys_n = sighting(pk, key_id, window, max_keys)
-    local accts_n = sighting(pa, account, window, max_accts)
+  if s_shared and not fresh then
+    local window, max_keys, max_accts = tonumber(a[s_shared]), tonumber(a[s_shared + 1]),
+      tonumber(a[s_shared + 2])
+    local keys_n = sighting(N .. ':pk', key_id, window, max_keys)
+    local accts_n = sighting(N .. ':pa', account, window, max_accts)
     if keys_n > max_keys or accts_n > max_accts then
-      local until_ms = now + block_ms
+      local until_ms = now + tonumber(a[s_shared + 3])
       if until_ms > blocked then
-        redis.call('HSET', N .. ':st', 'blocked', until_ms)
-        redis.call('PEXPIRE', N .. ':st', math.max(block_ms, redis.call('PTTL', N .. ':st')))
-        redis.call('PUBLISH', string.match(N, '^[^:]+') .. ':events',
+        local sk = N .. ':st'
+        call('HSET', sk, 'blocked', until_ms)
+        call('PEXPIRE', sk, max(tonumber(a[s_shared + 3]), call('PTTL', sk)))
+        call('PUBLISH', string.match(N, '^[^:]+') .. ':events',
           'blocked ' .. net .. ' ' .. until_ms)
       end
       blocked = until_ms
     end
     if blocked > now then
-      local c = verdict('ip_blocked', shared[5]); if c then return done(c) end
+      local c = verdict('ip_blocked', a[s_shared + 4]); if c then return done(c) end
     end
   end
 end
@@ -162,36 +178,35 @@ end
 if not do_acct then return done('ok') end
 
 -- One key from many networks.
-if ARGV[10] ~= '-' then
-  local r = split(ARGV[10], ',')
-  local window, max_ips = tonumber(r[1]), tonumber(r[2])
+if s_many and not fresh then
+  local window, max_ips = tonumber(a[s_many]), tonumber(a[s_many + 1])
   local sk = A .. ':seen:' .. key_id
   local n = sighting(sk, net, window, max_ips)
   -- Bounded: only the newest max_ips + 1 networks can matter.
-  if n > max_ips + 1 then redis.call('ZREMRANGEBYRANK', sk, 0, n - max_ips - 2) end
+  if n > max_ips + 1 then call('ZREMRANGEBYRANK', sk, 0, n - max_ips - 2) end
   if n > max_ips then
-    local c = verdict('too_many_ips', r[3])
-    if c then return done(c, {suspend = '1'}) end
+    local c = verdict('too_many_ips', a[s_many + 2])
+    if c then return done(c, nil, '1') end
   end
 end
 
 -- Dormancy, from the last use any replica recorded.
 local touch = true
 local lu_key = A .. ':lu:' .. key_id
-local last_used = tonumber(redis.call('GET', lu_key) or '-1')
-if ARGV[11] ~= '-' then
-  local r = split(ARGV[11], ',')
-  local after, first_within, created = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
-  if r[4] ~= '-' then last_used = math.max(last_used, tonumber(r[4])) end
+local last_used = tonumber(call('GET', lu_key) or '-1')
+if s_dormant then
+  local after, first_within, created = tonumber(a[s_dormant]), tonumber(a[s_dormant + 1]),
+    tonumber(a[s_dormant + 2])
+  if a[s_dormant + 3] ~= '-' then last_used = max(last_used, tonumber(a[s_dormant + 3])) end
   local dormant
   if last_used >= 0 then
-    dormant = now >= math.max(last_used, created) + after
+    dormant = now >= max(last_used, created) + after
   else
-    dormant = now >= created + math.min(first_within, after)
+    dormant = now >= created + min(first_within, after)
   end
   if dormant then
     if moves then
-      local c = verdict('key_dormant', r[5]); if c then return done(c) end
+      local c = verdict('key_dormant', a[s_dormant + 4]); if c then return done(c) end
     else
       touch = false
     end
@@ -199,134 +214,135 @@ if ARGV[11] ~= '-' then
 end
 
 -- New-network probation, with trust on first use.
-if ARGV[12] ~= '-' then
-  local r = split(ARGV[12], ',')
-  local probation, trust_first, max_per_key = tonumber(r[1]), r[2] == '1', tonumber(r[3])
+if s_newip then
+  local probation, trust_first, max_per_key = tonumber(a[s_newip]), a[s_newip + 1] == '1',
+    tonumber(a[s_newip + 2])
   local hk = A .. ':hist:' .. key_id
-  local known = redis.call('HGET', hk, net)
+  local known = call('HGET', hk, net)
   local usable
   if known then
-    local f = split(known, ',')
-    if f[2] == 'F' then
+    local first, from, last = string.match(known, '^([^,]+),([^,]+),([^,]+)$')
+    if from == 'F' then
       -- Forgotten after a canary (forget.lua): seen "for the first time" again, with the
       -- key's other networks still known, so on probation.
       usable = now + probation
-      redis.call('HSET', hk, net, now .. ',' .. usable .. ',' .. now)
-      learned = now .. ',' .. usable
+      learned = now_s .. ',' .. string.format('%d', usable)
+      call('HSET', hk, net, learned .. ',' .. now_s)
     else
-      usable = tonumber(f[2])
-      redis.call('HSET', hk, net, f[1] .. ',' .. f[2] .. ',' .. now)
+      usable = tonumber(from)
+      -- The last sighting feeds only eviction and forget.lua's "seen since": a second's
+      -- precision saves a write per request.
+      if now - tonumber(last) >= 1000 then call('HSET', hk, net, first .. ',' .. from .. ',' .. now_s) end
     end
   else
-    if trust_first and redis.call('HLEN', hk) == 0 then usable = now else usable = now + probation end
-    redis.call('HSET', hk, net, now .. ',' .. usable .. ',' .. now)
-    learned = now .. ',' .. usable
+    if trust_first and call('HLEN', hk) == 0 then usable = now else usable = now + probation end
+    learned = now_s .. ',' .. string.format('%d', usable)
+    call('HSET', hk, net, learned .. ',' .. now_s)
     -- Bounded per key: the network seen least recently goes first.
-    if redis.call('HLEN', hk) > max_per_key then
-      local all = redis.call('HGETALL', hk)
+    if call('HLEN', hk) > max_per_key then
+      local all = call('HGETALL', hk)
       local oldest, oldest_at = nil, nil
-      for i = 1, #all, 2 do
-        local at = tonumber(split(all[i + 1], ',')[3])
-        if all[i] ~= net and (not oldest_at or at < oldest_at) then oldest, oldest_at = all[i], at end
+      for j = 1, #all, 2 do
+        local at = tonumber(string.match(all[j + 1], '([^,]+)$'))
+        if all[j] ~= net and (not oldest_at or at < oldest_at) then oldest, oldest_at = all[j], at end
       end
-      if oldest then redis.call('HDEL', hk, oldest) end
+      if oldest then call('HDEL', hk, oldest) end
     end
   end
   if moves and now < usable then
-    local c = verdict('new_ip_probation', r[4])
-    if c then return done(c, {learned = learned}) end
+    local c = verdict('new_ip_probation', a[s_newip + 3])
+    if c then return done(c, learned) end
   end
 end
 
-if not authorized then return done('ok', {learned = learned}) end
+if not authorized then return done('ok', learned) end
 
 -- Per-key, per-account and per-action rates: all checked before any is spent. The
 -- account's theoretical arrival times share one hash (one read, one write), kept at least
 -- RATE_HOLD_MS so a busy account does not create and expire a key per request.
-if ARGV[13] ~= '-' then
+if s_rates then
   local rk = A .. ':rt'
-  local fields, rates = {}, {}
-  for spec in string.gmatch(ARGV[13], '[^;]+') do
-    local kind, scope, interval, burst = string.match(spec, '^([^,]+),([ka]),(%d+),(%d+)$')
-    fields[#fields + 1] = kind .. ':' .. (scope == 'a' and '' or key_id)
-    rates[#rates + 1] = {kind, tonumber(interval), tonumber(burst)}
-  end
-  local tats = redis.call('HMGET', rk, unpack(fields))
+  local n = tonumber(a[s_rates])
+  local fields = {}
+  for j = 1, n do fields[j] = a[s_rates + 3 * j - 2] end
+  local tats = call('HMGET', rk, unpack(fields))
   local args, latest = {}, now_us
-  for i, r in ipairs(rates) do
-    local interval = r[2]
-    local new_tat = math.max(tonumber(tats[i]) or 0, now_us) + interval
-    local excess = new_tat - now_us - interval * r[3]
+  for j = 1, n do
+    local at = s_rates + 3 * j - 2
+    local interval = tonumber(a[at + 1])
+    local new_tat = max(tonumber(tats[j]) or 0, now_us) + interval
+    local excess = new_tat - now_us - interval * tonumber(a[at + 2])
     if excess > 0 then
-      return done('rate_limited', {learned = learned, detail = r[1] .. ',' .. math.ceil(excess / 1000)})
+      return done('rate_limited', learned, nil,
+        string.match(fields[j], '^[^:]*') .. ',' .. ceil(excess / 1000))
     end
-    args[#args + 1] = fields[i]
-    args[#args + 1] = string.format('%d', new_tat)
+    args[2 * j - 1] = fields[j]
+    args[2 * j] = string.format('%d', new_tat)
     if new_tat > latest then latest = new_tat end
   end
-  redis.call('HSET', rk, unpack(args))
+  call('HSET', rk, unpack(args))
   -- Refreshed only when it would run out before the latest arrival time, or within
   -- half the hold: one PEXPIRE every RATE_HOLD_MS / 2 for a busy account.
-  local need = math.ceil((latest - now_us) / 1000) + 1
-  local hold = math.max(need, RATE_HOLD_MS)
-  if redis.call('PTTL', rk) < math.max(need, RATE_HOLD_MS / 2) then
-    redis.call('PEXPIRE', rk, hold)
+  local need = ceil((latest - now_us) / 1000) + 1
+  if call('PTTL', rk) < max(need, RATE_HOLD_MS / 2) then
+    call('PEXPIRE', rk, max(need, RATE_HOLD_MS))
   end
 end
 
 -- Replay: the nonce strictly increases; a signature is accepted once inside its window.
-if ARGV[14] ~= '-' then
-  local r = split(ARGV[14], ',')
-  if r[1] == 'n' then
+if s_replay then
+  if a[s_replay] == 'n' then
     local nk = A .. ':nonce:' .. key_id
-    local last = redis.call('GET', nk)
-    if last and r[2] <= last then return done('invalid_nonce', {learned = learned}) end
-    redis.call('SET', nk, r[2])
+    local last = call('GET', nk)
+    if last and a[s_replay + 1] <= last then return done('invalid_nonce', learned) end
+    call('SET', nk, a[s_replay + 1])
   else
-    local ttl = math.max(tonumber(r[3]) - now, 1)
-    local ok = redis.call('SET', A .. ':sig:' .. key_id .. ':' .. r[2], '1', 'PX', ttl, 'NX')
-    if not ok then return done('replay', {learned = learned}) end
+    local ttl = max(tonumber(a[s_replay + 2]) - now, 1)
+    local ok = call('SET', A .. ':sig:' .. key_id .. ':' .. a[s_replay + 1], '1', 'PX', ttl, 'NX')
+    if not ok then return done('replay', learned) end
   end
 end
 
 -- Velocity: every applicable rule of the key and of the account, then one entry in each.
 local reservation = ''
-if ARGV[15] ~= '-' then
-  local specs = split(ARGV[15], ';')
-  local head = split(specs[1], ',')
-  local kind, asset, amount, longest = head[1], head[2], head[3], tonumber(head[4])
+if s_vel then
+  local v = s_vel
+  local kind, amount, longest = a[v], a[v + 2], tonumber(a[v + 3])
+  local limited = kind .. '_limit'
   local buckets = {}
-  for i = 2, #specs do
-    local r = split(specs[i], ',')
-    local subject, window = r[1], tonumber(r[2])
-    local bk = A .. ':vel:' .. kind .. ':' .. asset .. ':' .. (subject == 'a' and '' or key_id)
-    if not buckets[bk] then
-      redis.call('ZREMRANGEBYSCORE', bk, '-inf', now - longest)
-      buckets[bk] = true
-    end
-    local entries = redis.call('ZRANGEBYSCORE', bk, '(' .. (now - window), '+inf')
-    local count = #entries
-    if r[4] ~= '-' and count >= tonumber(r[4]) then
-      return done(kind .. '_limit', {learned = learned})
-    end
-    if r[3] ~= '-' then
-      if amount == '-' then return done('invalid_field', {learned = learned}) end
-      local sum = amount
-      for _, e in ipairs(entries) do
-        sum = dadd(sum, string.sub(e, -#amount))
-        if not sum then return done(kind .. '_limit', {learned = learned}) end
+  local j = v + 6
+  for _ = 1, tonumber(a[v + 5]) do
+    local bk = A .. a[j]
+    buckets[#buckets + 1] = bk
+    call('ZREMRANGEBYSCORE', bk, '-inf', now - longest)
+    local rules = tonumber(a[j + 1])
+    j = j + 2
+    for _ = 1, rules do
+      local window, max_amount, max_count = tonumber(a[j]), a[j + 1], a[j + 2]
+      j = j + 3
+      local entries = call('ZRANGEBYSCORE', bk, '(' .. (now - window), '+inf')
+      if max_count ~= '-' and #entries >= tonumber(max_count) then
+        return done(limited, learned)
       end
-      if sum > r[3] then return done(kind .. '_limit', {learned = learned}) end
+      if max_amount ~= '-' then
+        if amount == '-' then return done('invalid_field', learned) end
+        local sum = amount
+        for _, e in ipairs(entries) do
+          sum = dadd(sum, string.sub(e, -#amount))
+          if not sum then return done(limited, learned) end
+        end
+        if sum > max_amount then return done(limited, learned) end
+      end
     end
   end
-  reservation = head[5] .. ':' .. (amount == '-' and string.rep('0', 48) or amount)
-  for bk, _ in pairs(buckets) do
-    redis.call('ZADD', bk, now, reservation)
-    redis.call('PEXPIRE', bk, longest)
+  reservation = a[v + 4] .. ':' .. (amount == '-' and string.rep('0', 48) or amount)
+  for _, bk in ipairs(buckets) do
+    call('ZADD', bk, now_s, reservation)
+    call('PEXPIRE', bk, longest)
   end
 end
 
 if touch and (last_used < 0 or now - last_used >= 1000) then
-  redis.call('SET', lu_key, now)
+  call('SET', lu_key, now_s)
 end
-return done('ok', {learned = learned, reservation = reservation})
+return done('ok', learned, nil, nil, reservation)

@@ -4,8 +4,6 @@
 //! follow `keyguard_policy::anomaly::Anomaly::check_request`, rates, replay and velocity
 //! as the embedded pipeline applies them.
 
-use std::fmt::Write as _;
-
 use keyguard_policy::anomaly::{AnomalyConfig, LearnedIp};
 use keyguard_policy::decimal::Decimal;
 use keyguard_policy::dialect::Replay;
@@ -77,6 +75,70 @@ pub struct Admitted {
     pub learned: Option<LearnedIp>,
     /// The velocity entry made.
     pub settle: Option<Settle>,
+}
+
+/// The (key, network) pairs whose sightings this replica had `admit.lua` record lately.
+///
+/// A key's clients mostly come back from where they were: rewriting the same sighting on
+/// every request costs the script a third of its work and tells the shared-IP and
+/// many-IPs rules nothing new. A pair seen again within [`RecentSightings::REFRESH_MS`]
+/// (or 1/20 of the shorter window) is therefore not recorded again by this replica: its
+/// time in the window sets can be that much early, so it may leave a window that much
+/// before it should. A pair never seen is always recorded at once, so a burst from new
+/// networks or new keys is counted as it happens.
+///
+/// A fixed table of tagged timestamps (128 KiB, no lock): a collision only makes a pair
+/// look unseen, which costs a recording, never a missed one.
+pub struct RecentSightings {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for RecentSightings {
+    fn default() -> Self {
+        RecentSightings {
+            slots: (0..Self::SLOTS)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl RecentSightings {
+    /// How long a recorded sighting counts as fresh, at most.
+    pub const REFRESH_MS: u64 = 1000;
+    const SLOTS: usize = 1 << 14;
+    /// Low bits of a slot: the time (ms, wrapping); high bits: the pair's tag.
+    const TIME_BITS: u32 = 40;
+    const TIME_MASK: u64 = (1 << Self::TIME_BITS) - 1;
+
+    fn slot(&self, key_id: &str, net: ClientNet) -> (usize, u64) {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hasher.build_hasher();
+        key_id.hash(&mut h);
+        net.hash(&mut h);
+        let h = h.finish();
+        // Tag 0 is never stored, so an empty slot matches nothing.
+        ((h as usize) % Self::SLOTS, (h >> Self::TIME_BITS) | 1)
+    }
+
+    /// Whether the pair was recorded within `refresh_ms` of `now`.
+    pub fn fresh(&self, key_id: &str, net: ClientNet, now: UnixMillis, refresh_ms: u64) -> bool {
+        let (i, tag) = self.slot(key_id, net);
+        let v = self.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+        v >> Self::TIME_BITS == tag
+            && now.wrapping_sub(v) & Self::TIME_MASK < refresh_ms.min(Self::REFRESH_MS)
+    }
+
+    /// Notes that the pair's sightings were recorded at `now`.
+    pub fn record(&self, key_id: &str, net: ClientNet, now: UnixMillis) {
+        let (i, tag) = self.slot(key_id, net);
+        self.slots[i].store(
+            tag << Self::TIME_BITS | (now & Self::TIME_MASK),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }
 
 /// The scripts, hashed once.
@@ -183,162 +245,205 @@ impl RedisStore {
         let moves = matches!(req.action, Action::Trade | Action::Withdraw);
         let no_allowlist = key.allow_ips.is_empty();
         let a = &rules.anomaly;
-        let net_text = req.net.to_string();
 
-        let auth_rule = a
-            .auth_failures
-            .as_ref()
-            .map_or("-".to_owned(), |r| flag(r.shadow).to_owned());
-        let shared = a
+        // ARGV after the first (see admit.lua): one value each, "-" for a section off.
+        let mut argv: Vec<String> = Vec::with_capacity(32);
+        let mut push = |v: String| argv.push(v);
+        let off = || "-".to_owned();
+        push(key.key_id.clone());
+        push(key.account.clone());
+        push(req.net.to_string());
+        push(flag(req.authorized).to_owned());
+        push(flag(moves).to_owned());
+        push(
+            a.auth_failures
+                .as_ref()
+                .map_or_else(off, |r| flag(r.shadow).to_owned()),
+        );
+        push(match &a.auth_failures {
+            Some(r) if self.overflow_banned(req.net) => flag(r.shadow).to_owned(),
+            _ => off(),
+        });
+        // The sightings' windows: the shorter bounds how stale a skipped one may be.
+        let sighting_window = [
+            a.shared_ip.as_ref().map(|r| r.window_ms),
+            a.many_ips.as_ref().map(|r| r.window_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let now = super::now_ms();
+        let fresh =
+            sighting_window.is_some_and(|w| self.recent.fresh(&key.key_id, req.net, now, w / 20));
+        push(flag(fresh).to_owned());
+        match a
             .shared_ip
             .as_ref()
             .filter(|r| !r.exempt.iter().any(|n| n.contains(&ip)))
-            .map_or("-".to_owned(), |r| {
-                format!(
-                    "{},{},{},{},{}",
-                    r.window_ms,
-                    r.max_keys,
-                    r.max_accounts,
-                    r.block_ms,
-                    flag(r.shadow)
-                )
-            });
-        let ip_rate = rules.limits.ip.as_ref().map_or("-".to_owned(), |r| {
-            let (i, b) = gcra(r);
-            format!("{i},{b}")
-        });
-        let many = a
+        {
+            None => push(off()),
+            Some(r) => {
+                push(r.window_ms.to_string());
+                push(r.max_keys.to_string());
+                push(r.max_accounts.to_string());
+                push(r.block_ms.to_string());
+                push(flag(r.shadow).to_owned());
+            }
+        }
+        match &rules.limits.ip {
+            None => push(off()),
+            Some(r) => {
+                let (i, b) = gcra(r);
+                push(i.to_string());
+                push(b.to_string());
+            }
+        }
+        match a
             .many_ips
             .as_ref()
             .filter(|r| no_allowlist || r.include_allowlisted)
-            .map_or("-".to_owned(), |r| {
-                format!("{},{},{}", r.window_ms, r.max_ips, flag(r.shadow))
-            });
-        let dormant = a.dormant.as_ref().map_or("-".to_owned(), |r| {
-            format!(
-                "{},{},{},{},{}",
-                r.after_ms,
-                r.first_use_within_ms,
-                key.created_at,
-                req.stored_last_used
-                    .map_or("-".to_owned(), |t| t.to_string()),
-                flag(r.shadow)
-            )
-        });
+        {
+            None => push(off()),
+            Some(r) => {
+                push(r.window_ms.to_string());
+                push(r.max_ips.to_string());
+                push(flag(r.shadow).to_owned());
+            }
+        }
+        match &a.dormant {
+            None => push(off()),
+            Some(r) => {
+                push(r.after_ms.to_string());
+                push(r.first_use_within_ms.to_string());
+                push(key.created_at.to_string());
+                push(req.stored_last_used.map_or_else(off, |t| t.to_string()));
+                push(flag(r.shadow).to_owned());
+            }
+        }
         let trusted = key.trusted_ips.iter().any(|n| n.contains(&ip));
-        let new_ip = a
-            .new_ip
-            .as_ref()
-            .filter(|_| no_allowlist && !trusted)
-            .map_or("-".to_owned(), |r| {
-                format!(
-                    "{},{},{},{}",
-                    r.probation_ms,
-                    flag(key.trusted_ips.is_empty()),
-                    r.max_per_key.max(1),
-                    flag(r.shadow)
-                )
-            });
-        let overflow = match &a.auth_failures {
-            Some(r) if self.overflow_banned(req.net) => flag(r.shadow),
-            _ => "-",
-        };
+        match a.new_ip.as_ref().filter(|_| no_allowlist && !trusted) {
+            None => push(off()),
+            Some(r) => {
+                push(r.probation_ms.to_string());
+                push(flag(key.trusted_ips.is_empty()).to_owned());
+                push(r.max_per_key.max(1).to_string());
+                push(flag(r.shadow).to_owned());
+            }
+        }
         let mut limits_used: Vec<(LimitKind, Rate)> = Vec::new();
-        let mut rates = String::new();
+        let mut rates = Vec::new();
         for (kind, rate, _) in rules
             .limits
             .key_rates(&key.key_id, &key.account, req.action)
         {
             let (i, b) = gcra(&rate);
-            let subject = if kind == LimitKind::Account { "a" } else { "k" };
-            if !rates.is_empty() {
-                rates.push(';');
-            }
-            let _ = write!(rates, "{},{subject},{i},{b}", kind.as_str());
+            let scope = if kind == LimitKind::Account {
+                ""
+            } else {
+                &key.key_id
+            };
+            rates.push(format!("{}:{scope}", kind.as_str()));
+            rates.push(i.to_string());
+            rates.push(b.to_string());
             limits_used.push((kind, rate));
         }
         if rates.is_empty() {
-            rates.push('-');
+            push(off());
+        } else {
+            push((rates.len() / 3).to_string());
+            rates.into_iter().for_each(&mut push);
         }
-        let replay = match req.replay {
-            None => "-".to_owned(),
+        match req.replay {
+            None => push(off()),
             Some(Replay::Nonce(n)) => match fixed(*n, NONCE_INT, NONCE_FRAC, true) {
-                Some(s) => format!("n,{s}"),
+                Some(s) => {
+                    push("n".to_owned());
+                    push(s);
+                }
                 None => return Ok(deny(Deny::InvalidNonce)),
             },
             Some(Replay::Timestamp {
                 at_ms,
                 recv_window_ms,
                 fingerprint,
-            }) => format!(
-                "s,{},{}",
-                hex::encode(fingerprint),
-                at_ms.saturating_add(*recv_window_ms)
-            ),
-        };
+            }) => {
+                push("s".to_owned());
+                push(hex::encode(fingerprint));
+                push(at_ms.saturating_add(*recv_window_ms).to_string());
+            }
+        }
         let account_base = self.account_base(&key.account);
         let mut buckets = Vec::new();
         let mut member: Option<String> = None;
-        let velocity = match &req.reservation {
-            None => "-".to_owned(),
-            Some(r) => {
-                let key_rules = rules.velocity.applicable(r.kind, SubjectKind::Key, r.asset);
-                let acct_rules = rules
+        let velocity = req.reservation.as_ref().map(|r| {
+            (
+                r,
+                rules.velocity.applicable(r.kind, SubjectKind::Key, r.asset),
+                rules
                     .velocity
-                    .applicable(r.kind, SubjectKind::Account, r.asset);
-                if key_rules.is_empty() && acct_rules.is_empty() {
-                    "-".to_owned()
-                } else {
-                    let amount = match r.amount {
-                        None => "-".to_owned(),
-                        Some(d) => match fixed(d, AMOUNT_INT, AMOUNT_FRAC, false) {
-                            Some(s) => s,
-                            // An amount the ledger cannot add exactly cannot be shown
-                            // to fit.
-                            None => return Ok(deny(r.kind.deny())),
-                        },
-                    };
-                    let kind = r.kind.as_str();
-                    let asset = asset_name(r.asset);
-                    let longest = key_rules
+                    .applicable(r.kind, SubjectKind::Account, r.asset),
+            )
+        });
+        match velocity {
+            Some((r, key_rules, acct_rules)) if !key_rules.is_empty() || !acct_rules.is_empty() => {
+                let amount = match r.amount {
+                    None => None,
+                    Some(d) => match fixed(d, AMOUNT_INT, AMOUNT_FRAC, false) {
+                        Some(s) => Some(s),
+                        // An amount the ledger cannot add exactly cannot be shown to fit.
+                        None => return Ok(deny(r.kind.deny())),
+                    },
+                };
+                let kind = r.kind.as_str();
+                let asset = asset_name(r.asset);
+                let longest = key_rules
+                    .iter()
+                    .chain(&acct_rules)
+                    .map(|v| v.window_ms)
+                    .max()
+                    .unwrap_or(1);
+                let entry_id = entry_id()?;
+                let zeros = || "0".repeat(AMOUNT_INT + AMOUNT_FRAC);
+                member = Some(format!(
+                    "{entry_id}:{}",
+                    amount.clone().unwrap_or_else(zeros)
+                ));
+                push(kind.to_owned());
+                push(asset.clone());
+                push(amount.unwrap_or_else(off));
+                push(longest.to_string());
+                push(entry_id);
+                let lists = [(false, &key_rules), (true, &acct_rules)];
+                push(
+                    lists
                         .iter()
-                        .chain(&acct_rules)
-                        .map(|v| v.window_ms)
-                        .max()
-                        .unwrap_or(1);
-                    let entry_id = entry_id()?;
-                    member = Some(format!(
-                        "{entry_id}:{}",
-                        if amount == "-" {
-                            "0".repeat(AMOUNT_INT + AMOUNT_FRAC)
-                        } else {
-                            amount.clone()
-                        }
-                    ));
-                    let mut s = format!("{kind},{asset},{amount},{longest},{entry_id}");
-                    for (subject, list) in [("k", &key_rules), ("a", &acct_rules)] {
-                        if list.is_empty() {
-                            continue;
-                        }
-                        buckets.push(format!(
-                            ":vel:{kind}:{asset}:{}",
-                            if subject == "a" { "" } else { &key.key_id }
-                        ));
-                        for v in list.iter() {
-                            let max_amount = match v.max_amount {
-                                None => "-".to_owned(),
-                                Some(m) => fixed(m, AMOUNT_INT, AMOUNT_FRAC, false)
-                                    .unwrap_or_else(|| "9".repeat(AMOUNT_INT + AMOUNT_FRAC)),
-                            };
-                            let max_count = v.max_count.map_or("-".to_owned(), |c| c.to_string());
-                            let _ =
-                                write!(s, ";{subject},{},{max_amount},{max_count}", v.window_ms);
-                        }
+                        .filter(|(_, l)| !l.is_empty())
+                        .count()
+                        .to_string(),
+                );
+                for (account_wide, list) in lists {
+                    if list.is_empty() {
+                        continue;
                     }
-                    s
+                    let bucket = format!(
+                        ":vel:{kind}:{asset}:{}",
+                        if account_wide { "" } else { &key.key_id }
+                    );
+                    push(bucket.clone());
+                    buckets.push(bucket);
+                    push(list.len().to_string());
+                    for v in list.iter() {
+                        push(v.window_ms.to_string());
+                        push(v.max_amount.map_or_else(off, |m| {
+                            fixed(m, AMOUNT_INT, AMOUNT_FRAC, false)
+                                .unwrap_or_else(|| "9".repeat(AMOUNT_INT + AMOUNT_FRAC))
+                        }));
+                        push(v.max_count.map_or_else(off, |c| c.to_string()));
+                    }
                 }
             }
-        };
+            _ => push(off()),
+        }
         let net_base = self.net_base(req.net);
         // A cluster call may only name keys of one slot: each part gets its own base twice.
         let args = |parts: &str| -> redis::ScriptInvocation<'_> {
@@ -348,24 +453,10 @@ impl RedisStore {
                 _ => (&account_base, &net_base),
             };
             let mut inv = scripts.admit.prepare_invoke();
-            inv.key(k1)
-                .key(k2)
-                .arg(parts)
-                .arg(&key.key_id)
-                .arg(&key.account)
-                .arg(&net_text)
-                .arg(flag(req.authorized))
-                .arg(flag(moves))
-                .arg(&auth_rule)
-                .arg(&shared)
-                .arg(&ip_rate)
-                .arg(&many)
-                .arg(&dormant)
-                .arg(&new_ip)
-                .arg(&rates)
-                .arg(&replay)
-                .arg(&velocity)
-                .arg(overflow);
+            inv.key(k1).key(k2).arg(parts);
+            for v in &argv {
+                inv.arg(v);
+            }
             inv
         };
         let reply = self
@@ -387,7 +478,13 @@ impl RedisStore {
         if let Some(r) = rules.limits.ip {
             limits_used.push((LimitKind::Ip, r));
         }
-        self.decode(reply, req, &limits_used, account_base, buckets)
+        let out = self.decode(reply, req, &limits_used, account_base, buckets)?;
+        // Allowed: every sighting of the request was recorded (a refusal may have come
+        // before them).
+        if out.deny.is_none() && sighting_window.is_some() && !fresh {
+            self.recent.record(&key.key_id, req.net, now);
+        }
+        Ok(out)
     }
 
     async fn admit_call<'s>(

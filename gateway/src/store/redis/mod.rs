@@ -37,7 +37,7 @@
 //! a HyperLogLog per window, `<prefix>:{af}:hll:<epoch>`), a network without a record of
 //! its own counts towards one of [`OVERFLOW_SHARDS`] shared overflow records
 //! (`{n:~o<shard>}`), and while that overflow is banned every untracked network of its
-//! shard is refused (`admit.lua`, ARGV 16): a flood from ever new addresses is banned
+//! shard is refused (`admit.lua`, ARGV 8): a flood from ever new addresses is banned
 //! together instead of growing Redis.
 
 pub mod activity;
@@ -141,6 +141,8 @@ pub struct RedisStore {
     /// Ban ends of the auth-failure overflow records, by shard (from replies and
     /// pub/sub, like `standing`).
     overflow_bans: [AtomicU64; OVERFLOW_SHARDS],
+    /// Sightings this replica recorded lately (see [`admit::RecentSightings`]).
+    recent: admit::RecentSightings,
     cfg: RedisConfig,
     /// Itself, for work spawned off the request path.
     this: std::sync::Weak<RedisStore>,
@@ -232,6 +234,7 @@ impl RedisStore {
             timeout,
             standing: Mutex::new(HashMap::new()),
             overflow_bans: Default::default(),
+            recent: Default::default(),
             cfg: cfg.clone(),
             this: this.clone(),
         }))
