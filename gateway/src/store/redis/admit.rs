@@ -141,6 +141,10 @@ impl RecentSightings {
     }
 }
 
+/// The per-request script (run without [`Script::invoke_async`], whose per-argument
+/// buffers cost more than the arguments).
+const ADMIT_LUA: &str = include_str!("admit.lua");
+
 /// The scripts, hashed once.
 pub struct Scripts {
     admit: Script,
@@ -154,7 +158,7 @@ pub struct Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Scripts {
-            admit: Script::new(include_str!("admit.lua")),
+            admit: Script::new(ADMIT_LUA),
             settle: Script::new(include_str!("settle.lua")),
             auth_fail: Script::new(include_str!("auth_fail.lua")),
             af_count: Script::new(include_str!("af_count.lua")),
@@ -247,22 +251,24 @@ impl RedisStore {
         let a = &rules.anomaly;
 
         // ARGV after the first (see admit.lua): one value each, "-" for a section off.
-        let mut argv: Vec<String> = Vec::with_capacity(32);
-        let mut push = |v: String| argv.push(v);
-        let off = || "-".to_owned();
-        push(key.key_id.clone());
-        push(key.account.clone());
-        push(req.net.to_string());
-        push(flag(req.authorized).to_owned());
-        push(flag(moves).to_owned());
-        push(
-            a.auth_failures
-                .as_ref()
-                .map_or_else(off, |r| flag(r.shadow).to_owned()),
-        );
-        push(match &a.auth_failures {
-            Some(r) if self.overflow_banned(req.net) => flag(r.shadow).to_owned(),
-            _ => off(),
+        // Written straight into one command buffer: a request's ~40 arguments as owned
+        // strings cost the gateway more than the script's reply does.
+        let mut tail = redis::Cmd::with_capacity(48, 512);
+        macro_rules! push {
+            ($v:expr $(,)?) => {{
+                tail.arg($v);
+            }};
+        }
+        let off = "-";
+        push!(&key.key_id);
+        push!(&key.account);
+        push!(req.net.to_string());
+        push!(flag(req.authorized));
+        push!(flag(moves));
+        push!(a.auth_failures.as_ref().map_or(off, |r| flag(r.shadow)),);
+        push!(match &a.auth_failures {
+            Some(r) if self.overflow_banned(req.net) => flag(r.shadow),
+            _ => off,
         });
         // The sightings' windows: the shorter bounds how stale a skipped one may be.
         let sighting_window = [
@@ -275,27 +281,27 @@ impl RedisStore {
         let now = super::now_ms();
         let fresh =
             sighting_window.is_some_and(|w| self.recent.fresh(&key.key_id, req.net, now, w / 20));
-        push(flag(fresh).to_owned());
+        push!(flag(fresh));
         match a
             .shared_ip
             .as_ref()
             .filter(|r| !r.exempt.iter().any(|n| n.contains(&ip)))
         {
-            None => push(off()),
+            None => push!(off),
             Some(r) => {
-                push(r.window_ms.to_string());
-                push(r.max_keys.to_string());
-                push(r.max_accounts.to_string());
-                push(r.block_ms.to_string());
-                push(flag(r.shadow).to_owned());
+                push!(r.window_ms);
+                push!(r.max_keys);
+                push!(r.max_accounts);
+                push!(r.block_ms);
+                push!(flag(r.shadow));
             }
         }
         match &rules.limits.ip {
-            None => push(off()),
+            None => push!(off),
             Some(r) => {
                 let (i, b) = gcra(r);
-                push(i.to_string());
-                push(b.to_string());
+                push!(i);
+                push!(b);
             }
         }
         match a
@@ -303,31 +309,33 @@ impl RedisStore {
             .as_ref()
             .filter(|r| no_allowlist || r.include_allowlisted)
         {
-            None => push(off()),
+            None => push!(off),
             Some(r) => {
-                push(r.window_ms.to_string());
-                push(r.max_ips.to_string());
-                push(flag(r.shadow).to_owned());
+                push!(r.window_ms);
+                push!(r.max_ips);
+                push!(flag(r.shadow));
             }
         }
         match &a.dormant {
-            None => push(off()),
+            None => push!(off),
             Some(r) => {
-                push(r.after_ms.to_string());
-                push(r.first_use_within_ms.to_string());
-                push(key.created_at.to_string());
-                push(req.stored_last_used.map_or_else(off, |t| t.to_string()));
-                push(flag(r.shadow).to_owned());
+                push!(r.after_ms);
+                push!(r.first_use_within_ms);
+                push!(key.created_at);
+                push!(req
+                    .stored_last_used
+                    .map_or_else(|| off.to_owned(), |t| t.to_string()));
+                push!(flag(r.shadow));
             }
         }
         let trusted = key.trusted_ips.iter().any(|n| n.contains(&ip));
         match a.new_ip.as_ref().filter(|_| no_allowlist && !trusted) {
-            None => push(off()),
+            None => push!(off),
             Some(r) => {
-                push(r.probation_ms.to_string());
-                push(flag(key.trusted_ips.is_empty()).to_owned());
-                push(r.max_per_key.max(1).to_string());
-                push(flag(r.shadow).to_owned());
+                push!(r.probation_ms);
+                push!(flag(key.trusted_ips.is_empty()));
+                push!(r.max_per_key.max(1));
+                push!(flag(r.shadow));
             }
         }
         let mut limits_used: Vec<(LimitKind, Rate)> = Vec::new();
@@ -348,17 +356,17 @@ impl RedisStore {
             limits_used.push((kind, rate));
         }
         if rates.is_empty() {
-            push(off());
+            push!(off);
         } else {
-            push((rates.len() / 3).to_string());
-            rates.into_iter().for_each(&mut push);
+            push!(rates.len() / 3);
+            tail.arg(&rates);
         }
         match req.replay {
-            None => push(off()),
+            None => push!(off),
             Some(Replay::Nonce(n)) => match fixed(*n, NONCE_INT, NONCE_FRAC, true) {
                 Some(s) => {
-                    push("n".to_owned());
-                    push(s);
+                    push!("n");
+                    push!(&s);
                 }
                 None => return Ok(deny(Deny::InvalidNonce)),
             },
@@ -367,9 +375,9 @@ impl RedisStore {
                 recv_window_ms,
                 fingerprint,
             }) => {
-                push("s".to_owned());
-                push(hex::encode(fingerprint));
-                push(at_ms.saturating_add(*recv_window_ms).to_string());
+                push!("s");
+                push!(hex::encode(fingerprint));
+                push!(at_ms.saturating_add(*recv_window_ms));
             }
         }
         let account_base = self.account_base(&key.account);
@@ -408,19 +416,13 @@ impl RedisStore {
                     "{entry_id}:{}",
                     amount.clone().unwrap_or_else(zeros)
                 ));
-                push(kind.to_owned());
-                push(asset.clone());
-                push(amount.unwrap_or_else(off));
-                push(longest.to_string());
-                push(entry_id);
+                push!(kind);
+                push!(&asset);
+                push!(amount.as_deref().unwrap_or(off));
+                push!(longest);
+                push!(&entry_id);
                 let lists = [(false, &key_rules), (true, &acct_rules)];
-                push(
-                    lists
-                        .iter()
-                        .filter(|(_, l)| !l.is_empty())
-                        .count()
-                        .to_string(),
-                );
+                push!(lists.iter().filter(|(_, l)| !l.is_empty()).count());
                 for (account_wide, list) in lists {
                     if list.is_empty() {
                         continue;
@@ -429,35 +431,48 @@ impl RedisStore {
                         ":vel:{kind}:{asset}:{}",
                         if account_wide { "" } else { &key.key_id }
                     );
-                    push(bucket.clone());
+                    push!(&bucket);
                     buckets.push(bucket);
-                    push(list.len().to_string());
+                    push!(list.len());
                     for v in list.iter() {
-                        push(v.window_ms.to_string());
-                        push(v.max_amount.map_or_else(off, |m| {
-                            fixed(m, AMOUNT_INT, AMOUNT_FRAC, false)
-                                .unwrap_or_else(|| "9".repeat(AMOUNT_INT + AMOUNT_FRAC))
-                        }));
-                        push(v.max_count.map_or_else(off, |c| c.to_string()));
+                        push!(v.window_ms);
+                        push!(v.max_amount.map_or_else(
+                            || off.to_owned(),
+                            |m| {
+                                fixed(m, AMOUNT_INT, AMOUNT_FRAC, false)
+                                    .unwrap_or_else(|| "9".repeat(AMOUNT_INT + AMOUNT_FRAC))
+                            }
+                        ));
+                        match v.max_count {
+                            Some(c) => push!(c),
+                            None => push!(off),
+                        }
                     }
                 }
             }
-            _ => push(off()),
+            _ => push!(off),
         }
         let net_base = self.net_base(req.net);
         // A cluster call may only name keys of one slot: each part gets its own base twice.
-        let args = |parts: &str| -> redis::ScriptInvocation<'_> {
+        let args = |parts: &str| -> redis::Cmd {
             let (k1, k2) = match parts {
                 "net" => (&net_base, &net_base),
                 "acct" => (&account_base, &account_base),
                 _ => (&account_base, &net_base),
             };
-            let mut inv = scripts.admit.prepare_invoke();
-            inv.key(k1).key(k2).arg(parts);
-            for v in &argv {
-                inv.arg(v);
+            let mut cmd = redis::Cmd::with_capacity(54, 640);
+            cmd.arg("EVALSHA")
+                .arg(scripts.admit.get_hash())
+                .arg(2)
+                .arg(k1)
+                .arg(k2)
+                .arg(parts);
+            for v in tail.args_iter() {
+                if let redis::Arg::Simple(v) = v {
+                    cmd.arg(v);
+                }
             }
-            inv
+            cmd
         };
         let reply = self
             .admit_call(scripts, &args, &account_base, &buckets)
@@ -487,10 +502,34 @@ impl RedisStore {
         Ok(out)
     }
 
-    async fn admit_call<'s>(
+    /// Runs an `EVALSHA` of `admit.lua`, loading the script first if this Redis does not
+    /// have it (a restart, a failover, `SCRIPT FLUSH`).
+    async fn eval_admit(
+        &self,
+        cmd: &redis::Cmd,
+        conn: &mut super::Conn,
+    ) -> Result<Vec<String>, StoreError> {
+        // One deadline for the whole exchange, as `Script::invoke_async` had.
+        self.deadline(async {
+            match cmd.query_async::<Vec<String>>(conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(ADMIT_LUA);
+                    load.query_async::<String>(conn).await?;
+                    cmd.query_async::<Vec<String>>(conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    async fn admit_call(
         &self,
         scripts: &Scripts,
-        args: &impl Fn(&str) -> redis::ScriptInvocation<'s>,
+        args: &impl Fn(&str) -> redis::Cmd,
         account_base: &str,
         buckets: &[String],
     ) -> Result<Vec<String>, StoreError> {
@@ -501,8 +540,8 @@ impl RedisStore {
             let (net_inv, acct_inv) = (args("net"), args("acct"));
             let (mut c1, mut c2) = (self.conn().await?, self.conn().await?);
             let (net, acct) = tokio::join!(
-                self.deadline(net_inv.invoke_async::<Vec<String>>(&mut c1)),
-                self.deadline(acct_inv.invoke_async::<Vec<String>>(&mut c2))
+                self.eval_admit(&net_inv, &mut c1),
+                self.eval_admit(&acct_inv, &mut c2)
             );
             let (net, acct) = (net?, acct?);
             if net.first().map(String::as_str) != Some("ok") {
@@ -521,8 +560,7 @@ impl RedisStore {
         } else {
             let inv = args("both");
             let mut c = self.conn().await?;
-            self.deadline(inv.invoke_async::<Vec<String>>(&mut c))
-                .await?
+            self.eval_admit(&inv, &mut c).await?
         })
     }
 
