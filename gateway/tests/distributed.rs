@@ -779,3 +779,111 @@ async fn a_flood_past_the_tracked_networks_is_banned_together_without_growing_re
         "the overflow's ban is not alerted exactly once"
     );
 }
+
+/// The shared-IP and many-IPs rules count what every replica sees, including the
+/// sightings a replica skips re-recording for a pair it recorded within the last second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_ip_and_many_ips_count_the_sightings_of_all_replicas() {
+    if !utils::redis::available("shared_ip_and_many_ips_count_the_sightings_of_all_replicas") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let r = Replicas::start(dir.path(), single(&redis.url()), |cfg| {
+        set(cfg, "anomaly.shared_ip.enabled", true);
+        set(cfg, "anomaly.shared_ip.max_keys", 3);
+        set(cfg, "anomaly.shared_ip.max_accounts", 100);
+        set(cfg, "anomaly.many_ips.enabled", true);
+        set(cfg, "anomaly.many_ips.max_ips", 3);
+    })
+    .await;
+
+    // Shared IP: three keys from one network, each on its own replica and each back
+    // several times (the repeats are the sightings a replica skips), are served; the
+    // fourth key, on any replica, gets the network blocked on all of them.
+    let keys: Vec<TestKey> = (0..4)
+        .map(|_| r.envs[0].create_key(&KeySpec::full(Dialect::Zaif)))
+        .collect();
+    // Known everywhere before the count starts: asked from elsewhere (refused by the
+    // allowlist, not as an unknown key), so the counted network sees nothing yet.
+    let elsewhere = std::net::Ipv4Addr::new(127, 0, 0, 9);
+    for gw in &r.gws {
+        for k in &keys {
+            assert!(
+                eventually(Duration::from_secs(2), || async {
+                    gw.request_from(elsewhere, &zaif::read(k)).await.status == 403
+                })
+                .await,
+                "a key does not reach every replica"
+            );
+        }
+    }
+    for round in 0..3 {
+        for (i, k) in keys[..3].iter().enumerate() {
+            let resp = r
+                .gw(i + round)
+                .request_from(ALLOWED_IP, &zaif::read(k))
+                .await;
+            assert_eq!(resp.status, 200, "key {i} round {round}: {}", resp.text());
+        }
+    }
+    let resp = r
+        .gw(1)
+        .request_from(ALLOWED_IP, &zaif::read(&keys[3]))
+        .await;
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert!(resp.text().contains("ip_blocked"), "{}", resp.text());
+    for i in 0..3 {
+        let resp = r
+            .gw(i)
+            .request_from(ALLOWED_IP, &zaif::read(&keys[0]))
+            .await;
+        assert!(
+            resp.status == 403 && resp.text().contains("ip_blocked"),
+            "replica {i} serves the blocked network: {} {}",
+            resp.status,
+            resp.text()
+        );
+    }
+
+    // Many IPs: one key without an allowlist from three networks over the three replicas,
+    // each back twice, is served; a fourth network suspends it for every replica.
+    let roaming = r.envs[0].create_key(&KeySpec {
+        allow_ips: Vec::new(),
+        account: "acct-roaming".into(),
+        ..KeySpec::scopes("read")
+    });
+    let nets: Vec<std::net::Ipv4Addr> = (3..7)
+        .map(|o| std::net::Ipv4Addr::new(127, 0, 0, o))
+        .collect();
+    for round in 0..2 {
+        for (i, ip) in nets[..3].iter().enumerate() {
+            let gw = r.gw(i + round);
+            assert!(
+                eventually(Duration::from_secs(2), || async {
+                    gw.request_from(*ip, &zaif::read(&roaming)).await.status == 200
+                })
+                .await,
+                "{ip} round {round} is not served"
+            );
+        }
+    }
+    let resp = r.gw(2).request_from(nets[3], &zaif::read(&roaming)).await;
+    assert!(
+        resp.status == 403 && resp.text().contains("too_many_ips"),
+        "{} {}",
+        resp.status,
+        resp.text()
+    );
+    for i in 0..3 {
+        let gw = r.gw(i);
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                let resp = gw.request_from(nets[0], &zaif::read(&roaming)).await;
+                resp.status == 403
+            })
+            .await,
+            "replica {i} still serves the suspended key"
+        );
+    }
+}

@@ -869,6 +869,31 @@ mod tests {
     }
 
     #[test]
+    fn a_sighting_is_fresh_for_at_most_a_second_and_only_for_its_own_pair() {
+        let r = RecentSightings::default();
+        let net = ClientNet::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+        let other = ClientNet::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+        let t = 1_796_000_000_000;
+        assert!(!r.fresh("k1", net, t, 5_000), "never recorded");
+        r.record("k1", net, t);
+        assert!(r.fresh("k1", net, t + 999, 5_000));
+        assert!(
+            !r.fresh("k1", net, t + 1_000, 5_000),
+            "capped at REFRESH_MS"
+        );
+        assert!(r.fresh("k1", net, t + 99, 100));
+        assert!(
+            !r.fresh("k1", net, t + 100, 100),
+            "a short window's 1/20 rules"
+        );
+        assert!(!r.fresh("k1", net, t, 0), "no refresh: never fresh");
+        assert!(!r.fresh("k2", net, t + 1, 5_000), "another key");
+        assert!(!r.fresh("k1", other, t + 1, 5_000), "another network");
+        // A clock that went back is not a fresh sighting from the future.
+        assert!(!r.fresh("k1", net, t - 10, 5_000));
+    }
+
+    #[test]
     fn every_script_code_is_a_deny_code() {
         for code in [
             "ip_blocked",
