@@ -80,7 +80,7 @@ pub struct Admitted {
 /// The (key, network) pairs whose sightings this replica had `admit.lua` record lately.
 ///
 /// A key's clients mostly come back from where they were: rewriting the same sighting on
-/// every request costs the script a third of its work and tells the shared-IP and
+/// every request is about a third of the script's Redis commands and tells the shared-IP and
 /// many-IPs rules nothing new. A pair seen again within [`RecentSightings::REFRESH_MS`]
 /// (or 1/20 of the shorter window) is therefore not recorded again by this replica: its
 /// time in the window sets can be that much early, so it may leave a window that much
@@ -265,7 +265,7 @@ impl RedisStore {
         push!(req.net.to_string());
         push!(flag(req.authorized));
         push!(flag(moves));
-        push!(a.auth_failures.as_ref().map_or(off, |r| flag(r.shadow)),);
+        push!(a.auth_failures.as_ref().map_or(off, |r| flag(r.shadow)));
         push!(match &a.auth_failures {
             Some(r) if self.overflow_banned(req.net) => flag(r.shadow),
             _ => off,
@@ -344,22 +344,23 @@ impl RedisStore {
             .limits
             .key_rates(&key.key_id, &key.account, req.action)
         {
-            let (i, b) = gcra(&rate);
             let scope = if kind == LimitKind::Account {
                 ""
             } else {
                 &key.key_id
             };
-            rates.push(format!("{}:{scope}", kind.as_str()));
-            rates.push(i.to_string());
-            rates.push(b.to_string());
+            rates.push((format!("{}:{scope}", kind.as_str()), gcra(&rate)));
             limits_used.push((kind, rate));
         }
         if rates.is_empty() {
             push!(off);
         } else {
-            push!(rates.len() / 3);
-            tail.arg(&rates);
+            push!(rates.len());
+            for (field, (interval, burst)) in &rates {
+                push!(field);
+                push!(interval);
+                push!(burst);
+            }
         }
         match req.replay {
             None => push!(off),
