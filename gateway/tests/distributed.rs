@@ -407,7 +407,7 @@ async fn migrate_copies_an_embedded_store() {
         .run(&["migrate", "--from", &data, "--to", &redis.url(), "--force"])
         .ok();
 
-    let env = replica_env(dir.path(), single(&redis.url()), |_| {});
+    let env = replica_env(dir.path(), single(&redis.url()), patient);
     let gw = env.start(origin.addr).await;
     // The nonce used before the migration stays spent; the key works with a new one.
     let resp = gw.request_from(ALLOWED_IP, &used).await;
