@@ -198,7 +198,7 @@ async fn replay(
                 );
                 set(cfg, "store.kind", "redis");
                 set(cfg, "store.url", server.url());
-                set(cfg, "store.timeout", "250ms");
+                set(cfg, "store.timeout", "1s");
                 tweak(cfg);
             });
             gws.push(e.start(origin.addr).await);

@@ -87,7 +87,7 @@ local function done(status, learned, suspend, detail, reservation)
 end
 
 -- Records `member` in the window set `zkey` and counts the members seen within `window`.
--- Members last seen before the window are trimmed only when the raw count is over `max`
+-- Members last seen before the window are trimmed only when the raw count is over `limit`
 -- (stale members can only raise the count, so a raw count within `max` is a true one).
 -- The TTL is refreshed when it has fallen more than a second (half the window, if that is
 -- shorter) below `window`, not on every sighting: the set may then expire up to a second
@@ -159,11 +159,12 @@ if do_net then
     local keys_n = sighting(N .. ':pk', key_id, window, max_keys)
     local accts_n = sighting(N .. ':pa', account, window, max_accts)
     if keys_n > max_keys or accts_n > max_accts then
-      local until_ms = now + tonumber(a[s_shared + 3])
+      local block_ms = tonumber(a[s_shared + 3])
+      local until_ms = now + block_ms
       if until_ms > blocked then
         local sk = N .. ':st'
         call('HSET', sk, 'blocked', until_ms)
-        call('PEXPIRE', sk, max(tonumber(a[s_shared + 3]), call('PTTL', sk)))
+        call('PEXPIRE', sk, max(block_ms, call('PTTL', sk)))
         call('PUBLISH', string.match(N, '^[^:]+') .. ':events',
           'blocked ' .. net .. ' ' .. until_ms)
       end

@@ -253,10 +253,38 @@ impl RedisStore {
         // ARGV after the first (see admit.lua): one value each, "-" for a section off.
         // Written straight into one command buffer: a request's ~40 arguments as owned
         // strings cost the gateway more than the script's reply does.
-        let mut tail = redis::Cmd::with_capacity(48, 512);
+        // On one node one call; in a cluster the network part and the account part each
+        // go to their own node, and a call may only name keys of one slot, so each part
+        // gets its own base twice. Every argument after `parts` is the same for both.
+        let account_base = self.account_base(&key.account);
+        let net_base = self.net_base(req.net);
+        let parts: &[(&str, &String, &String)] = if self.is_cluster() {
+            &[
+                ("net", &net_base, &net_base),
+                ("acct", &account_base, &account_base),
+            ]
+        } else {
+            &[("both", &account_base, &net_base)]
+        };
+        let mut cmds: Vec<redis::Cmd> = parts
+            .iter()
+            .map(|(part, k1, k2)| {
+                let mut cmd = redis::Cmd::with_capacity(54, 640);
+                cmd.arg("EVALSHA")
+                    .arg(scripts.admit.get_hash())
+                    .arg(2)
+                    .arg(*k1)
+                    .arg(*k2)
+                    .arg(*part);
+                cmd
+            })
+            .collect();
         macro_rules! push {
             ($v:expr $(,)?) => {{
-                tail.arg($v);
+                let v = $v;
+                for cmd in &mut cmds {
+                    cmd.arg(&v);
+                }
             }};
         }
         let off = "-";
@@ -358,8 +386,8 @@ impl RedisStore {
             push!(rates.len());
             for (field, (interval, burst)) in &rates {
                 push!(field);
-                push!(interval);
-                push!(burst);
+                push!(*interval);
+                push!(*burst);
             }
         }
         match req.replay {
@@ -381,7 +409,6 @@ impl RedisStore {
                 push!(at_ms.saturating_add(*recv_window_ms));
             }
         }
-        let account_base = self.account_base(&key.account);
         let mut buckets = Vec::new();
         let mut member: Option<String> = None;
         let velocity = req.reservation.as_ref().map(|r| {
@@ -453,30 +480,8 @@ impl RedisStore {
             }
             _ => push!(off),
         }
-        let net_base = self.net_base(req.net);
-        // A cluster call may only name keys of one slot: each part gets its own base twice.
-        let args = |parts: &str| -> redis::Cmd {
-            let (k1, k2) = match parts {
-                "net" => (&net_base, &net_base),
-                "acct" => (&account_base, &account_base),
-                _ => (&account_base, &net_base),
-            };
-            let mut cmd = redis::Cmd::with_capacity(54, 640);
-            cmd.arg("EVALSHA")
-                .arg(scripts.admit.get_hash())
-                .arg(2)
-                .arg(k1)
-                .arg(k2)
-                .arg(parts);
-            for v in tail.args_iter() {
-                if let redis::Arg::Simple(v) = v {
-                    cmd.arg(v);
-                }
-            }
-            cmd
-        };
         let reply = self
-            .admit_call(scripts, &args, &account_base, &buckets)
+            .admit_call(scripts, &cmds, &account_base, &buckets)
             .await;
         if reply.is_err() {
             if let Some(member) = member {
@@ -530,7 +535,7 @@ impl RedisStore {
     async fn admit_call(
         &self,
         scripts: &Scripts,
-        args: &impl Fn(&str) -> redis::Cmd,
+        cmds: &[redis::Cmd],
         account_base: &str,
         buckets: &[String],
     ) -> Result<Vec<String>, StoreError> {
@@ -538,11 +543,13 @@ impl RedisStore {
             // The two parts live on different nodes: ask both at once. The network part
             // decides first (as it does on one node); if it refuses, what the account
             // part reserved is given back.
-            let (net_inv, acct_inv) = (args("net"), args("acct"));
+            let [net_inv, acct_inv] = cmds else {
+                return Err(StoreError::Reply("a cluster call has two parts".into()));
+            };
             let (mut c1, mut c2) = (self.conn().await?, self.conn().await?);
             let (net, acct) = tokio::join!(
-                self.eval_admit(&net_inv, &mut c1),
-                self.eval_admit(&acct_inv, &mut c2)
+                self.eval_admit(net_inv, &mut c1),
+                self.eval_admit(acct_inv, &mut c2)
             );
             let (net, acct) = (net?, acct?);
             if net.first().map(String::as_str) != Some("ok") {
@@ -559,9 +566,8 @@ impl RedisStore {
                 merge(net, acct)
             }
         } else {
-            let inv = args("both");
             let mut c = self.conn().await?;
-            self.eval_admit(&inv, &mut c).await?
+            self.eval_admit(&cmds[0], &mut c).await?
         })
     }
 
